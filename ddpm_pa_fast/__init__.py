@@ -1,0 +1,38 @@
+"""ddpm_pa_fast: fused CPU, CUDA and Triton kernels for the DDPM-PA few-shot diffusion losses.
+
+    from ddpm_pa_fast import DDPMPALoss, ddpm_pa_loss, pairwise_similarity_kl
+    from ddpm_pa_fast import ddpm_pa_high_frequency, haar_dwt2d, haar_idwt2d, DWTForward, DWTInverse
+
+The maths is in docs/ddpm_pa_spec.md; ddpm_pa_fast.reference is its plain-PyTorch statement.
+"""
+
+from .backends import BACKEND_NAMES, BackendUnavailableError, available_backends, backend_name
+from .functional import (
+    ddpm_pa_high_frequency,
+    ddpm_pa_loss,
+    haar_dwt2d,
+    haar_idwt2d,
+    pairwise_similarity_kl,
+)
+from .modules import DDPMPAHighFrequency, DDPMPALoss, DWTForward, DWTInverse, PairwiseSimilarityKL
+from .reference import DDPMPALossOutput
+
+__version__ = "0.1.0"
+
+__all__ = [
+    "BACKEND_NAMES",
+    "BackendUnavailableError",
+    "DDPMPAHighFrequency",
+    "DDPMPALoss",
+    "DDPMPALossOutput",
+    "DWTForward",
+    "DWTInverse",
+    "PairwiseSimilarityKL",
+    "available_backends",
+    "backend_name",
+    "ddpm_pa_high_frequency",
+    "ddpm_pa_loss",
+    "haar_dwt2d",
+    "haar_idwt2d",
+    "pairwise_similarity_kl",
+]

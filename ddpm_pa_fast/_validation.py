@@ -1,0 +1,122 @@
+"""Argument checks shared by every backend, so that all of them reject bad input with the same words.
+
+Each check names the argument and says what was expected. The C++ and Triton ops repeat only the
+checks they need to index memory safely; these are the user-facing ones.
+"""
+
+from __future__ import annotations
+
+import math
+from numbers import Real
+
+import torch
+
+FLOAT_DTYPES = (torch.float16, torch.bfloat16, torch.float32, torch.float64)
+DWT_MODES = ("zero", "symmetric", "periodization")
+KL_REDUCTIONS = ("mean", "batchmean", "sum", "none")
+# The total DDPM-PA loss is a scalar, so its pair terms cannot be left per row.
+LOSS_REDUCTIONS = ("mean", "batchmean", "sum")
+
+
+def check_tensor(x, name: str, *, ndim: int | None = None, min_ndim: int | None = None) -> None:
+    if not isinstance(x, torch.Tensor):
+        raise TypeError(f"{name} must be a torch.Tensor, got {type(x).__name__}")
+    if x.dtype not in FLOAT_DTYPES:
+        raise TypeError(
+            f"{name} must have a floating dtype (float16, bfloat16, float32 or float64), got {x.dtype}"
+        )
+    if ndim is not None and x.dim() != ndim:
+        raise ValueError(f"{name} must be a {ndim}-D tensor, got shape {tuple(x.shape)}")
+    if min_ndim is not None and x.dim() < min_ndim:
+        raise ValueError(f"{name} must have at least {min_ndim} dimensions, got shape {tuple(x.shape)}")
+
+
+def check_images(x, name: str, *, min_size: int = 1) -> None:
+    """x must be an (N, C, H, W) float tensor with H, W >= min_size."""
+    check_tensor(x, name, ndim=4)
+    if x.shape[-2] < min_size or x.shape[-1] < min_size:
+        raise ValueError(
+            f"{name} must have height and width of at least {min_size}, got shape {tuple(x.shape)}"
+        )
+
+
+def check_batch_for_pairs(x, name: str) -> None:
+    if x.shape[0] < 2:
+        raise ValueError(
+            f"{name} must hold at least 2 samples (pairwise similarities need N >= 2), "
+            f"got N={x.shape[0]}"
+        )
+
+
+def check_same_layout(reference: torch.Tensor, ref_name: str, other: torch.Tensor, name: str) -> None:
+    """other must match reference in shape, dtype and device."""
+    if other.shape != reference.shape:
+        raise ValueError(
+            f"{name} must have the shape of {ref_name} {tuple(reference.shape)}, got {tuple(other.shape)}"
+        )
+    if other.dtype != reference.dtype:
+        raise TypeError(f"{name} must have the dtype of {ref_name} ({reference.dtype}), got {other.dtype}")
+    check_same_device(reference, ref_name, other, name)
+
+
+def check_same_device(reference: torch.Tensor, ref_name: str, other: torch.Tensor, name: str) -> None:
+    if other.device != reference.device:
+        raise ValueError(
+            f"{name} must be on the device of {ref_name} ({reference.device}), got {other.device}"
+        )
+
+
+def check_per_sample(coef, name: str, images: torch.Tensor, images_name: str) -> None:
+    """coef must hold one value per sample: shape (N,) or (N, 1, 1, 1)."""
+    check_tensor(coef, name)
+    n = images.shape[0]
+    if tuple(coef.shape) not in ((n,), (n, 1, 1, 1)):
+        raise ValueError(
+            f"{name} must hold one value per sample of {images_name}: shape ({n},) or ({n}, 1, 1, 1), "
+            f"got {tuple(coef.shape)}"
+        )
+    check_same_device(images, images_name, coef, name)
+
+
+def check_positive(value, name: str) -> float:
+    if isinstance(value, bool) or not isinstance(value, Real) or not math.isfinite(value) or value <= 0:
+        raise ValueError(f"{name} must be a finite number > 0, got {value!r}")
+    return float(value)
+
+
+def check_weight(value, name: str) -> float:
+    if isinstance(value, bool) or not isinstance(value, Real) or not math.isfinite(value):
+        raise ValueError(f"{name} must be a finite number, got {value!r}")
+    return float(value)
+
+
+def check_choice(value, name: str, choices: tuple[str, ...]) -> str:
+    if value not in choices:
+        raise ValueError(f"{name} must be one of {', '.join(repr(c) for c in choices)}, got {value!r}")
+    return value
+
+
+def check_levels(levels, name: str = "levels") -> int:
+    if isinstance(levels, bool) or not isinstance(levels, int) or levels < 1:
+        raise ValueError(f"{name} must be an integer >= 1, got {levels!r}")
+    return levels
+
+
+def check_dwt_coefficients(yl, yh) -> None:
+    """(yl, yh) must be a Haar DWT in pytorch_wavelets' layout; entries of yh may be None (zeros)."""
+    check_images(yl, "yl")
+    if not isinstance(yh, (list, tuple)) or len(yh) == 0:
+        raise ValueError("yh must be a non-empty list of (N, C, 3, h, w) tensors, finest level first")
+    for j, band in enumerate(yh):
+        if band is None:
+            continue
+        name = f"yh[{j}]"
+        check_tensor(band, name, ndim=5)
+        if band.shape[:2] != yl.shape[:2] or band.shape[2] != 3:
+            raise ValueError(
+                f"{name} must have shape (N, C, 3, h, w) with (N, C) = {tuple(yl.shape[:2])} of yl, "
+                f"got {tuple(band.shape)}"
+            )
+        if band.dtype != yl.dtype:
+            raise TypeError(f"{name} must have the dtype of yl ({yl.dtype}), got {band.dtype}")
+        check_same_device(yl, "yl", band, name)
