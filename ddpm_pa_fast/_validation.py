@@ -49,7 +49,8 @@ def check_batch_for_pairs(x, name: str) -> None:
 
 
 def check_same_layout(reference: torch.Tensor, ref_name: str, other: torch.Tensor, name: str) -> None:
-    """other must match reference in shape, dtype and device."""
+    """other must be a float tensor matching reference in shape, dtype and device."""
+    check_tensor(other, name)
     if other.shape != reference.shape:
         raise ValueError(
             f"{name} must have the shape of {ref_name} {tuple(reference.shape)}, got {tuple(other.shape)}"
