@@ -23,7 +23,7 @@ VENV="${VENV:-$_ddpm_pa_repo/.venv}"
   pip=("$VENV/bin/python" -m pip install --quiet --disable-pip-version-check)
   echo "[setup] installing $torch_spec and the build tools"
   # setuptools < 81: pytorch_wavelets (a test peer) still imports pkg_resources.
-  "${pip[@]}" "$torch_spec" "setuptools>=69,<81" wheel numpy pybind11 ninja
+  "${pip[@]}" "$torch_spec" "setuptools>=77,<81" wheel numpy pybind11 ninja
   echo "[setup] building ddpm_pa_fast (C++ extension) and installing its extras"
   # --no-build-isolation: the extension must be compiled against the torch installed above.
   MAX_JOBS="${MAX_JOBS:-2}" "${pip[@]}" --no-build-isolation -e "$_ddpm_pa_repo[triton,train,test,bench]"
