@@ -1,0 +1,112 @@
+"""What every Triton kernel module shares: dtypes, launch sizes, and the deterministic partial-sum kernel.
+
+Launch-size reasoning (Ampere A100 / Hopper H100, H200): every op here is memory-bound (a few flops per
+byte; the Gram products are N x N with N ~ 2..64, far below tensor-core saturation), so the goal is
+enough bytes in flight per SM, not math throughput:
+- elementwise kernels (Haar maps): 1024 elements per program, 4 warps = 8 elements per thread, which
+  the compiler turns into vector loads; ~2 resident programs per SM scheduler keep HBM busy.
+- Gram kernels: persistent grid of at most 4 programs per SM, each walking a strided range of column
+  blocks and keeping its N x N partial Grams in registers; 4 warps, num_stages=2 so the next block's
+  loads overlap the current block's dot (Hopper gains little from deeper pipelines at these tile sizes).
+Under the interpreter (TRITON_INTERPRET=1, CPU) the grid is capped low instead: each program is a
+Python-level loop, so fewer, larger programs run faster.
+"""
+
+from __future__ import annotations
+
+import os
+
+import torch
+import triton
+import triton.language as tl
+
+ELEMENTWISE_BLOCK = 1024
+ELEMENTWISE_WARPS = 4
+GRAM_WARPS = 4
+GRAM_STAGES = 2
+# Samples per Gram tile: tl.dot needs every dimension >= 16; 32 rows keep the register footprint of the
+# fused loss's ten live tiles (x0 and HF of both models, 4 pixels each) within 255 registers per thread.
+MIN_BLOCK_N = 16
+MAX_BLOCK_N = 32
+# The one-program kernels hold whole N x N matrices in registers.
+MAX_BATCH = 256
+PROGRAMS_PER_SM = 4
+INTERPRETER_MAX_PROGRAMS = 4
+
+# Reductions of the (N, N - 1) KL terms, numbered as ddpm_pa::Reduction in csrc/ddpm_pa_math.h.
+REDUCTION_CODES = {"mean": 0, "batchmean": 1, "sum": 2, "none": 3}
+DWT_MODE_ZERO = "zero"
+
+
+def accumulation_dtype(dtype: torch.dtype) -> torch.dtype:
+    """float32 for float16/bfloat16/float32 inputs, float64 for float64 (as the C++ kernels)."""
+    return torch.float64 if dtype == torch.float64 else torch.float32
+
+
+def tl_dtype(dtype: torch.dtype):
+    return {torch.float64: tl.float64, torch.float32: tl.float32}[dtype]
+
+
+def block_n(n: int) -> int:
+    """Rows of a Gram tile: N rounded up to a power of two, within [MIN_BLOCK_N, MAX_BLOCK_N]."""
+    return min(max(triton.next_power_of_2(n), MIN_BLOCK_N), MAX_BLOCK_N)
+
+
+def whole_batch_block(n: int) -> int:
+    """The (power-of-two) side of the tile that holds a whole N x N matrix in one program."""
+    return max(triton.next_power_of_2(n), MIN_BLOCK_N)
+
+
+def check_batch(n: int, name: str) -> None:
+    if n > MAX_BATCH:
+        raise ValueError(
+            f"{name} has N={n} samples; the Triton kernels support N <= {MAX_BATCH} "
+            "(use backend='torch' or 'cuda' for larger batches)"
+        )
+
+
+def reduction_programs(num_blocks: int, device: torch.device) -> int:
+    """How many programs share a reduction over num_blocks column blocks (the persistent grid)."""
+    if device.type == "cuda":
+        sms = torch.cuda.get_device_properties(device).multi_processor_count
+        cap = PROGRAMS_PER_SM * sms
+    else:
+        cap = INTERPRETER_MAX_PROGRAMS
+    return max(1, min(num_blocks, cap))
+
+
+def interpreting() -> bool:
+    return os.environ.get("TRITON_INTERPRET", "0") == "1"
+
+
+@triton.jit
+def _sum_partials_kernel(
+    partials_ptr,  # (P, L) float32/float64: one row of partial sums per program of a reduction
+    out_ptr,  # (L,) float32/float64
+    num_partials,  # P
+    length,  # L
+    BLOCK: tl.constexpr,
+):
+    # Adds the P rows in a fixed order (p = 0, 1, ...): the result does not depend on which program
+    # finished first, so the Grams, and every loss built on them, are bitwise reproducible run to run.
+    # This replaces atomics, whose order (and so rounding) varies between runs.
+    pid = tl.program_id(0).to(tl.int64)
+    offs = pid * BLOCK + tl.arange(0, BLOCK)
+    mask = offs < length
+    acc = tl.load(partials_ptr + offs, mask=mask, other=0.0)
+    for p in range(1, num_partials):
+        acc += tl.load(partials_ptr + p * length + offs, mask=mask, other=0.0)
+    tl.store(out_ptr + offs, acc, mask=mask)
+
+
+def sum_partials(partials: torch.Tensor) -> torch.Tensor:
+    """(P, ...) -> (...): the fixed-order sum over the first dimension."""
+    from torch.library import wrap_triton
+
+    out = partials.new_empty(partials.shape[1:])
+    length = out.numel()
+    block = 256
+    wrap_triton(_sum_partials_kernel)[(triton.cdiv(length, block),)](
+        partials, out, partials.shape[0], length, BLOCK=block
+    )
+    return out
