@@ -110,3 +110,16 @@ def sum_partials(partials: torch.Tensor) -> torch.Tensor:
         partials, out, partials.shape[0], length, BLOCK=block
     )
     return out
+
+
+def scalars(values, dtype: torch.dtype, device: torch.device) -> torch.Tensor:
+    """Float parameters as a small tensor in the accumulation dtype.
+
+    Triton passes Python floats as float32; float64 kernels (used by the float64 gradient checks) need
+    them in float64, so the one-program kernels read them from memory. On CUDA the copy goes from pinned
+    memory without blocking, so no host synchronisation enters the forward or backward.
+    """
+    host = torch.tensor(values, dtype=dtype)
+    if device.type == "cpu":
+        return host
+    return host.pin_memory().to(device, non_blocking=True)
