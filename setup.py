@@ -42,7 +42,9 @@ def _extensions():
 
     with_cuda, why = _want_cuda()
     sources = sorted(glob.glob("csrc/*.cpp")) + sorted(glob.glob("csrc/cpu/*.cpp"))
-    cxx_flags = ["-O3", "-std=c++17", "-fopenmp"]
+    # No -std flag: torch appends the standard its headers need (C++17 up to 2.13, C++20 from 2.14),
+    # and an explicit one would override it.
+    cxx_flags = ["-O3", "-fopenmp"]
     define_macros = [("Py_LIMITED_API", "0x030A0000")]
     extension = cpp_extension.CppExtension
     extra_compile_args = {"cxx": cxx_flags}
@@ -51,7 +53,7 @@ def _extensions():
         sources += sorted(glob.glob("csrc/cuda/*.cu")) + sorted(glob.glob("csrc/cuda/*.cpp"))
         extension = cpp_extension.CUDAExtension
         define_macros.append(("DDPM_PA_WITH_CUDA", "1"))
-        extra_compile_args["nvcc"] = ["-O3", "-std=c++17", "--expt-relaxed-constexpr", "-lineinfo"]
+        extra_compile_args["nvcc"] = ["-O3", "--expt-relaxed-constexpr", "-lineinfo"]
         _log(f"building CPU + CUDA kernels ({why}); TORCH_CUDA_ARCH_LIST={os.environ['TORCH_CUDA_ARCH_LIST']}")
     else:
         _log(f"building CPU kernels only ({why}); set FORCE_CUDA=1 to build the CUDA kernels")
