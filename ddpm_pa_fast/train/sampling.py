@@ -1,0 +1,101 @@
+"""Loading a diffusers model folder, sampling with few DDIM steps, and writing images and grids."""
+
+from __future__ import annotations
+
+import math
+from pathlib import Path
+
+import torch
+
+
+class ModelFolderError(ValueError):
+    """The model folder does not hold a diffusers UNet2DModel and DDPMScheduler."""
+
+
+def load_model_folder(folder: str | Path):
+    """(UNet2DModel, DDPMScheduler) from a local folder, never the hub.
+
+    Accepts a flat folder (config.json + weights + scheduler_config.json, as scripts/make_assets.py and
+    Trainer.save_model write) or a DDPMPipeline folder with unet/ and scheduler/ subfolders.
+    """
+    from diffusers import DDPMScheduler, UNet2DModel
+
+    folder = Path(folder)
+    if not folder.is_dir():
+        raise ModelFolderError(f"model folder {str(folder)!r} does not exist or is not a directory")
+    unet_dir = folder / "unet" if (folder / "unet").is_dir() else folder
+    scheduler_dir = folder / "scheduler" if (folder / "scheduler").is_dir() else folder
+    if not (unet_dir / "config.json").is_file():
+        raise ModelFolderError(f"no UNet2DModel config.json in {str(unet_dir)!r}")
+    if not (scheduler_dir / "scheduler_config.json").is_file():
+        raise ModelFolderError(f"no DDPMScheduler scheduler_config.json in {str(scheduler_dir)!r}")
+    unet = UNet2DModel.from_pretrained(unet_dir, local_files_only=True, low_cpu_mem_usage=False)
+    scheduler = DDPMScheduler.from_pretrained(scheduler_dir, local_files_only=True)
+    return unet, scheduler
+
+
+@torch.no_grad()
+def sample_images(
+    unet, scheduler, num_images: int, num_steps: int = 25, seed: int = 0, batch_size: int = 32
+) -> torch.Tensor:
+    """num_images samples in [-1, 1], (num_images, C, H, W), with deterministic DDIM (eta = 0) in num_steps
+    steps over the DDPM schedule; the same seed gives the same starting noise for every model."""
+    from diffusers import DDIMScheduler
+
+    ddim = DDIMScheduler.from_config(scheduler.config)
+    ddim.set_timesteps(num_steps)
+    device = next(unet.parameters()).device
+    channels, size = unet.config.in_channels, unet.config.sample_size
+    generator = torch.Generator().manual_seed(seed)
+    noise = torch.randn(num_images, channels, size, size, generator=generator)
+    was_training = unet.training
+    unet.eval()
+    chunks = []
+    for x in noise.split(batch_size):
+        x = x.to(device)
+        for t in ddim.timesteps:
+            # A learned-variance model outputs 2C channels; DDIM uses the noise prediction only.
+            eps = unet(x, t.to(device)).sample[:, :channels]
+            x = ddim.step(eps, t, x).prev_sample
+        chunks.append(x.clamp(-1, 1).float().cpu())
+    unet.train(was_training)
+    return torch.cat(chunks)
+
+
+def to_uint8_hwc(images: torch.Tensor) -> torch.Tensor:
+    return ((images.clamp(-1, 1) + 1) * 127.5).round().to(torch.uint8).permute(0, 2, 3, 1)
+
+
+def save_grid(images: torch.Tensor, path: str | Path, columns: int | None = None, scale: int = 2) -> Path:
+    """Writes images (N, C, H, W) in [-1, 1] as one PNG grid, upscaled by `scale` (nearest)."""
+    from PIL import Image
+
+    n, c, h, w = images.shape
+    columns = columns or math.ceil(math.sqrt(n))
+    rows = math.ceil(n / columns)
+    pixels = to_uint8_hwc(images)
+    grid = torch.full((rows * (h + 2) + 2, columns * (w + 2) + 2, c), 255, dtype=torch.uint8)
+    for i in range(n):
+        r, col = divmod(i, columns)
+        grid[2 + r * (h + 2):2 + r * (h + 2) + h, 2 + col * (w + 2):2 + col * (w + 2) + w] = pixels[i]
+    array = grid.numpy() if c != 1 else grid[..., 0].numpy()
+    image = Image.fromarray(array)
+    if scale > 1:
+        image = image.resize((image.width * scale, image.height * scale), Image.NEAREST)
+    path = Path(path)
+    path.parent.mkdir(parents=True, exist_ok=True)
+    image.save(path)
+    return path
+
+
+def save_images(images: torch.Tensor, folder: str | Path) -> Path:
+    """Writes each image as folder/000000.png ... (what `ddpm-pa-fast evaluate --samples` reads)."""
+    from PIL import Image
+
+    folder = Path(folder)
+    folder.mkdir(parents=True, exist_ok=True)
+    pixels = to_uint8_hwc(images)
+    for i, p in enumerate(pixels):
+        array = p.numpy() if p.shape[-1] != 1 else p[..., 0].numpy()
+        Image.fromarray(array).save(folder / f"{i:06d}.png")
+    return folder

@@ -1,0 +1,399 @@
+"""The DDPM-PA trainer: a frozen diffusers source model, its trainable copy, and the fused DDPM-PA loss.
+
+One step (method "ddpm-pa"), after the authors' training_fewshot_losses (docs/ddpm_pa_spec.md):
+    t ~ U{0..T-1}, noise ~ N(0, I) per sample; x_t = sqrt(abar_t) x0 + sqrt(1 - abar_t) noise
+    eps_src = source(x_t, t)        (frozen: eval mode, inference mode, not in the optimizer, never DDP)
+    eps_ada = adapted(x_t, t)
+    loss = mse + w_hf_mse hf_mse    over the whole batch
+         + w_pair pair_img + w_hf_pair pair_hf    over a pair subset of --pair-size samples
+         (+ w_vlb L_vlb with the mean detached, for a learned-variance model)
+The authors draw the subset (sim_size = 3) with numpy's global RNG; here a seeded torch.Generator that
+the checkpoints save. To reuse the fused kernel for the pair terms, DDPMPALoss runs on the subset S of
+k samples with the pair weights scaled by N / k, and the plain terms run on the rest R:
+    (k / N) * DDPMPALoss_S  +  ((N - k) / N) * (mse_R + w_hf_mse hf_mse_R)
+  = mse + w_hf_mse hf_mse (means over all N samples) + w_pair pair_img_S + w_hf_pair pair_hf_S,
+which is the authors' total exactly (every sample has the same number of elements). Method "finetune"
+is the plain DDPM loss mse (+ L_vlb) of the same model: the comparison baseline.
+"""
+
+from __future__ import annotations
+
+import contextlib
+import copy
+import dataclasses
+import math
+import os
+import random
+import time
+from dataclasses import dataclass
+from pathlib import Path
+
+import numpy as np
+import torch
+import torch.distributed as dist
+
+from .. import DDPMPALoss, backend_name, ddpm_pa_high_frequency
+from .._nvtx import annotate
+from . import checkpoint as ckpt
+from .data import BatchStream, DataError, load_images
+from .diffusion import LEARNED_VARIANCE_TYPES, NoiseSchedule
+from .ema import EMA
+from .sampling import load_model_folder, sample_images, save_grid
+
+METHODS = ("ddpm-pa", "finetune")
+PRECISIONS = {"fp32": torch.float32, "fp16": torch.float16, "bf16": torch.bfloat16}
+
+
+class ConfigError(ValueError):
+    """A training setting is out of range; the message names the option."""
+
+
+@dataclass
+class TrainConfig:
+    model_dir: str
+    data_dir: str
+    output_dir: str
+    method: str = "ddpm-pa"
+    steps: int = 300
+    batch_size: int = 8
+    lr: float = 1e-4
+    weight_decay: float = 0.0
+    warmup_steps: int = 0
+    grad_clip: float = 1.0
+    w_pair: float = 4.0
+    w_hf_pair: float = 4.0
+    w_hf_mse: float = 1.0
+    tau: float = 1.0
+    reduction: str = "mean"
+    pair_size: int = 3
+    w_vlb: float = 1.0
+    backend: str = "auto"
+    precision: str = "fp32"
+    compile: bool = False
+    ema_decay: float = 0.999
+    seed: int = 0
+    checkpoint_every: int = 0
+    keep_checkpoints: int = 2
+    sample_every: int = 0
+    num_samples: int = 16
+    sample_steps: int = 25
+    resume: str | None = None
+    device: str = "cpu"
+    progress: bool = True
+    save_model: bool = True
+
+    def validate(self) -> None:
+        def positive_int(name, minimum=1):
+            value = getattr(self, name)
+            if isinstance(value, bool) or not isinstance(value, int) or value < minimum:
+                raise ConfigError(f"--{name.replace('_', '-')} must be an integer >= {minimum}, got {value!r}")
+
+        if self.method not in METHODS:
+            raise ConfigError(f"--method must be one of {', '.join(METHODS)}, got {self.method!r}")
+        if self.precision not in PRECISIONS:
+            raise ConfigError(f"--precision must be one of {', '.join(PRECISIONS)}, got {self.precision!r}")
+        for name in ("steps", "batch_size", "num_samples", "sample_steps"):
+            positive_int(name)
+        for name in ("warmup_steps", "checkpoint_every", "keep_checkpoints", "sample_every"):
+            positive_int(name, 0)
+        positive_int("pair_size", 2)
+        if self.method == "ddpm-pa" and self.pair_size > self.batch_size:
+            raise ConfigError(
+                f"--pair-size ({self.pair_size}) must not exceed --batch-size ({self.batch_size}): the pair "
+                "subset is drawn from each batch"
+            )
+        for name in ("lr", "tau"):
+            if not getattr(self, name) > 0:
+                raise ConfigError(f"--{name} must be > 0, got {getattr(self, name)!r}")
+        for name in ("weight_decay", "grad_clip", "w_vlb"):
+            if not getattr(self, name) >= 0:
+                raise ConfigError(f"--{name.replace('_', '-')} must be >= 0, got {getattr(self, name)!r}")
+        if not 0.0 <= self.ema_decay < 1.0:
+            raise ConfigError(f"--ema-decay must be in [0, 1), got {self.ema_decay!r}")
+
+
+def _world() -> tuple[int, int, int]:
+    """(rank, local_rank, world_size), initialising torch.distributed when launched by torchrun."""
+    world_size = int(os.environ.get("WORLD_SIZE", "1"))
+    if world_size > 1 and not dist.is_initialized():
+        backend = "nccl" if torch.cuda.is_available() and os.environ.get("DDPM_PA_DIST_BACKEND") != "gloo" else "gloo"
+        dist.init_process_group(backend)
+    if dist.is_initialized():
+        return dist.get_rank(), int(os.environ.get("LOCAL_RANK", dist.get_rank())), dist.get_world_size()
+    return 0, 0, 1
+
+
+class Trainer:
+    """Adapts the source model in config.model_dir to the images in config.data_dir. See the module doc."""
+
+    def __init__(self, config: TrainConfig):
+        config.validate()
+        self.config = c = config
+        self.rank, local_rank, self.world_size = _world()
+        self.is_main = self.rank == 0
+        device = torch.device(c.device)
+        if device.type == "cuda" and device.index is None:
+            device = torch.device("cuda", local_rank)
+        self.device = device
+
+        self.source, scheduler = load_model_folder(c.model_dir)
+        self.scheduler = scheduler
+        self.channels = self.source.config.in_channels
+        self.learned_variance = self._check_variance(self.source, scheduler)
+        min_count = c.pair_size if c.method == "ddpm-pa" else 1
+        # Bad data stops here, before any model is copied or any step is taken.
+        self.images = load_images(c.data_dir, self.channels, self.source.config.sample_size, min_count).to(device)
+
+        torch.manual_seed(c.seed + self.rank)
+        self.source.to(device).eval().requires_grad_(False)
+        self.adapted = copy.deepcopy(self.source).train().requires_grad_(True)
+        self.schedule = NoiseSchedule(scheduler, device)
+
+        self.optimizer = torch.optim.AdamW(self.adapted.parameters(), lr=c.lr, weight_decay=c.weight_decay)
+        warmup = c.warmup_steps
+        self.lr_scheduler = torch.optim.lr_scheduler.LambdaLR(
+            self.optimizer, lambda s: min(1.0, (s + 1) / warmup) if warmup else 1.0
+        )
+        self.autocast_dtype = PRECISIONS[c.precision]
+        self.scaler = torch.amp.GradScaler(device.type, enabled=c.precision == "fp16")
+        self.ema = EMA(self.adapted, c.ema_decay)
+
+        self.batches = BatchStream(len(self.images), c.batch_size, c.seed, self.rank, self.world_size)
+        self.noise_generator = torch.Generator().manual_seed(c.seed * 1_000_003 + 1 + self.rank)
+        self.pair_generator = torch.Generator().manual_seed(c.seed * 1_000_003 + 2 + self.rank)
+        self.step = 0
+
+        k, n = c.pair_size, c.batch_size
+        # Pair weights scaled by N / k: see the module doc for why this reproduces the authors' total.
+        self.pa_loss = DDPMPALoss(
+            c.w_pair * n / k, c.w_hf_pair * n / k, c.w_hf_mse, c.tau, c.reduction, backend=c.backend
+        )
+        self.loss_backend = backend_name(c.backend, device)
+
+        adapted = self.adapted
+        if self.world_size > 1:
+            adapted = torch.nn.parallel.DistributedDataParallel(
+                adapted, device_ids=[device.index] if device.type == "cuda" else None
+            )
+        self.adapted_forward = torch.compile(adapted) if c.compile else adapted
+        self.source_forward = torch.compile(self.source) if c.compile else self.source
+
+        self.output_dir = Path(c.output_dir)
+        if c.resume:
+            self.load_state(ckpt.load_checkpoint(c.resume))
+
+    @staticmethod
+    def _check_variance(unet, scheduler) -> bool:
+        c_in, c_out = unet.config.in_channels, unet.config.out_channels
+        variance_type = scheduler.config.variance_type
+        if c_out == 2 * c_in:
+            if variance_type not in LEARNED_VARIANCE_TYPES:
+                raise ConfigError(
+                    f"the model outputs 2C = {c_out} channels (learned variance) but the scheduler's "
+                    f"variance_type is {variance_type!r}; expected one of {LEARNED_VARIANCE_TYPES}"
+                )
+            return True
+        if c_out != c_in:
+            raise ConfigError(f"the model must output C = {c_in} or 2C channels, got {c_out}")
+        if variance_type in LEARNED_VARIANCE_TYPES:
+            raise ConfigError(f"variance_type {variance_type!r} needs a model with 2C outputs, got {c_out}")
+        return False
+
+    def _autocast(self):
+        if self.config.precision == "fp32":
+            return contextlib.nullcontext()
+        return torch.autocast(self.device.type, dtype=self.autocast_dtype)
+
+    def training_step(self) -> dict[str, float]:
+        """One optimizer step; returns the loss terms of this rank's batch."""
+        c = self.config
+        x0 = self.images[self.batches.next_indices().to(self.device)]
+        n = x0.shape[0]
+        t = torch.randint(0, self.schedule.num_timesteps, (n,), generator=self.noise_generator).to(self.device)
+        noise = torch.randn(x0.shape, generator=self.noise_generator).to(self.device)
+        x_t = self.schedule.q_sample(x0, t, noise)
+
+        eps_src = None
+        if c.method == "ddpm-pa":
+            with annotate("train/source_forward"), torch.inference_mode(), self._autocast():
+                eps_src = self.source_forward(x_t, t).sample[:, : self.channels]
+            # Out of inference mode so that a fused loss may save it for backward.
+            eps_src = eps_src.float().clone()
+        with annotate("train/adapted_forward"), self._autocast():
+            output = self.adapted_forward(x_t, t).sample
+        output = output.float()
+        eps_ada = output[:, : self.channels]
+
+        with annotate("train/loss"):
+            terms = self._loss(x0, x_t, t, noise, eps_ada, eps_src, output)
+        with annotate("train/backward"):
+            self.optimizer.zero_grad(set_to_none=True)
+            self.scaler.scale(terms["loss"]).backward()
+        with annotate("train/optimizer_step"):
+            if c.grad_clip > 0:
+                self.scaler.unscale_(self.optimizer)
+                torch.nn.utils.clip_grad_norm_(self.adapted.parameters(), c.grad_clip)
+            self.scaler.step(self.optimizer)
+            self.scaler.update()
+            self.lr_scheduler.step()
+            self.ema.update(self.adapted)
+        self.step += 1
+        return {name: value.item() for name, value in terms.items()}
+
+    def _loss(self, x0, x_t, t, noise, eps_ada, eps_src, output) -> dict[str, torch.Tensor]:
+        c = self.config
+        terms: dict[str, torch.Tensor] = {}
+        if c.method == "finetune":
+            terms["mse"] = (noise - eps_ada).square().mean()
+            total = terms["mse"]
+        else:
+            n, k = x0.shape[0], c.pair_size
+            a_t, b_t = self.schedule.x0_coefficients(t)
+            order = torch.randperm(n, generator=self.pair_generator).to(self.device)
+            pair, rest = order[:k], order[k:]
+            pa = self.pa_loss(x_t[pair], eps_ada[pair], eps_src[pair], noise[pair], a_t[pair], b_t[pair])
+            total = (k / n) * pa.loss
+            mse, hf_mse = (k / n) * pa.mse, (k / n) * pa.hf_mse
+            if rest.numel():
+                mse_rest = (noise[rest] - eps_ada[rest]).square().mean()
+                a, b = a_t[rest].reshape(-1, 1, 1, 1), b_t[rest].reshape(-1, 1, 1, 1)
+                hf_ada = ddpm_pa_high_frequency(a * x_t[rest] - b * eps_ada[rest], backend=c.backend)
+                hf_tgt = ddpm_pa_high_frequency(a * x_t[rest] - b * noise[rest], backend=c.backend)
+                hf_mse_rest = (hf_ada - hf_tgt).square().mean()
+                total = total + ((n - k) / n) * (mse_rest + c.w_hf_mse * hf_mse_rest)
+                mse, hf_mse = mse + ((n - k) / n) * mse_rest, hf_mse + ((n - k) / n) * hf_mse_rest
+            terms.update(mse=mse, hf_mse=hf_mse, pair_img=pa.pair_img, pair_hf=pa.pair_hf)
+        if self.learned_variance:
+            # improved-DDPM's RESCALED_MSE weighting (T / 1000), as the authors' code uses.
+            vb = self.schedule.vb_terms_bpd(eps_ada.detach(), output[:, self.channels:], x0, x_t, t).mean()
+            terms["vlb"] = vb
+            total = total + c.w_vlb * self.schedule.num_timesteps / 1000.0 * vb
+        terms["loss"] = total
+        return {name: value.detach() if name != "loss" else value for name, value in terms.items()}
+
+    # ---- state ----
+
+    def _rng_state(self) -> dict:
+        state = {
+            "torch": torch.get_rng_state(),
+            "python": random.getstate(),
+            "numpy": np.random.get_state(),
+            "noise_generator": self.noise_generator.get_state(),
+            "pair_generator": self.pair_generator.get_state(),
+            "batches": self.batches.state_dict(),
+        }
+        if torch.cuda.is_available():
+            state["cuda"] = torch.cuda.get_rng_state_all()
+        return state
+
+    def _set_rng_state(self, state: dict) -> None:
+        torch.set_rng_state(state["torch"])
+        random.setstate(state["python"])
+        np.random.set_state(state["numpy"])
+        self.noise_generator.set_state(state["noise_generator"])
+        self.pair_generator.set_state(state["pair_generator"])
+        self.batches.load_state_dict(state["batches"])
+        if "cuda" in state and torch.cuda.is_available():
+            torch.cuda.set_rng_state_all(state["cuda"])
+
+    def state_dict(self) -> dict:
+        rng = self._rng_state()
+        if self.world_size > 1:
+            # Every rank draws its own noise and pairs, so the checkpoint keeps every rank's generators.
+            per_rank = [None] * self.world_size
+            dist.all_gather_object(per_rank, rng)
+        else:
+            per_rank = [rng]
+        return {
+            "config": dataclasses.asdict(self.config),
+            "model": self.adapted.state_dict(),
+            "ema": self.ema.state_dict(),
+            "optimizer": self.optimizer.state_dict(),
+            "scaler": self.scaler.state_dict(),
+            "lr_scheduler": self.lr_scheduler.state_dict(),
+            "rng": per_rank,
+        }
+
+    def load_state(self, state: dict) -> None:
+        if len(state["rng"]) != self.world_size:
+            raise ckpt.CheckpointError(
+                f"checkpoint {state['path']!r} was written by {len(state['rng'])} processes; resuming it "
+                f"exactly needs the same number, got {self.world_size}"
+            )
+        self.adapted.load_state_dict(ckpt.clean_state_dict(state["model"]))
+        self.ema.load_state_dict(state["ema"])
+        self.optimizer.load_state_dict(state["optimizer"])
+        self.scaler.load_state_dict(state["scaler"])
+        self.lr_scheduler.load_state_dict(state["lr_scheduler"])
+        self._set_rng_state(state["rng"][self.rank])
+        self.step = state["step"]
+
+    def save_checkpoint(self) -> Path | None:
+        state = self.state_dict()  # a collective under DDP: every rank takes part
+        if not self.is_main:
+            return None
+        return ckpt.save_checkpoint(state, self.output_dir / "checkpoints", self.step, self.config.keep_checkpoints)
+
+    @contextlib.contextmanager
+    def ema_weights(self):
+        """The adapted model holds the EMA weights inside the block, its training weights after it."""
+        self.ema.store(self.adapted)
+        self.ema.copy_to(self.adapted)
+        try:
+            yield self.adapted
+        finally:
+            self.ema.restore(self.adapted)
+
+    def sample(self, num_images: int, seed: int = 0) -> torch.Tensor:
+        with self.ema_weights() as model:
+            return sample_images(model, self.scheduler, num_images, self.config.sample_steps, seed)
+
+    def save_model(self, folder: str | Path) -> Path:
+        """Writes the EMA weights and the scheduler as a model folder that load_model_folder reads."""
+        folder = Path(folder)
+        with self.ema_weights() as model:
+            model.save_pretrained(folder, safe_serialization=True)
+        self.scheduler.save_pretrained(folder)
+        return folder
+
+    # ---- loop ----
+
+    def train(self) -> dict:
+        """Runs to config.steps; returns a summary (final loss terms, wall time, steps per second)."""
+        from tqdm.auto import tqdm
+
+        c = self.config
+        bar = tqdm(
+            total=c.steps, initial=self.step, unit="step", disable=not (c.progress and self.is_main),
+            desc=f"{c.method} ({self.loss_backend} loss)", dynamic_ncols=True,
+        )
+        start, first_step, terms = time.perf_counter(), self.step, {}
+        try:
+            while self.step < c.steps:
+                terms = self.training_step()
+                if not all(math.isfinite(v) for v in terms.values()):
+                    raise FloatingPointError(f"non-finite loss at step {self.step}: {terms}")
+                bar.update(1)
+                bar.set_postfix({k: f"{v:.4f}" for k, v in terms.items()}, refresh=False)
+                if c.checkpoint_every and self.step % c.checkpoint_every == 0:
+                    self.save_checkpoint()
+                if c.sample_every and self.step % c.sample_every == 0 and self.is_main:
+                    save_grid(self.sample(c.num_samples), self.output_dir / "samples" / f"step-{self.step:08d}.png")
+        finally:
+            bar.close()
+        elapsed = time.perf_counter() - start
+        if c.checkpoint_every and self.step % c.checkpoint_every:
+            self.save_checkpoint()
+        if c.save_model and self.is_main:
+            self.save_model(self.output_dir / "model")
+        return {
+            "method": c.method,
+            "steps": self.step,
+            "loss_backend": self.loss_backend,
+            "train_seconds": elapsed,
+            "steps_per_second": (self.step - first_step) / elapsed if elapsed > 0 else float("nan"),
+            "final_terms": terms,
+        }
+
+
+__all__ = ["METHODS", "ConfigError", "DataError", "TrainConfig", "Trainer"]
