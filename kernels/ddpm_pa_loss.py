@@ -1,0 +1,501 @@
+"""The fused DDPM-PA loss in Triton: forward and backward, each one pass over the inputs.
+
+Traffic plan (the CPU kernel's): the images are walked as a grid of 2x2 pixel blocks over the flattened
+(C, ceil(H/2), ceil(W/2)) block grid of every sample, so that each block yields its 4 pixels of
+x0 = a_t x_t - b_t eps and, when complete, its one HF value, in registers.
+Forward:
+  1. _ddpm_pa_loss_forward_kernel: a persistent grid of programs, each walking a strided range of
+     column blocks with all N samples of a block in one tile (N <= 32; larger N tiles the samples and
+     each program handles one pair of row tiles), accumulates the four partial Gram matrices
+     [G(x0_src), G(x0_ada), G(HF(x0_src)), G(HF(x0_ada))] with tl.dot and the squared errors of the
+     mse and hf_mse terms; x_t, eps_ada, eps_src and noise are read once from memory.
+  2. _common._sum_partials_kernel adds the per-program partials in a fixed order (deterministic, no
+     atomics).
+  3. _ddpm_pa_loss_terms_kernel, one program: the two KL terms from the Grams and the total.
+Backward:
+  1. _ddpm_pa_loss_grad_matrices_kernel, one program: the weights of the five upstream gradients
+     (ddpm_pa::loss_term_weights) and the N x N matrices M_img, M_hf (similarity_kl_grad_matrix).
+  2. _ddpm_pa_loss_backward_kernel: one read of x_t, eps_ada and noise, one write of grad_eps_ada:
+       grad = c_mse 2 e / numel + b^2 HF^T(c_hf 2 HF(e) / numel_hf)
+              - b (M_img @ x0_ada) - b HF^T(M_hf @ HF(x0_ada)),   e = eps_ada - noise.
+The maths of each step is csrc/ddpm_pa_math.h's; the N x N functions are shared with pairwise_kl.py.
+"""
+
+from __future__ import annotations
+
+import torch
+import triton
+import triton.language as tl
+from torch.library import triton_op, wrap_triton
+
+from ddpm_pa_fast._nvtx import annotate
+
+from ._common import (
+    GRAM_STAGES,
+    GRAM_WARPS,
+    REDUCTION_CODES,
+    accumulation_dtype,
+    block_n,
+    check_batch,
+    reduction_programs,
+    scalars,
+    sum_partials,
+    tl_dtype,
+    whole_batch_block,
+)
+from .pairwise_kl import _load_square, _reduction_scale, _similarity_kl_grad_matrix, _similarity_kl_rows
+
+# 2x2 blocks per column tile: 32 blocks = 128 pixels per sample per step. With a 32-sample tile the
+# forward keeps ~10 fp32 tiles of 32 x 32 live (x0 of 4 pixels and HF, for both models) plus four
+# 32 x 32 Gram accumulators: about 112 registers per thread at 4 warps, so two programs fit per SM.
+LOSS_BLOCK_K = 32
+NUM_LOSS_TERMS = 5
+
+
+@triton.jit
+def _pixel_offsets(rows, blocks, n, height, width, num_blocks, DR: tl.constexpr, DC: tl.constexpr):
+    """Offsets (rows x blocks) and in-image mask of pixel (DR, DC) of each 2x2 block."""
+    blocks_w = (width + 1) // 2
+    plane_blocks = ((height + 1) // 2) * blocks_w
+    channel = blocks // plane_blocks
+    rem = blocks - channel * plane_blocks
+    i = rem // blocks_w
+    r = 2 * i + DR
+    c = 2 * (rem - i * blocks_w) + DC
+    column_offs = channel * height * width + r * width + c
+    column_in = (blocks < num_blocks) & (r < height) & (c < width)
+    sample_size = (num_blocks // plane_blocks) * height * width
+    offs = rows.to(tl.int64)[:, None] * sample_size + column_offs[None, :]
+    return offs, (rows[:, None] < n) & column_in[None, :]
+
+
+@triton.jit
+def _high_frequency(a, b, c, d):
+    """ddpm_pa::high_frequency."""
+    return (3.0 * d - a - b - c) * 0.5
+
+
+@triton.jit
+def _forward_pixel(
+    x_t_ptr, eps_ada_ptr, eps_src_ptr, noise_ptr, rows, blocks, n, height, width, num_blocks, a_t, b_t,
+    noise_rows, DR: tl.constexpr, DC: tl.constexpr, ACC: tl.constexpr,
+):
+    """x0_src, x0_ada and eps_ada - noise at pixel (DR, DC) of each block (zero outside the image).
+
+    The noise is read for rows < noise_rows only (N, or 0 for a tile that does not own the errors):
+    a masked-off load moves no bytes.
+    """
+    offs, mask = _pixel_offsets(rows, blocks, n, height, width, num_blocks, DR, DC)
+    with_noise = mask & (rows < noise_rows)[:, None]
+    x_t = tl.load(x_t_ptr + offs, mask=mask, other=0.0).to(ACC)
+    eps_ada = tl.load(eps_ada_ptr + offs, mask=mask, other=0.0).to(ACC)
+    eps_src = tl.load(eps_src_ptr + offs, mask=mask, other=0.0).to(ACC)
+    noise = tl.load(noise_ptr + offs, mask=with_noise, other=0.0).to(ACC)
+    x0_src = a_t[:, None] * x_t - b_t[:, None] * eps_src
+    x0_ada = a_t[:, None] * x_t - b_t[:, None] * eps_ada
+    return x0_src, x0_ada, tl.where(with_noise, eps_ada - noise, 0.0)
+
+
+@triton.jit
+def _forward_tiles(
+    x_t_ptr, eps_ada_ptr, eps_src_ptr, noise_ptr, a_ptr, b_ptr, rows, blocks, n, height, width, num_blocks,
+    noise_rows, ACC: tl.constexpr,
+):
+    """The features of one row tile and column tile: x0 of both models (4 pixels), their HF, and the
+    squared errors of the mse and hf_mse terms (elementwise, summed by the caller)."""
+    a_t = tl.load(a_ptr + rows, mask=rows < n, other=0.0).to(ACC)
+    b_t = tl.load(b_ptr + rows, mask=rows < n, other=0.0).to(ACC)
+    s_a, d_a, e_a = _forward_pixel(
+        x_t_ptr, eps_ada_ptr, eps_src_ptr, noise_ptr, rows, blocks, n, height, width, num_blocks, a_t, b_t,
+        noise_rows, 0, 0, ACC,
+    )
+    s_b, d_b, e_b = _forward_pixel(
+        x_t_ptr, eps_ada_ptr, eps_src_ptr, noise_ptr, rows, blocks, n, height, width, num_blocks, a_t, b_t,
+        noise_rows, 0, 1, ACC,
+    )
+    s_c, d_c, e_c = _forward_pixel(
+        x_t_ptr, eps_ada_ptr, eps_src_ptr, noise_ptr, rows, blocks, n, height, width, num_blocks, a_t, b_t,
+        noise_rows, 1, 0, ACC,
+    )
+    s_d, d_d, e_d = _forward_pixel(
+        x_t_ptr, eps_ada_ptr, eps_src_ptr, noise_ptr, rows, blocks, n, height, width, num_blocks, a_t, b_t,
+        noise_rows, 1, 1, ACC,
+    )
+    # A block has an HF value only when complete: its bottom-right pixel is inside the image.
+    _, complete = _pixel_offsets(rows, blocks, n, height, width, num_blocks, 1, 1)
+    hf_src = tl.where(complete, _high_frequency(s_a, s_b, s_c, s_d), 0.0)
+    hf_ada = tl.where(complete, _high_frequency(d_a, d_b, d_c, d_d), 0.0)
+    # HF(x0_ada) - HF(x0_tgt) = -b_t HF(eps_ada - noise): the same value, without cancellation.
+    hf_err = b_t[:, None] * tl.where(complete, _high_frequency(e_a, e_b, e_c, e_d), 0.0)
+    sq_mse = e_a * e_a + e_b * e_b + e_c * e_c + e_d * e_d
+    return s_a, s_b, s_c, s_d, d_a, d_b, d_c, d_d, hf_src, hf_ada, sq_mse, hf_err * hf_err
+
+
+@triton.jit
+def _gram(x, y):
+    return tl.dot(x, tl.trans(y), input_precision="ieee", out_dtype=x.dtype)
+
+
+@triton.jit
+def _ddpm_pa_loss_forward_kernel(
+    x_t_ptr,  # (N, C, H, W) contiguous
+    eps_ada_ptr,  # (N, C, H, W) contiguous, dtype of x_t
+    eps_src_ptr,  # (N, C, H, W) contiguous, dtype of x_t
+    noise_ptr,  # (N, C, H, W) contiguous, dtype of x_t
+    a_ptr,  # (N,) a_t = sqrt(1 / abar_t), any float dtype
+    b_ptr,  # (N,) b_t = sqrt(1 / abar_t - 1), any float dtype
+    gram_partials_ptr,  # (P, 4, N, N) accumulation dtype: per program, the four Grams over its blocks
+    sq_partials_ptr,  # (P, 2, T) accumulation dtype: per program and row tile, the mse / hf_mse sums
+    n,  # N
+    height,  # H
+    width,  # W
+    num_blocks,  # C * ceil(H / 2) * ceil(W / 2)
+    NUM_TILES: tl.constexpr,  # T = ceil(N / BLOCK_N); the grid's axis 1 is the T * T row-tile pairs
+    BLOCK_N: tl.constexpr,  # samples per tile, a power of two >= 16 (tl.dot)
+    BLOCK_K: tl.constexpr,  # 2x2 blocks per column tile
+    ACC: tl.constexpr,
+):
+    pid_p = tl.program_id(0)
+    num_programs = tl.num_programs(0)
+    tile_i = tl.program_id(1) // NUM_TILES
+    tile_j = tl.program_id(1) % NUM_TILES
+    rows_i = tile_i * BLOCK_N + tl.arange(0, BLOCK_N)
+    rows_j = tile_j * BLOCK_N + tl.arange(0, BLOCK_N)
+    # The squared errors are summed by the diagonal tile pairs only, each row once.
+    owns_errors = tile_i == tile_j
+    noise_rows = tl.where(owns_errors, n, 0)
+    g_src = tl.zeros((BLOCK_N, BLOCK_N), ACC)
+    g_ada = tl.zeros((BLOCK_N, BLOCK_N), ACC)
+    g_hf_src = tl.zeros((BLOCK_N, BLOCK_N), ACC)
+    g_hf_ada = tl.zeros((BLOCK_N, BLOCK_N), ACC)
+    sq_mse = tl.zeros((BLOCK_N, BLOCK_K), ACC)
+    sq_hf = tl.zeros((BLOCK_N, BLOCK_K), ACC)
+    for step in range(pid_p, tl.cdiv(num_blocks, BLOCK_K), num_programs):
+        blocks = tl.arange(0, BLOCK_K).to(tl.int64) + step * BLOCK_K
+        s_a, s_b, s_c, s_d, d_a, d_b, d_c, d_d, hf_s, hf_d, sq_m, sq_h = _forward_tiles(
+            x_t_ptr, eps_ada_ptr, eps_src_ptr, noise_ptr, a_ptr, b_ptr, rows_i, blocks, n, height, width,
+            num_blocks, noise_rows, ACC,
+        )
+        sq_mse += sq_m
+        sq_hf += sq_h
+        if NUM_TILES == 1:
+            g_src += _gram(s_a, s_a) + _gram(s_b, s_b) + _gram(s_c, s_c) + _gram(s_d, s_d)
+            g_ada += _gram(d_a, d_a) + _gram(d_b, d_b) + _gram(d_c, d_c) + _gram(d_d, d_d)
+            g_hf_src += _gram(hf_s, hf_s)
+            g_hf_ada += _gram(hf_d, hf_d)
+        else:
+            t_a, t_b, t_c, t_d, u_a, u_b, u_c, u_d, hf_t, hf_u, _, _ = _forward_tiles(
+                x_t_ptr, eps_ada_ptr, eps_src_ptr, noise_ptr, a_ptr, b_ptr, rows_j, blocks, n, height, width,
+                num_blocks, 0, ACC,
+            )
+            g_src += _gram(s_a, t_a) + _gram(s_b, t_b) + _gram(s_c, t_c) + _gram(s_d, t_d)
+            g_ada += _gram(d_a, u_a) + _gram(d_b, u_b) + _gram(d_c, u_c) + _gram(d_d, u_d)
+            g_hf_src += _gram(hf_s, hf_t)
+            g_hf_ada += _gram(hf_d, hf_u)
+    mask = (rows_i[:, None] < n) & (rows_j[None, :] < n)
+    out = gram_partials_ptr + pid_p.to(tl.int64) * 4 * n * n + rows_i[:, None] * n + rows_j[None, :]
+    tl.store(out, g_src, mask=mask)
+    tl.store(out + n * n, g_ada, mask=mask)
+    tl.store(out + 2 * n * n, g_hf_src, mask=mask)
+    tl.store(out + 3 * n * n, g_hf_ada, mask=mask)
+    sq_out = sq_partials_ptr + pid_p.to(tl.int64) * 2 * NUM_TILES + tile_i
+    tl.store(sq_out, tl.sum(tl.sum(sq_mse, axis=1), axis=0), mask=owns_errors)
+    tl.store(sq_out + NUM_TILES, tl.sum(tl.sum(sq_hf, axis=1), axis=0), mask=owns_errors)
+
+
+@triton.jit
+def _ddpm_pa_loss_terms_kernel(
+    grams_ptr,  # (4, N, N) accumulation dtype: [G(x0_src), G(x0_ada), G(HF(x0_src)), G(HF(x0_ada))]
+    sq_ptr,  # (2, T) accumulation dtype: mse and hf_mse sums per row tile
+    params_ptr,  # (4,) accumulation dtype: [1 / tau, w_pair, w_hf_pair, w_hf_mse]
+    loss_ptr,  # () dtype of x_t; likewise the four terms below
+    mse_ptr,
+    hf_mse_ptr,
+    pair_img_ptr,
+    pair_hf_ptr,
+    n,  # N
+    numel,  # N * C * H * W
+    numel_hf,  # N * C * (H // 2) * (W // 2)
+    NUM_TILES: tl.constexpr,  # T
+    REDUCTION: tl.constexpr,  # REDUCTION_CODES (never "none": the loss is a scalar)
+    B: tl.constexpr,  # power of two >= N
+    ACC: tl.constexpr,
+):
+    inv_tau = tl.load(params_ptr)
+    w_pair = tl.load(params_ptr + 1)
+    w_hf_pair = tl.load(params_ptr + 2)
+    w_hf_mse = tl.load(params_ptr + 3)
+    tiles = tl.arange(0, 16)
+    tile_mask = tiles < NUM_TILES
+    mse = tl.sum(tl.load(sq_ptr + tiles, mask=tile_mask, other=0.0), axis=0) / numel
+    hf_mse = tl.sum(tl.load(sq_ptr + NUM_TILES + tiles, mask=tile_mask, other=0.0), axis=0) / numel_hf
+    scale = _reduction_scale(n, REDUCTION, ACC)
+    g_src = _load_square(grams_ptr, n, B, ACC)
+    g_ada = _load_square(grams_ptr + n * n, n, B, ACC)
+    pair_img = tl.sum(_similarity_kl_rows(g_src, g_ada, n, inv_tau, B), axis=0) * scale
+    g_hf_src = _load_square(grams_ptr + 2 * n * n, n, B, ACC)
+    g_hf_ada = _load_square(grams_ptr + 3 * n * n, n, B, ACC)
+    pair_hf = tl.sum(_similarity_kl_rows(g_hf_src, g_hf_ada, n, inv_tau, B), axis=0) * scale
+    loss = mse + w_pair * pair_img + w_hf_pair * pair_hf + w_hf_mse * hf_mse
+    out_ty = loss_ptr.dtype.element_ty
+    tl.store(loss_ptr, loss.to(out_ty))
+    tl.store(mse_ptr, mse.to(out_ty))
+    tl.store(hf_mse_ptr, hf_mse.to(out_ty))
+    tl.store(pair_img_ptr, pair_img.to(out_ty))
+    tl.store(pair_hf_ptr, pair_hf.to(out_ty))
+
+
+@triton.jit
+def _ddpm_pa_loss_grad_matrices_kernel(
+    grad_terms_ptr,  # (5,) accumulation dtype: upstream gradients of (loss, mse, hf_mse, pair_img, pair_hf)
+    grams_ptr,  # (4, N, N) accumulation dtype
+    params_ptr,  # (4,) accumulation dtype: [1 / tau, w_pair, w_hf_pair, w_hf_mse]
+    m_ptr,  # (2, N, N) accumulation dtype: out, [M_img, M_hf]
+    coefs_ptr,  # (2,) accumulation dtype: out, [2 c_mse / numel, 2 c_hf_mse / numel_hf]
+    n,  # N
+    numel,  # N * C * H * W
+    numel_hf,  # N * C * (H // 2) * (W // 2)
+    REDUCTION: tl.constexpr,
+    B: tl.constexpr,
+    ACC: tl.constexpr,
+):
+    inv_tau = tl.load(params_ptr)
+    w_pair = tl.load(params_ptr + 1)
+    w_hf_pair = tl.load(params_ptr + 2)
+    w_hf_mse = tl.load(params_ptr + 3)
+    # ddpm_pa::loss_term_weights: what each term weighs in sum_k grad_k * output_k.
+    g_loss = tl.load(grad_terms_ptr)
+    c_mse = g_loss + tl.load(grad_terms_ptr + 1)
+    c_hf_mse = w_hf_mse * g_loss + tl.load(grad_terms_ptr + 2)
+    c_pair_img = w_pair * g_loss + tl.load(grad_terms_ptr + 3)
+    c_pair_hf = w_hf_pair * g_loss + tl.load(grad_terms_ptr + 4)
+    tl.store(coefs_ptr, 2.0 * c_mse / numel)
+    tl.store(coefs_ptr + 1, 2.0 * c_hf_mse / numel_hf)
+    scale = _reduction_scale(n, REDUCTION, ACC)
+    ones = tl.full((B,), 1.0, ACC)
+    rows = tl.arange(0, B)
+    out = m_ptr + rows[:, None] * n + rows[None, :]
+    mask = (rows[:, None] < n) & (rows[None, :] < n)
+    g_src = _load_square(grams_ptr, n, B, ACC)
+    g_ada = _load_square(grams_ptr + n * n, n, B, ACC)
+    tl.store(out, _similarity_kl_grad_matrix(g_src, g_ada, ones * (c_pair_img * scale), n, inv_tau, B), mask=mask)
+    g_hf_src = _load_square(grams_ptr + 2 * n * n, n, B, ACC)
+    g_hf_ada = _load_square(grams_ptr + 3 * n * n, n, B, ACC)
+    m_hf = _similarity_kl_grad_matrix(g_hf_src, g_hf_ada, ones * (c_pair_hf * scale), n, inv_tau, B)
+    tl.store(out + n * n, m_hf, mask=mask)
+
+
+@triton.jit
+def _backward_pixel(
+    x_t_ptr, eps_ada_ptr, noise_ptr, rows, blocks, n, height, width, num_blocks, a_t, b_t, noise_rows,
+    DR: tl.constexpr, DC: tl.constexpr, ACC: tl.constexpr,
+):
+    """x0_ada and eps_ada - noise (rows < noise_rows, as _forward_pixel) at pixel (DR, DC) of each block."""
+    offs, mask = _pixel_offsets(rows, blocks, n, height, width, num_blocks, DR, DC)
+    with_noise = mask & (rows < noise_rows)[:, None]
+    x_t = tl.load(x_t_ptr + offs, mask=mask, other=0.0).to(ACC)
+    eps_ada = tl.load(eps_ada_ptr + offs, mask=mask, other=0.0).to(ACC)
+    noise = tl.load(noise_ptr + offs, mask=with_noise, other=0.0).to(ACC)
+    return a_t[:, None] * x_t - b_t[:, None] * eps_ada, tl.where(with_noise, eps_ada - noise, 0.0)
+
+
+@triton.jit
+def _backward_tiles(
+    x_t_ptr, eps_ada_ptr, noise_ptr, a_ptr, b_ptr, rows, blocks, n, height, width, num_blocks, noise_rows,
+    ACC: tl.constexpr,
+):
+    a_t = tl.load(a_ptr + rows, mask=rows < n, other=0.0).to(ACC)
+    b_t = tl.load(b_ptr + rows, mask=rows < n, other=0.0).to(ACC)
+    x_a, e_a = _backward_pixel(
+        x_t_ptr, eps_ada_ptr, noise_ptr, rows, blocks, n, height, width, num_blocks, a_t, b_t, noise_rows, 0, 0, ACC
+    )
+    x_b, e_b = _backward_pixel(
+        x_t_ptr, eps_ada_ptr, noise_ptr, rows, blocks, n, height, width, num_blocks, a_t, b_t, noise_rows, 0, 1, ACC
+    )
+    x_c, e_c = _backward_pixel(
+        x_t_ptr, eps_ada_ptr, noise_ptr, rows, blocks, n, height, width, num_blocks, a_t, b_t, noise_rows, 1, 0, ACC
+    )
+    x_d, e_d = _backward_pixel(
+        x_t_ptr, eps_ada_ptr, noise_ptr, rows, blocks, n, height, width, num_blocks, a_t, b_t, noise_rows, 1, 1, ACC
+    )
+    _, complete = _pixel_offsets(rows, blocks, n, height, width, num_blocks, 1, 1)
+    hf_x0 = tl.where(complete, _high_frequency(x_a, x_b, x_c, x_d), 0.0)
+    hf_e = tl.where(complete, _high_frequency(e_a, e_b, e_c, e_d), 0.0)
+    return x_a, x_b, x_c, x_d, hf_x0, e_a, e_b, e_c, e_d, hf_e, b_t
+
+
+@triton.jit
+def _store_grad_pixel(grad_ptr, rows, blocks, n, height, width, num_blocks, value, DR: tl.constexpr, DC: tl.constexpr):
+    offs, mask = _pixel_offsets(rows, blocks, n, height, width, num_blocks, DR, DC)
+    tl.store(grad_ptr + offs, value.to(grad_ptr.dtype.element_ty), mask=mask)
+
+
+@triton.jit
+def _ddpm_pa_loss_backward_kernel(
+    m_ptr,  # (2, N, N) accumulation dtype: [M_img, M_hf]
+    coefs_ptr,  # (2,) accumulation dtype: [2 c_mse / numel, 2 c_hf_mse / numel_hf]
+    x_t_ptr,  # (N, C, H, W) contiguous
+    eps_ada_ptr,  # (N, C, H, W) contiguous
+    noise_ptr,  # (N, C, H, W) contiguous
+    a_ptr,  # (N,)
+    b_ptr,  # (N,)
+    grad_ptr,  # (N, C, H, W) contiguous, dtype of eps_ada: out
+    n,  # N
+    height,  # H
+    width,  # W
+    num_blocks,  # C * ceil(H / 2) * ceil(W / 2)
+    NUM_TILES: tl.constexpr,  # T = ceil(N / BLOCK_N); the grid's axis 1 walks the T row tiles
+    BLOCK_N: tl.constexpr,
+    BLOCK_K: tl.constexpr,
+    ACC: tl.constexpr,
+):
+    blocks = tl.arange(0, BLOCK_K).to(tl.int64) + tl.program_id(0).to(tl.int64) * BLOCK_K
+    rows_i = tl.program_id(1) * BLOCK_N + tl.arange(0, BLOCK_N)
+    c_mse = tl.load(coefs_ptr)
+    c_hf = tl.load(coefs_ptr + 1)
+    if NUM_TILES == 1:
+        x_a, x_b, x_c, x_d, hf_x0, e_a, e_b, e_c, e_d, hf_e, b_t = _backward_tiles(
+            x_t_ptr, eps_ada_ptr, noise_ptr, a_ptr, b_ptr, rows_i, blocks, n, height, width, num_blocks, n, ACC
+        )
+        m_img = _load_square(m_ptr, n, BLOCK_N, ACC)
+        m_hf = _load_square(m_ptr + n * n, n, BLOCK_N, ACC)
+        acc_a = tl.dot(m_img, x_a, input_precision="ieee", out_dtype=ACC)
+        acc_b = tl.dot(m_img, x_b, input_precision="ieee", out_dtype=ACC)
+        acc_c = tl.dot(m_img, x_c, input_precision="ieee", out_dtype=ACC)
+        acc_d = tl.dot(m_img, x_d, input_precision="ieee", out_dtype=ACC)
+        acc_hf = tl.dot(m_hf, hf_x0, input_precision="ieee", out_dtype=ACC)
+    else:
+        acc_a = tl.zeros((BLOCK_N, BLOCK_K), ACC)
+        acc_b = tl.zeros((BLOCK_N, BLOCK_K), ACC)
+        acc_c = tl.zeros((BLOCK_N, BLOCK_K), ACC)
+        acc_d = tl.zeros((BLOCK_N, BLOCK_K), ACC)
+        acc_hf = tl.zeros((BLOCK_N, BLOCK_K), ACC)
+        for tile_j in range(NUM_TILES):
+            rows_j = tile_j * BLOCK_N + tl.arange(0, BLOCK_N)
+            x_a, x_b, x_c, x_d, hf_x0, _, _, _, _, _, _ = _backward_tiles(
+                x_t_ptr, eps_ada_ptr, noise_ptr, a_ptr, b_ptr, rows_j, blocks, n, height, width, num_blocks,
+                0, ACC,
+            )
+            m_mask = (rows_i[:, None] < n) & (rows_j[None, :] < n)
+            m_offs = rows_i[:, None] * n + rows_j[None, :]
+            m_img = tl.load(m_ptr + m_offs, mask=m_mask, other=0.0)
+            m_hf = tl.load(m_ptr + n * n + m_offs, mask=m_mask, other=0.0)
+            acc_a += tl.dot(m_img, x_a, input_precision="ieee", out_dtype=ACC)
+            acc_b += tl.dot(m_img, x_b, input_precision="ieee", out_dtype=ACC)
+            acc_c += tl.dot(m_img, x_c, input_precision="ieee", out_dtype=ACC)
+            acc_d += tl.dot(m_img, x_d, input_precision="ieee", out_dtype=ACC)
+            acc_hf += tl.dot(m_hf, hf_x0, input_precision="ieee", out_dtype=ACC)
+        _, _, _, _, _, e_a, e_b, e_c, e_d, hf_e, b_t = _backward_tiles(
+            x_t_ptr, eps_ada_ptr, noise_ptr, a_ptr, b_ptr, rows_i, blocks, n, height, width, num_blocks, n, ACC
+        )
+    b = b_t[:, None]
+    # Gradient with respect to HF(x0_ada), then spread over the block by HF's adjoint (-1/2, 3/2 taps).
+    g_hf = b * b * c_hf * hf_e - b * acc_hf
+    _store_grad_pixel(grad_ptr, rows_i, blocks, n, height, width, num_blocks, c_mse * e_a - b * acc_a - 0.5 * g_hf, 0, 0)
+    _store_grad_pixel(grad_ptr, rows_i, blocks, n, height, width, num_blocks, c_mse * e_b - b * acc_b - 0.5 * g_hf, 0, 1)
+    _store_grad_pixel(grad_ptr, rows_i, blocks, n, height, width, num_blocks, c_mse * e_c - b * acc_c - 0.5 * g_hf, 1, 0)
+    _store_grad_pixel(grad_ptr, rows_i, blocks, n, height, width, num_blocks, c_mse * e_d - b * acc_d + 1.5 * g_hf, 1, 1)
+
+
+def _geometry(x_t: torch.Tensor):
+    n, c, h, w = x_t.shape
+    num_blocks = c * ((h + 1) // 2) * ((w + 1) // 2)
+    return n, h, w, num_blocks, x_t.numel(), n * c * (h // 2) * (w // 2)
+
+
+def _loss_params(tau, w_pair, w_hf_pair, w_hf_mse, acc, device):
+    return scalars([1.0 / tau, w_pair, w_hf_pair, w_hf_mse], acc, device)
+
+
+@triton_op("ddpm_pa_fast_triton::ddpm_pa_loss", mutates_args={})
+def ddpm_pa_loss_forward_triton(
+    x_t: torch.Tensor, eps_ada: torch.Tensor, eps_src: torch.Tensor, noise: torch.Tensor, a_t: torch.Tensor,
+    b_t: torch.Tensor, w_pair: float, w_hf_pair: float, w_hf_mse: float, tau: float, reduction: str,
+) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor, torch.Tensor, torch.Tensor, torch.Tensor]:
+    check_batch(x_t.shape[0], "x_t")
+    x_t, eps_ada, eps_src, noise = (t.contiguous() for t in (x_t, eps_ada, eps_src, noise))
+    a_t, b_t = a_t.reshape(-1).contiguous(), b_t.reshape(-1).contiguous()
+    n, h, w, num_blocks, numel, numel_hf = _geometry(x_t)
+    acc = accumulation_dtype(x_t.dtype)
+    bn = block_n(n)
+    num_tiles = triton.cdiv(n, bn)
+    programs = reduction_programs(triton.cdiv(num_blocks, LOSS_BLOCK_K), x_t.device)
+    gram_partials = x_t.new_empty((programs, 4, n, n), dtype=acc)
+    sq_partials = x_t.new_empty((programs, 2, num_tiles), dtype=acc)
+    wrap_triton(_ddpm_pa_loss_forward_kernel)[(programs, num_tiles * num_tiles)](
+        x_t, eps_ada, eps_src, noise, a_t, b_t, gram_partials, sq_partials, n, h, w, num_blocks,
+        NUM_TILES=num_tiles, BLOCK_N=bn, BLOCK_K=LOSS_BLOCK_K, ACC=tl_dtype(acc),
+        num_warps=GRAM_WARPS, num_stages=GRAM_STAGES,
+    )
+    grams = sum_partials(gram_partials)
+    sq = sum_partials(sq_partials)
+    terms = [x_t.new_empty(()) for _ in range(NUM_LOSS_TERMS)]
+    wrap_triton(_ddpm_pa_loss_terms_kernel)[(1,)](
+        grams, sq, _loss_params(tau, w_pair, w_hf_pair, w_hf_mse, acc, x_t.device), *terms, n, numel, numel_hf,
+        NUM_TILES=num_tiles, REDUCTION=REDUCTION_CODES[reduction], B=whole_batch_block(n), ACC=tl_dtype(acc),
+    )
+    return (*terms, grams)
+
+
+@triton_op("ddpm_pa_fast_triton::ddpm_pa_loss_backward", mutates_args={})
+def ddpm_pa_loss_backward_triton(
+    grad_terms: torch.Tensor, grams: torch.Tensor, x_t: torch.Tensor, eps_ada: torch.Tensor, noise: torch.Tensor,
+    a_t: torch.Tensor, b_t: torch.Tensor, w_pair: float, w_hf_pair: float, w_hf_mse: float, tau: float,
+    reduction: str,
+) -> torch.Tensor:
+    x_t, eps_ada, noise = (t.contiguous() for t in (x_t, eps_ada, noise))
+    a_t, b_t = a_t.reshape(-1).contiguous(), b_t.reshape(-1).contiguous()
+    n, h, w, num_blocks, numel, numel_hf = _geometry(x_t)
+    acc = grams.dtype
+    m = grams.new_empty((2, n, n))
+    coefs = grams.new_empty((2,))
+    wrap_triton(_ddpm_pa_loss_grad_matrices_kernel)[(1,)](
+        grad_terms.to(acc).contiguous(), grams.contiguous(),
+        _loss_params(tau, w_pair, w_hf_pair, w_hf_mse, acc, x_t.device), m, coefs, n, numel, numel_hf,
+        REDUCTION=REDUCTION_CODES[reduction], B=whole_batch_block(n), ACC=tl_dtype(acc),
+    )
+    grad = torch.empty_like(eps_ada)
+    bn = block_n(n)
+    num_tiles = triton.cdiv(n, bn)
+    wrap_triton(_ddpm_pa_loss_backward_kernel)[(triton.cdiv(num_blocks, LOSS_BLOCK_K), num_tiles)](
+        m, coefs, x_t, eps_ada, noise, a_t, b_t, grad, n, h, w, num_blocks,
+        NUM_TILES=num_tiles, BLOCK_N=bn, BLOCK_K=LOSS_BLOCK_K, ACC=tl_dtype(acc),
+        num_warps=GRAM_WARPS, num_stages=GRAM_STAGES,
+    )
+    return grad
+
+
+@ddpm_pa_loss_forward_triton.register_fake
+def _(x_t, eps_ada, eps_src, noise, a_t, b_t, w_pair, w_hf_pair, w_hf_mse, tau, reduction):
+    torch._check(x_t.dim() == 4, lambda: f"x_t must be (N, C, H, W), got {tuple(x_t.shape)}")
+    n = x_t.shape[0]
+    terms = [x_t.new_empty(()) for _ in range(NUM_LOSS_TERMS)]
+    return (*terms, x_t.new_empty((4, n, n), dtype=accumulation_dtype(x_t.dtype)))
+
+
+@ddpm_pa_loss_backward_triton.register_fake
+def _(grad_terms, grams, x_t, eps_ada, noise, a_t, b_t, w_pair, w_hf_pair, w_hf_mse, tau, reduction):
+    torch._check(grad_terms.shape == (NUM_LOSS_TERMS,), lambda: "grad_terms must have shape (5,)")
+    return torch.empty_like(eps_ada, memory_format=torch.contiguous_format)
+
+
+def _setup_context(ctx, inputs, output):
+    x_t, eps_ada, _, noise, a_t, b_t, w_pair, w_hf_pair, w_hf_mse, tau, reduction = inputs
+    ctx.save_for_backward(output[-1], x_t, eps_ada, noise, a_t, b_t)
+    ctx.scalars = (w_pair, w_hf_pair, w_hf_mse, tau, reduction)
+
+
+def _backward(ctx, *grads):
+    grams, x_t, eps_ada, noise, a_t, b_t = ctx.saved_tensors
+    with annotate("ddpm_pa_loss_backward[triton]"):
+        # Missing upstream gradients are zeros; stacking them on the device keeps the host out of it.
+        grad_terms = torch.stack(
+            [grams.new_zeros(()) if g is None else g.to(grams.dtype) for g in grads[:NUM_LOSS_TERMS]]
+        )
+        grad_eps_ada = torch.ops.ddpm_pa_fast_triton.ddpm_pa_loss_backward(
+            grad_terms, grams, x_t, eps_ada, noise, a_t, b_t, *ctx.scalars
+        )
+    return None, grad_eps_ada, None, None, None, None, None, None, None, None, None
+
+
+ddpm_pa_loss_forward_triton.register_autograd(_backward, setup_context=_setup_context)
