@@ -1,0 +1,324 @@
+// The fused DDPM-PA loss on CPU.
+//
+// Forward: one pass over x_t, eps_ada, eps_src and noise. The flattened per-sample dimension is cut
+// into units of one channel's row pair (so every 2x2 Haar block is whole; an odd last row is a unit of
+// one row). For a block of units, x0_src, x0_ada and their high-frequency maps of all N samples are
+// formed in a small buffer, and the four Gram matrices and the two squared-error sums accumulate from
+// it; no x0 or HF tensor is ever materialised. Per-chunk partial sums are added in chunk order.
+//
+// Backward: one pass over x_t, eps_ada and noise, writing grad_eps_ada once:
+//   grad = c_mse 2 (eps_ada - noise) / numel + HF^T(c_hf 2 b^2 HF(eps_ada - noise) / numel_hf)
+//          - b (M_img @ x0_ada) - b HF^T(M_hf @ HF(x0_ada))
+// with the M matrices built from the Gram matrices the forward saved. hf_mse uses
+// HF(x0_ada) - HF(x0_tgt) = -b HF(eps_ada - noise), so x0_tgt is never formed either.
+#include <torch/library.h>
+
+#include "cpu_kernel_utils.h"
+
+namespace ddpm_pa {
+namespace cpu {
+namespace {
+
+// The geometry of the blocked walk over one sample's (C, H, W) values.
+struct LossLayout {
+  int64_t n, channels, height, width;
+  int64_t row_pairs;       // ceil(H / 2): units per channel
+  int64_t half_width;      // W / 2: HF values per full unit
+  int64_t units;           // channels * row_pairs
+  int64_t units_per_block;
+  int64_t values_per_block;     // max x0 values per sample in a block
+  int64_t hf_values_per_block;  // max HF values per sample in a block
+
+  LossLayout(const at::Tensor& x)
+      : n(x.size(0)), channels(x.size(1)), height(x.size(2)), width(x.size(3)) {
+    row_pairs = (height + 1) / 2;
+    half_width = width / 2;
+    units = channels * row_pairs;
+    units_per_block = std::max<int64_t>(1, block_values_per_sample(n) / (2 * width));
+    values_per_block = units_per_block * 2 * width;
+    hf_values_per_block = units_per_block * half_width;
+  }
+  int64_t sample_values() const { return channels * height * width; }
+  int64_t numel() const { return n * sample_values(); }
+  int64_t hf_numel() const { return n * channels * (height / 2) * half_width; }
+  // Offset of unit u's first value within a sample, and how many rows (1 or 2) it has.
+  int64_t unit_offset(int64_t u) const { return (u / row_pairs) * height * width + 2 * (u % row_pairs) * width; }
+  int64_t unit_rows(int64_t u) const { return 2 * (u % row_pairs) + 1 < height ? 2 : 1; }
+};
+
+void check_loss_args(const at::Tensor& x_t, const at::Tensor& eps_ada, const at::Tensor& noise, const at::Tensor& a_t,
+                     const at::Tensor& b_t, double tau) {
+  TORCH_CHECK(x_t.dim() == 4, "x_t must be a 4-D (N, C, H, W) tensor, got shape ", x_t.sizes());
+  check_floating(x_t, "x_t");
+  check_same_layout(x_t, "x_t", eps_ada, "eps_ada");
+  check_same_layout(x_t, "x_t", noise, "noise");
+  TORCH_CHECK(x_t.size(0) >= 2, "x_t must hold at least 2 samples (pairwise similarities need N >= 2), got N=",
+              x_t.size(0));
+  TORCH_CHECK(x_t.size(2) >= 2 && x_t.size(3) >= 2, "x_t must have height and width of at least 2, got shape ",
+              x_t.sizes());
+  for (const auto& [coef, name] : {std::pair{&a_t, "a_t"}, std::pair{&b_t, "b_t"}}) {
+    check_floating(*coef, name);
+    TORCH_CHECK(coef->numel() == x_t.size(0), name, " must hold one value per sample of x_t (", x_t.size(0),
+                "), got shape ", coef->sizes());
+    TORCH_CHECK(coef->device() == x_t.device(), name, " must be on the device of x_t (", x_t.device(), "), got ",
+                coef->device());
+  }
+  TORCH_CHECK(tau > 0 && std::isfinite(tau), "tau must be a finite number > 0, got ", tau);
+}
+
+at::Tensor per_sample(const at::Tensor& coef, at::ScalarType acc_dtype) {
+  return coef.reshape({coef.numel()}).to(acc_dtype).contiguous();
+}
+
+std::tuple<at::Tensor, at::Tensor, at::Tensor, at::Tensor, at::Tensor, at::Tensor> ddpm_pa_loss_cpu(
+    const at::Tensor& x_t, const at::Tensor& eps_ada, const at::Tensor& eps_src, const at::Tensor& noise,
+    const at::Tensor& a_t, const at::Tensor& b_t, double w_pair, double w_hf_pair, double w_hf_mse, double tau,
+    c10::string_view reduction_name) {
+  check_loss_args(x_t, eps_ada, noise, a_t, b_t, tau);
+  check_same_layout(x_t, "x_t", eps_src, "eps_src");
+  const int reduction = reduction_from_name(std::string(reduction_name), "reduction", /*allow_none=*/false);
+  const LossLayout layout(x_t);
+  const int64_t n = layout.n, width = layout.width, half_width = layout.half_width;
+  const at::ScalarType acc_dtype = accumulation_dtype(x_t.scalar_type());
+  const at::Tensor xt_c = x_t.contiguous(), ea_c = eps_ada.contiguous(), es_c = eps_src.contiguous();
+  const at::Tensor noise_c = noise.contiguous();
+  const at::Tensor a_c = per_sample(a_t, acc_dtype), b_c = per_sample(b_t, acc_dtype);
+  at::Tensor grams = at::empty({4, n, n}, x_t.options().dtype(acc_dtype));
+  std::array<at::Tensor, 5> terms;
+  for (auto& t : terms) t = at::empty({}, x_t.options());
+
+  AT_DISPATCH_FLOATING_TYPES_AND2(at::kHalf, at::kBFloat16, x_t.scalar_type(), "ddpm_pa_loss_cpu", [&] {
+    using acc_t = acc_type<scalar_t>;
+    const scalar_t* xt = xt_c.const_data_ptr<scalar_t>();
+    const scalar_t* ea = ea_c.const_data_ptr<scalar_t>();
+    const scalar_t* es = es_c.const_data_ptr<scalar_t>();
+    const scalar_t* nz = noise_c.const_data_ptr<scalar_t>();
+    const acc_t* coef_a = a_c.const_data_ptr<acc_t>();
+    const acc_t* coef_b = b_c.const_data_ptr<acc_t>();
+    const int64_t nn = n * n;
+    // Per chunk: upper triangles of the four Gram matrices, then sum (eps_ada - noise)^2 and
+    // sum b^2 HF(eps_ada - noise)^2.
+    const int64_t width_partial = 4 * nn + 2;
+    const FixedPartition partition(layout.units, layout.units_per_block);
+    std::vector<double> partials(partition.count * width_partial, 0.0);
+    const int64_t lmax = layout.values_per_block, hmax = layout.hf_values_per_block;
+
+    parallel_for_chunks(partition, [&](int64_t chunk, int64_t unit_begin, int64_t unit_end) {
+      double* partial = partials.data() + chunk * width_partial;
+      std::vector<acc_t> x0_src(n * lmax), x0_ada(n * lmax), hf_src(n * hmax), hf_ada(n * hmax), diff(2 * width);
+      for (int64_t u0 = unit_begin; u0 < unit_end; u0 += layout.units_per_block) {
+        const int64_t u1 = std::min(unit_end, u0 + layout.units_per_block);
+        int64_t len = 0, hf_len = 0;
+        for (int64_t i = 0; i < n; ++i) {
+          const acc_t a = coef_a[i], b = coef_b[i];
+          acc_t* s_row = x0_src.data() + i * lmax;
+          acc_t* a_row = x0_ada.data() + i * lmax;
+          acc_t* hs_row = hf_src.data() + i * hmax;
+          acc_t* ha_row = hf_ada.data() + i * hmax;
+          acc_t sq = 0, hf_sq = 0;
+          int64_t pos = 0, hpos = 0;
+          for (int64_t u = u0; u < u1; ++u) {
+            const int64_t base = i * layout.sample_values() + layout.unit_offset(u);
+            const int64_t rows = layout.unit_rows(u);
+            for (int64_t row = 0; row < rows; ++row) {
+              const int64_t off = base + row * width;
+              const scalar_t* DDPM_PA_RESTRICT xr = xt + off;
+              const scalar_t* DDPM_PA_RESTRICT ear = ea + off;
+              const scalar_t* DDPM_PA_RESTRICT esr = es + off;
+              const scalar_t* DDPM_PA_RESTRICT nzr = nz + off;
+              acc_t* DDPM_PA_RESTRICT s_out = s_row + pos + row * width;
+              acc_t* DDPM_PA_RESTRICT a_out = a_row + pos + row * width;
+              acc_t* DDPM_PA_RESTRICT d_out = diff.data() + row * width;
+DDPM_PA_PRAGMA(omp simd reduction(+ : sq))
+              for (int64_t w = 0; w < width; ++w) {
+                const acc_t x = xr[w], e = ear[w];
+                s_out[w] = predict_x0<acc_t>(a, x, b, esr[w]);
+                a_out[w] = predict_x0<acc_t>(a, x, b, e);
+                const acc_t dv = e - static_cast<acc_t>(nzr[w]);
+                d_out[w] = dv;
+                sq += dv * dv;
+              }
+            }
+            if (rows == 2) {
+              const acc_t* DDPM_PA_RESTRICT st = s_row + pos;
+              const acc_t* DDPM_PA_RESTRICT sb = st + width;
+              const acc_t* DDPM_PA_RESTRICT at = a_row + pos;
+              const acc_t* DDPM_PA_RESTRICT ab = at + width;
+              const acc_t* DDPM_PA_RESTRICT dt = diff.data();
+              const acc_t* DDPM_PA_RESTRICT db = dt + width;
+              acc_t* DDPM_PA_RESTRICT hs = hs_row + hpos;
+              acc_t* DDPM_PA_RESTRICT ha = ha_row + hpos;
+DDPM_PA_PRAGMA(omp simd reduction(+ : hf_sq))
+              for (int64_t j = 0; j < half_width; ++j) {
+                hs[j] = high_frequency(st[2 * j], st[2 * j + 1], sb[2 * j], sb[2 * j + 1]);
+                ha[j] = high_frequency(at[2 * j], at[2 * j + 1], ab[2 * j], ab[2 * j + 1]);
+                const acc_t hd = high_frequency(dt[2 * j], dt[2 * j + 1], db[2 * j], db[2 * j + 1]);
+                hf_sq += hd * hd;
+              }
+              hpos += half_width;
+            }
+            pos += rows * width;
+          }
+          len = pos;
+          hf_len = hpos;
+          partial[4 * nn] += static_cast<double>(sq);
+          partial[4 * nn + 1] += static_cast<double>(b) * static_cast<double>(b) * static_cast<double>(hf_sq);
+        }
+        add_block_gram(x0_src.data(), n, lmax, len, partial);
+        add_block_gram(x0_ada.data(), n, lmax, len, partial + nn);
+        add_block_gram(hf_src.data(), n, hmax, hf_len, partial + 2 * nn);
+        add_block_gram(hf_ada.data(), n, hmax, hf_len, partial + 3 * nn);
+      }
+    });
+
+    std::vector<double> total(width_partial);
+    sum_partials_in_order(partials, partition.count, width_partial, total.data());
+    acc_t* g = grams.mutable_data_ptr<acc_t>();
+    for (int k = 0; k < 4; ++k) store_symmetric(total.data() + k * nn, n, g + k * nn);
+    const acc_t inv_tau = static_cast<acc_t>(1.0 / tau);
+    std::vector<acc_t> row_kl(n);
+    similarity_kl_rows(g, g + nn, n, inv_tau, row_kl.data());
+    const acc_t pair_img = reduce_kl_rows(row_kl.data(), n, reduction);
+    similarity_kl_rows(g + 2 * nn, g + 3 * nn, n, inv_tau, row_kl.data());
+    const acc_t pair_hf = reduce_kl_rows(row_kl.data(), n, reduction);
+    const acc_t mse = static_cast<acc_t>(total[4 * nn] / static_cast<double>(layout.numel()));
+    const acc_t hf_mse = static_cast<acc_t>(total[4 * nn + 1] / static_cast<double>(layout.hf_numel()));
+    const acc_t loss = mse + static_cast<acc_t>(w_pair) * pair_img + static_cast<acc_t>(w_hf_pair) * pair_hf +
+                       static_cast<acc_t>(w_hf_mse) * hf_mse;
+    const acc_t values[5] = {loss, mse, hf_mse, pair_img, pair_hf};
+    for (int k = 0; k < 5; ++k) *terms[k].mutable_data_ptr<scalar_t>() = static_cast<scalar_t>(values[k]);
+  });
+  return {terms[kLoss], terms[kMse], terms[kHfMse], terms[kPairImg], terms[kPairHf], grams};
+}
+
+at::Tensor ddpm_pa_loss_backward_cpu(const at::Tensor& grad_terms, const at::Tensor& grams, const at::Tensor& x_t,
+                                     const at::Tensor& eps_ada, const at::Tensor& noise, const at::Tensor& a_t,
+                                     const at::Tensor& b_t, double w_pair, double w_hf_pair, double w_hf_mse,
+                                     double tau, c10::string_view reduction_name) {
+  check_loss_args(x_t, eps_ada, noise, a_t, b_t, tau);
+  const int reduction = reduction_from_name(std::string(reduction_name), "reduction", /*allow_none=*/false);
+  const LossLayout layout(x_t);
+  const int64_t n = layout.n, width = layout.width, half_width = layout.half_width;
+  const at::ScalarType acc_dtype = accumulation_dtype(x_t.scalar_type());
+  TORCH_CHECK(grad_terms.numel() == kNumLossTerms, "grad_terms must hold the ", int(kNumLossTerms),
+              " upstream gradients of (loss, mse, hf_mse, pair_img, pair_hf), got shape ", grad_terms.sizes());
+  TORCH_CHECK(grams.dim() == 3 && grams.size(0) == 4 && grams.size(1) == n && grams.size(2) == n,
+              "grams must have shape (4, ", n, ", ", n, "), got ", grams.sizes());
+  TORCH_CHECK(grams.scalar_type() == acc_dtype, "grams must have dtype ", acc_dtype, ", got ", grams.scalar_type());
+  const at::Tensor xt_c = x_t.contiguous(), ea_c = eps_ada.contiguous(), noise_c = noise.contiguous();
+  const at::Tensor a_c = per_sample(a_t, acc_dtype), b_c = per_sample(b_t, acc_dtype);
+  const at::Tensor g_c = grams.contiguous(), up_c = grad_terms.to(acc_dtype).contiguous();
+  at::Tensor grad = at::empty(x_t.sizes(), x_t.options());
+
+  AT_DISPATCH_FLOATING_TYPES_AND2(at::kHalf, at::kBFloat16, x_t.scalar_type(), "ddpm_pa_loss_backward_cpu", [&] {
+    using acc_t = acc_type<scalar_t>;
+    const int64_t nn = n * n;
+    const acc_t* g = g_c.const_data_ptr<acc_t>();
+    const LossTermWeights<acc_t> c = loss_term_weights<acc_t>(
+        up_c.const_data_ptr<acc_t>(), static_cast<acc_t>(w_pair), static_cast<acc_t>(w_hf_pair),
+        static_cast<acc_t>(w_hf_mse));
+    const acc_t scale = reduction_scale<acc_t>(reduction, n);
+    const acc_t inv_tau = static_cast<acc_t>(1.0 / tau);
+    const std::vector<acc_t> weight_img(n, c.pair_img * scale), weight_hf(n, c.pair_hf * scale);
+    const std::vector<acc_t> m_img = similarity_kl_gradient(g, g + nn, n, inv_tau, weight_img.data());
+    const std::vector<acc_t> m_hf = similarity_kl_gradient(g + 2 * nn, g + 3 * nn, n, inv_tau, weight_hf.data());
+    const acc_t k_mse = c.mse * acc_t(2) / static_cast<acc_t>(layout.numel());
+    const acc_t k_hf = c.hf_mse * acc_t(2) / static_cast<acc_t>(layout.hf_numel());
+
+    const scalar_t* xt = xt_c.const_data_ptr<scalar_t>();
+    const scalar_t* ea = ea_c.const_data_ptr<scalar_t>();
+    const scalar_t* nz = noise_c.const_data_ptr<scalar_t>();
+    const acc_t* coef_a = a_c.const_data_ptr<acc_t>();
+    const acc_t* coef_b = b_c.const_data_ptr<acc_t>();
+    scalar_t* out = grad.mutable_data_ptr<scalar_t>();
+    const int64_t lmax = layout.values_per_block, hmax = layout.hf_values_per_block;
+    const FixedPartition partition(layout.units, layout.units_per_block);
+
+    parallel_for_chunks(partition, [&](int64_t, int64_t unit_begin, int64_t unit_end) {
+      std::vector<acc_t> x0_ada(n * lmax), diff(n * lmax), pair_img(n * lmax);
+      std::vector<acc_t> hf_ada(n * hmax), hf_diff(n * hmax), pair_hf(n * hmax), grad_rows(2 * width);
+      for (int64_t u0 = unit_begin; u0 < unit_end; u0 += layout.units_per_block) {
+        const int64_t u1 = std::min(unit_end, u0 + layout.units_per_block);
+        int64_t len = 0, hf_len = 0;
+        for (int64_t i = 0; i < n; ++i) {
+          const acc_t a = coef_a[i], b = coef_b[i];
+          int64_t pos = 0, hpos = 0;
+          for (int64_t u = u0; u < u1; ++u) {
+            const int64_t base = i * layout.sample_values() + layout.unit_offset(u);
+            const int64_t rows = layout.unit_rows(u);
+            const int64_t count = rows * width;
+            const scalar_t* DDPM_PA_RESTRICT xr = xt + base;
+            const scalar_t* DDPM_PA_RESTRICT ear = ea + base;
+            const scalar_t* DDPM_PA_RESTRICT nzr = nz + base;
+            acc_t* DDPM_PA_RESTRICT x0 = x0_ada.data() + i * lmax + pos;
+            acc_t* DDPM_PA_RESTRICT d = diff.data() + i * lmax + pos;
+DDPM_PA_SIMD
+            for (int64_t k = 0; k < count; ++k) {
+              const acc_t e = ear[k];
+              x0[k] = predict_x0<acc_t>(a, xr[k], b, e);
+              d[k] = e - static_cast<acc_t>(nzr[k]);
+            }
+            if (rows == 2) {
+              acc_t* DDPM_PA_RESTRICT hx = hf_ada.data() + i * hmax + hpos;
+              acc_t* DDPM_PA_RESTRICT hd = hf_diff.data() + i * hmax + hpos;
+DDPM_PA_SIMD
+              for (int64_t j = 0; j < half_width; ++j) {
+                hx[j] = high_frequency(x0[2 * j], x0[2 * j + 1], x0[width + 2 * j], x0[width + 2 * j + 1]);
+                hd[j] = high_frequency(d[2 * j], d[2 * j + 1], d[width + 2 * j], d[width + 2 * j + 1]);
+              }
+              hpos += half_width;
+            }
+            pos += count;
+          }
+          len = pos;
+          hf_len = hpos;
+        }
+        apply_matrix_block(m_img.data(), n, x0_ada.data(), lmax, len, pair_img.data(), lmax);
+        apply_matrix_block(m_hf.data(), n, hf_ada.data(), hmax, hf_len, pair_hf.data(), hmax);
+        for (int64_t i = 0; i < n; ++i) {
+          const acc_t b = coef_b[i], k_hf_b = k_hf * b * b;
+          int64_t pos = 0, hpos = 0;
+          for (int64_t u = u0; u < u1; ++u) {
+            const int64_t base = i * layout.sample_values() + layout.unit_offset(u);
+            const int64_t rows = layout.unit_rows(u);
+            const int64_t count = rows * width;
+            const acc_t* DDPM_PA_RESTRICT d = diff.data() + i * lmax + pos;
+            const acc_t* DDPM_PA_RESTRICT p = pair_img.data() + i * lmax + pos;
+            acc_t* DDPM_PA_RESTRICT gr = grad_rows.data();
+DDPM_PA_SIMD
+            for (int64_t k = 0; k < count; ++k) gr[k] = k_mse * d[k] - b * p[k];
+            if (rows == 2) {
+              const acc_t* DDPM_PA_RESTRICT hd = hf_diff.data() + i * hmax + hpos;
+              const acc_t* DDPM_PA_RESTRICT ph = pair_hf.data() + i * hmax + hpos;
+DDPM_PA_SIMD
+              for (int64_t j = 0; j < half_width; ++j) {
+                acc_t ga, gb, gc, gd;
+                high_frequency_adjoint<acc_t>(k_hf_b * hd[j] - b * ph[j], ga, gb, gc, gd);
+                gr[2 * j] += ga;
+                gr[2 * j + 1] += gb;
+                gr[width + 2 * j] += gc;
+                gr[width + 2 * j + 1] += gd;
+              }
+              hpos += half_width;
+            }
+            scalar_t* DDPM_PA_RESTRICT o = out + base;
+DDPM_PA_SIMD
+            for (int64_t k = 0; k < count; ++k) o[k] = static_cast<scalar_t>(gr[k]);
+            pos += count;
+          }
+        }
+      }
+    });
+  });
+  return grad;
+}
+
+}  // namespace
+
+TORCH_LIBRARY_IMPL(ddpm_pa_fast, CPU, m) {
+  m.impl("ddpm_pa_loss", &ddpm_pa_loss_cpu);
+  m.impl("ddpm_pa_loss_backward", &ddpm_pa_loss_backward_cpu);
+}
+
+}  // namespace cpu
+}  // namespace ddpm_pa

@@ -1,0 +1,186 @@
+// One level of the orthonormal 2D Haar DWT (pytorch_wavelets' layout) and its inverse on CPU. The
+// Python layer loops over levels. An odd height or width is extended by one row/column exactly as
+// reference._pad_to_even does: zeros for mode "zero", a copy of the last row/column otherwise; the
+// backward folds the gradient of such a copy back onto the sample it copied.
+#include <torch/library.h>
+
+#include "cpu_kernel_utils.h"
+
+namespace ddpm_pa {
+namespace cpu {
+namespace {
+
+int64_t rows_per_task(int64_t row_values) { return std::max<int64_t>(1, 32768 / std::max<int64_t>(1, row_values)); }
+
+std::tuple<at::Tensor, at::Tensor> haar_dwt2d_cpu(const at::Tensor& x, c10::string_view mode) {
+  TORCH_CHECK(x.dim() == 4, "x must be a 4-D (N, C, H, W) tensor, got shape ", x.sizes());
+  check_floating(x, "x");
+  const bool zero_pad = dwt_pads_with_zeros(std::string(mode));
+  const at::Tensor input = x.contiguous();
+  const int64_t planes = x.size(0) * x.size(1), height = x.size(2), width = x.size(3);
+  const int64_t h = (height + 1) / 2, w = (width + 1) / 2, full_w = width / 2;
+  at::Tensor yl = at::empty({x.size(0), x.size(1), h, w}, x.options());
+  at::Tensor yh = at::empty({x.size(0), x.size(1), 3, h, w}, x.options());
+  AT_DISPATCH_FLOATING_TYPES_AND2(at::kHalf, at::kBFloat16, x.scalar_type(), "haar_dwt2d_cpu", [&] {
+    using acc_t = acc_type<scalar_t>;
+    const scalar_t* in = input.const_data_ptr<scalar_t>();
+    scalar_t* ll_out = yl.mutable_data_ptr<scalar_t>();
+    scalar_t* bands_out = yh.mutable_data_ptr<scalar_t>();
+    const std::vector<scalar_t> zero_row(width, scalar_t(0));
+    at::parallel_for(0, planes * h, rows_per_task(2 * width), [&](int64_t begin, int64_t end) {
+      for (int64_t r = begin; r < end; ++r) {
+        const int64_t plane = r / h, i = r % h;
+        const scalar_t* DDPM_PA_RESTRICT top = in + plane * height * width + 2 * i * width;
+        const scalar_t* DDPM_PA_RESTRICT bottom =
+            2 * i + 1 < height ? top + width : (zero_pad ? zero_row.data() : top);
+        scalar_t* DDPM_PA_RESTRICT ll = ll_out + r * w;
+        scalar_t* DDPM_PA_RESTRICT b1 = bands_out + (plane * 3 * h + i) * w;
+        scalar_t* DDPM_PA_RESTRICT b2 = b1 + h * w;
+        scalar_t* DDPM_PA_RESTRICT b3 = b2 + h * w;
+DDPM_PA_SIMD
+        for (int64_t j = 0; j < full_w; ++j) {
+          acc_t v0, v1, v2, v3;
+          haar_analysis<acc_t>(top[2 * j], top[2 * j + 1], bottom[2 * j], bottom[2 * j + 1], v0, v1, v2, v3);
+          ll[j] = static_cast<scalar_t>(v0);
+          b1[j] = static_cast<scalar_t>(v1);
+          b2[j] = static_cast<scalar_t>(v2);
+          b3[j] = static_cast<scalar_t>(v3);
+        }
+        if (width % 2) {
+          const acc_t a = top[width - 1], c = bottom[width - 1];
+          acc_t v0, v1, v2, v3;
+          haar_analysis<acc_t>(a, zero_pad ? acc_t(0) : a, c, zero_pad ? acc_t(0) : c, v0, v1, v2, v3);
+          ll[full_w] = static_cast<scalar_t>(v0);
+          b1[full_w] = static_cast<scalar_t>(v1);
+          b2[full_w] = static_cast<scalar_t>(v2);
+          b3[full_w] = static_cast<scalar_t>(v3);
+        }
+      }
+    });
+  });
+  return {yl, yh};
+}
+
+at::Tensor haar_dwt2d_backward_cpu(const at::Tensor& grad_yl, const at::Tensor& grad_yh, int64_t height,
+                                   int64_t width, c10::string_view mode) {
+  TORCH_CHECK(grad_yl.dim() == 4, "grad_yl must be a 4-D (N, C, h, w) tensor, got shape ", grad_yl.sizes());
+  check_floating(grad_yl, "grad_yl");
+  const bool zero_pad = dwt_pads_with_zeros(std::string(mode));
+  const int64_t h = (height + 1) / 2, w = (width + 1) / 2, full_w = width / 2;
+  TORCH_CHECK(height >= 1 && width >= 1 && grad_yl.size(2) == h && grad_yl.size(3) == w,
+              "grad_yl must have spatial size (ceil(height / 2), ceil(width / 2)) = (", h, ", ", w,
+              ") for height=", height, ", width=", width, "; got ", grad_yl.sizes());
+  TORCH_CHECK(grad_yh.dim() == 5 && grad_yh.size(0) == grad_yl.size(0) && grad_yh.size(1) == grad_yl.size(1) &&
+                  grad_yh.size(2) == 3 && grad_yh.size(3) == h && grad_yh.size(4) == w,
+              "grad_yh must have shape (N, C, 3, h, w) = (", grad_yl.size(0), ", ", grad_yl.size(1), ", 3, ", h,
+              ", ", w, "); got ", grad_yh.sizes());
+  TORCH_CHECK(grad_yh.scalar_type() == grad_yl.scalar_type(), "grad_yh must have the dtype of grad_yl (",
+              grad_yl.scalar_type(), "), got ", grad_yh.scalar_type());
+  const at::Tensor gl = grad_yl.contiguous(), gh = grad_yh.contiguous();
+  const int64_t planes = gl.size(0) * gl.size(1);
+  at::Tensor out = at::empty({gl.size(0), gl.size(1), height, width}, gl.options());
+  AT_DISPATCH_FLOATING_TYPES_AND2(at::kHalf, at::kBFloat16, gl.scalar_type(), "haar_dwt2d_backward_cpu", [&] {
+    using acc_t = acc_type<scalar_t>;
+    const scalar_t* ll_in = gl.const_data_ptr<scalar_t>();
+    const scalar_t* bands_in = gh.const_data_ptr<scalar_t>();
+    scalar_t* gx = out.mutable_data_ptr<scalar_t>();
+    at::parallel_for(0, planes * h, rows_per_task(2 * width), [&](int64_t begin, int64_t end) {
+      for (int64_t r = begin; r < end; ++r) {
+        const int64_t plane = r / h, i = r % h;
+        const bool has_bottom = 2 * i + 1 < height;
+        // A padded bottom row is a copy of the top row (or zeros): its gradient folds onto the top row.
+        const acc_t fold_rows = zero_pad ? acc_t(0) : acc_t(1);
+        scalar_t* DDPM_PA_RESTRICT top = gx + plane * height * width + 2 * i * width;
+        scalar_t* DDPM_PA_RESTRICT bottom = has_bottom ? top + width : nullptr;
+        const scalar_t* DDPM_PA_RESTRICT ll = ll_in + r * w;
+        const scalar_t* DDPM_PA_RESTRICT b1 = bands_in + (plane * 3 * h + i) * w;
+        const scalar_t* DDPM_PA_RESTRICT b2 = b1 + h * w;
+        const scalar_t* DDPM_PA_RESTRICT b3 = b2 + h * w;
+        if (has_bottom) {
+DDPM_PA_SIMD
+          for (int64_t j = 0; j < full_w; ++j) {
+            acc_t ga, gb, gc, gd;
+            haar_synthesis<acc_t>(ll[j], b1[j], b2[j], b3[j], ga, gb, gc, gd);
+            top[2 * j] = static_cast<scalar_t>(ga);
+            top[2 * j + 1] = static_cast<scalar_t>(gb);
+            bottom[2 * j] = static_cast<scalar_t>(gc);
+            bottom[2 * j + 1] = static_cast<scalar_t>(gd);
+          }
+        } else {
+DDPM_PA_SIMD
+          for (int64_t j = 0; j < full_w; ++j) {
+            acc_t ga, gb, gc, gd;
+            haar_synthesis<acc_t>(ll[j], b1[j], b2[j], b3[j], ga, gb, gc, gd);
+            top[2 * j] = static_cast<scalar_t>(ga + fold_rows * gc);
+            top[2 * j + 1] = static_cast<scalar_t>(gb + fold_rows * gd);
+          }
+        }
+        if (width % 2) {
+          acc_t ga, gb, gc, gd;
+          haar_synthesis<acc_t>(ll[full_w], b1[full_w], b2[full_w], b3[full_w], ga, gb, gc, gd);
+          // The padded right column copies the last column (or is zero): fold it the same way.
+          const acc_t left_top = ga + fold_rows * gb, left_bottom = gc + fold_rows * gd;
+          if (has_bottom) {
+            top[width - 1] = static_cast<scalar_t>(left_top);
+            bottom[width - 1] = static_cast<scalar_t>(left_bottom);
+          } else {
+            top[width - 1] = static_cast<scalar_t>(left_top + fold_rows * left_bottom);
+          }
+        }
+      }
+    });
+  });
+  return out;
+}
+
+at::Tensor haar_idwt2d_cpu(const at::Tensor& yl, const at::Tensor& yh) {
+  TORCH_CHECK(yl.dim() == 4, "yl must be a 4-D (N, C, h, w) tensor, got shape ", yl.sizes());
+  check_floating(yl, "yl");
+  TORCH_CHECK(yh.dim() == 5 && yh.size(0) == yl.size(0) && yh.size(1) == yl.size(1) && yh.size(2) == 3 &&
+                  yh.size(3) == yl.size(2) && yh.size(4) == yl.size(3),
+              "yh must have shape (N, C, 3, h, w) = (", yl.size(0), ", ", yl.size(1), ", 3, ", yl.size(2), ", ",
+              yl.size(3), ") to match yl; got ", yh.sizes());
+  TORCH_CHECK(yh.scalar_type() == yl.scalar_type(), "yh must have the dtype of yl (", yl.scalar_type(), "), got ",
+              yh.scalar_type());
+  const at::Tensor ll_in = yl.contiguous(), bands_in = yh.contiguous();
+  const int64_t planes = yl.size(0) * yl.size(1), h = yl.size(2), w = yl.size(3);
+  at::Tensor out = at::empty({yl.size(0), yl.size(1), 2 * h, 2 * w}, yl.options());
+  AT_DISPATCH_FLOATING_TYPES_AND2(at::kHalf, at::kBFloat16, yl.scalar_type(), "haar_idwt2d_cpu", [&] {
+    using acc_t = acc_type<scalar_t>;
+    const scalar_t* ll_all = ll_in.const_data_ptr<scalar_t>();
+    const scalar_t* bands_all = bands_in.const_data_ptr<scalar_t>();
+    scalar_t* x = out.mutable_data_ptr<scalar_t>();
+    at::parallel_for(0, planes * h, rows_per_task(4 * w), [&](int64_t begin, int64_t end) {
+      for (int64_t r = begin; r < end; ++r) {
+        const int64_t plane = r / h, i = r % h;
+        scalar_t* DDPM_PA_RESTRICT top = x + (plane * 2 * h + 2 * i) * 2 * w;
+        scalar_t* DDPM_PA_RESTRICT bottom = top + 2 * w;
+        const scalar_t* DDPM_PA_RESTRICT ll = ll_all + r * w;
+        const scalar_t* DDPM_PA_RESTRICT b1 = bands_all + (plane * 3 * h + i) * w;
+        const scalar_t* DDPM_PA_RESTRICT b2 = b1 + h * w;
+        const scalar_t* DDPM_PA_RESTRICT b3 = b2 + h * w;
+DDPM_PA_SIMD
+        for (int64_t j = 0; j < w; ++j) {
+          acc_t a, b, c, d;
+          haar_synthesis<acc_t>(ll[j], b1[j], b2[j], b3[j], a, b, c, d);
+          top[2 * j] = static_cast<scalar_t>(a);
+          top[2 * j + 1] = static_cast<scalar_t>(b);
+          bottom[2 * j] = static_cast<scalar_t>(c);
+          bottom[2 * j + 1] = static_cast<scalar_t>(d);
+        }
+      }
+    });
+  });
+  return out;
+}
+
+}  // namespace
+
+TORCH_LIBRARY_IMPL(ddpm_pa_fast, CPU, m) {
+  m.impl("haar_dwt2d", &haar_dwt2d_cpu);
+  m.impl("haar_dwt2d_backward", &haar_dwt2d_backward_cpu);
+  m.impl("haar_idwt2d", &haar_idwt2d_cpu);
+}
+
+}  // namespace cpu
+}  // namespace ddpm_pa

@@ -1,0 +1,93 @@
+// DDPM-PA's high-frequency map (LH + HL + HH) and its adjoint on CPU: one pass, one 2x2 block per
+// output value, rows of blocks spread over threads (no reduction, so any split gives the same bits).
+#include <torch/library.h>
+
+#include "cpu_kernel_utils.h"
+
+namespace ddpm_pa {
+namespace cpu {
+namespace {
+
+// About 32K input values per task: large enough to amortise scheduling, small enough to balance.
+int64_t rows_per_task(int64_t row_values) { return std::max<int64_t>(1, 32768 / std::max<int64_t>(1, row_values)); }
+
+at::Tensor high_frequency_cpu(const at::Tensor& x) {
+  TORCH_CHECK(x.dim() == 4, "x must be a 4-D (N, C, H, W) tensor, got shape ", x.sizes());
+  check_floating(x, "x");
+  const at::Tensor input = x.contiguous();
+  const int64_t planes = x.size(0) * x.size(1), height = x.size(2), width = x.size(3);
+  const int64_t h = height / 2, w = width / 2;
+  at::Tensor out = at::empty({x.size(0), x.size(1), h, w}, x.options());
+  AT_DISPATCH_FLOATING_TYPES_AND2(at::kHalf, at::kBFloat16, x.scalar_type(), "ddpm_pa_high_frequency_cpu", [&] {
+    using acc_t = acc_type<scalar_t>;
+    const scalar_t* in = input.const_data_ptr<scalar_t>();
+    scalar_t* hf = out.mutable_data_ptr<scalar_t>();
+    at::parallel_for(0, planes * h, rows_per_task(2 * width), [&](int64_t begin, int64_t end) {
+      for (int64_t r = begin; r < end; ++r) {
+        const scalar_t* DDPM_PA_RESTRICT top = in + (r / h) * height * width + 2 * (r % h) * width;
+        const scalar_t* DDPM_PA_RESTRICT bottom = top + width;
+        scalar_t* DDPM_PA_RESTRICT dst = hf + r * w;
+DDPM_PA_SIMD
+        for (int64_t j = 0; j < w; ++j) {
+          dst[j] = static_cast<scalar_t>(high_frequency<acc_t>(top[2 * j], top[2 * j + 1], bottom[2 * j],
+                                                               bottom[2 * j + 1]));
+        }
+      }
+    });
+  });
+  return out;
+}
+
+at::Tensor high_frequency_backward_cpu(const at::Tensor& grad_hf, int64_t height, int64_t width) {
+  TORCH_CHECK(grad_hf.dim() == 4, "grad_hf must be a 4-D (N, C, H // 2, W // 2) tensor, got shape ",
+              grad_hf.sizes());
+  check_floating(grad_hf, "grad_hf");
+  TORCH_CHECK(height >= 0 && width >= 0 && grad_hf.size(2) == height / 2 && grad_hf.size(3) == width / 2,
+              "grad_hf must have spatial size (height // 2, width // 2) = (", height / 2, ", ", width / 2,
+              ") for height=", height, ", width=", width, "; got ", grad_hf.sizes());
+  const at::Tensor grad = grad_hf.contiguous();
+  const int64_t planes = grad.size(0) * grad.size(1);
+  const int64_t h = height / 2, w = width / 2, row_pairs = (height + 1) / 2;
+  at::Tensor out = at::empty({grad.size(0), grad.size(1), height, width}, grad.options());
+  AT_DISPATCH_FLOATING_TYPES_AND2(at::kHalf, at::kBFloat16, grad.scalar_type(), "ddpm_pa_high_frequency_backward_cpu", [&] {
+    using acc_t = acc_type<scalar_t>;
+    const scalar_t* g = grad.const_data_ptr<scalar_t>();
+    scalar_t* gx = out.mutable_data_ptr<scalar_t>();
+    at::parallel_for(0, planes * row_pairs, rows_per_task(2 * width), [&](int64_t begin, int64_t end) {
+      for (int64_t r = begin; r < end; ++r) {
+        const int64_t plane = r / row_pairs, i = r % row_pairs;
+        scalar_t* DDPM_PA_RESTRICT top = gx + plane * height * width + 2 * i * width;
+        if (i == h) {  // the odd last row is dropped by the forward: no gradient
+          std::fill(top, top + width, scalar_t(0));
+          continue;
+        }
+        scalar_t* DDPM_PA_RESTRICT bottom = top + width;
+        const scalar_t* DDPM_PA_RESTRICT src = g + (plane * h + i) * w;
+DDPM_PA_SIMD
+        for (int64_t j = 0; j < w; ++j) {
+          acc_t ga, gb, gc, gd;
+          high_frequency_adjoint<acc_t>(src[j], ga, gb, gc, gd);
+          top[2 * j] = static_cast<scalar_t>(ga);
+          top[2 * j + 1] = static_cast<scalar_t>(gb);
+          bottom[2 * j] = static_cast<scalar_t>(gc);
+          bottom[2 * j + 1] = static_cast<scalar_t>(gd);
+        }
+        if (width % 2) {
+          top[width - 1] = scalar_t(0);
+          bottom[width - 1] = scalar_t(0);
+        }
+      }
+    });
+  });
+  return out;
+}
+
+}  // namespace
+
+TORCH_LIBRARY_IMPL(ddpm_pa_fast, CPU, m) {
+  m.impl("ddpm_pa_high_frequency", &high_frequency_cpu);
+  m.impl("ddpm_pa_high_frequency_backward", &high_frequency_backward_cpu);
+}
+
+}  // namespace cpu
+}  // namespace ddpm_pa
