@@ -8,6 +8,9 @@ from __future__ import annotations
 
 import torch
 
+from ._nvtx import annotate
+from .reference import DDPMPALossOutput
+
 BUILD_HINT = (
     "build it from the repository root with `pip install --no-build-isolation -e .` "
     "(add FORCE_CUDA=1 for the CUDA kernels)"
@@ -39,3 +42,222 @@ def cuda_unavailable_reason() -> str | None:
             "`FORCE_CUDA=1 pip install --no-build-isolation -e .`"
         )
     return None
+
+
+def _accumulation_dtype(dtype: torch.dtype) -> torch.dtype:
+    """The dtype the kernels accumulate in, and of the Gram matrices they return."""
+    return torch.float64 if dtype == torch.float64 else torch.float32
+
+
+def _check_images(x: torch.Tensor, name: str) -> None:
+    torch._check(x.dim() == 4, lambda: f"{name} must be a 4-D (N, C, H, W) tensor, got shape {tuple(x.shape)}")
+
+
+# ---------------------------------------------------------------------------------------------
+# Fake kernels (shapes and dtypes only), so the ops trace under torch.compile and export.
+
+
+def _register_fakes() -> None:
+    register_fake = torch.library.register_fake
+
+    @register_fake("ddpm_pa_fast::ddpm_pa_high_frequency")
+    def _(x):
+        _check_images(x, "x")
+        n, c, h, w = x.shape
+        return x.new_empty(n, c, h // 2, w // 2)
+
+    @register_fake("ddpm_pa_fast::ddpm_pa_high_frequency_backward")
+    def _(grad_hf, height, width):
+        _check_images(grad_hf, "grad_hf")
+        torch._check(grad_hf.shape[2] == height // 2 and grad_hf.shape[3] == width // 2,
+                     lambda: f"grad_hf must have spatial size (height // 2, width // 2), got {tuple(grad_hf.shape)}")
+        return grad_hf.new_empty(grad_hf.shape[0], grad_hf.shape[1], height, width)
+
+    @register_fake("ddpm_pa_fast::haar_dwt2d")
+    def _(x, mode):
+        _check_images(x, "x")
+        n, c, h, w = x.shape
+        return x.new_empty(n, c, (h + 1) // 2, (w + 1) // 2), x.new_empty(n, c, 3, (h + 1) // 2, (w + 1) // 2)
+
+    @register_fake("ddpm_pa_fast::haar_dwt2d_backward")
+    def _(grad_yl, grad_yh, height, width, mode):
+        _check_images(grad_yl, "grad_yl")
+        torch._check(grad_yl.shape[2] == (height + 1) // 2 and grad_yl.shape[3] == (width + 1) // 2,
+                     lambda: f"grad_yl must have spatial size (ceil(height / 2), ceil(width / 2)), got {tuple(grad_yl.shape)}")
+        torch._check(grad_yh.dim() == 5 and grad_yh.shape[2] == 3,
+                     lambda: f"grad_yh must have shape (N, C, 3, h, w), got {tuple(grad_yh.shape)}")
+        return grad_yl.new_empty(grad_yl.shape[0], grad_yl.shape[1], height, width)
+
+    @register_fake("ddpm_pa_fast::haar_idwt2d")
+    def _(yl, yh):
+        _check_images(yl, "yl")
+        torch._check(yh.dim() == 5 and yh.shape[2] == 3 and yh.shape[3:] == yl.shape[2:],
+                     lambda: f"yh must have shape (N, C, 3, h, w) matching yl, got {tuple(yh.shape)}")
+        n, c, h, w = yl.shape
+        return yl.new_empty(n, c, 2 * h, 2 * w)
+
+    @register_fake("ddpm_pa_fast::pairwise_similarity_kl")
+    def _(src, ada, tau, reduction):
+        torch._check(src.dim() >= 2, lambda: f"src must have at least 2 dimensions, got shape {tuple(src.shape)}")
+        torch._check(src.shape == ada.shape, lambda: f"ada must have the shape of src {tuple(src.shape)}")
+        torch._check(src.shape[0] >= 2, lambda: "src must hold at least 2 samples")
+        n = src.shape[0]
+        loss = src.new_empty(n) if reduction == "none" else src.new_empty(())
+        acc = _accumulation_dtype(src.dtype)
+        return loss, src.new_empty(n, n, dtype=acc), src.new_empty(n, n, dtype=acc)
+
+    @register_fake("ddpm_pa_fast::pairwise_similarity_kl_backward")
+    def _(grad_loss, ada, gram_src, gram_ada, tau, reduction):
+        n = ada.shape[0]
+        torch._check(gram_src.shape == (n, n) and gram_ada.shape == (n, n), lambda: f"grams must have shape ({n}, {n})")
+        return ada.new_empty(ada.shape)
+
+    @register_fake("ddpm_pa_fast::ddpm_pa_loss")
+    def _(x_t, eps_ada, eps_src, noise, a_t, b_t, w_pair, w_hf_pair, w_hf_mse, tau, reduction):
+        _check_images(x_t, "x_t")
+        for name, t in (("eps_ada", eps_ada), ("eps_src", eps_src), ("noise", noise)):
+            torch._check(t.shape == x_t.shape, lambda: f"{name} must have the shape of x_t {tuple(x_t.shape)}")
+        n = x_t.shape[0]
+        torch._check(n >= 2, lambda: "x_t must hold at least 2 samples")
+        torch._check(a_t.numel() == n and b_t.numel() == n, lambda: f"a_t and b_t must hold {n} values")
+        terms = [x_t.new_empty(()) for _ in range(5)]
+        return (*terms, x_t.new_empty(4, n, n, dtype=_accumulation_dtype(x_t.dtype)))
+
+    @register_fake("ddpm_pa_fast::ddpm_pa_loss_backward")
+    def _(grad_terms, grams, x_t, eps_ada, noise, a_t, b_t, w_pair, w_hf_pair, w_hf_mse, tau, reduction):
+        _check_images(x_t, "x_t")
+        torch._check(grad_terms.numel() == 5, lambda: "grad_terms must hold 5 values")
+        return x_t.new_empty(x_t.shape)
+
+
+# ---------------------------------------------------------------------------------------------
+# Autograd: every backward is a registered op, so compiled graphs keep it as one node, and none
+# reads a tensor's value on the host.
+
+
+def _register_autograd() -> None:
+    ops = torch.ops.ddpm_pa_fast
+    register_autograd = torch.library.register_autograd
+
+    def hf_setup(ctx, inputs, output):
+        ctx.height, ctx.width = inputs[0].shape[-2:]
+
+    def hf_backward(ctx, grad_hf):
+        with annotate("ddpm_pa_high_frequency.backward"):
+            return ops.ddpm_pa_high_frequency_backward(grad_hf, ctx.height, ctx.width)
+
+    register_autograd("ddpm_pa_fast::ddpm_pa_high_frequency", hf_backward, setup_context=hf_setup)
+
+    def dwt_setup(ctx, inputs, output):
+        x, ctx.mode = inputs
+        ctx.height, ctx.width = x.shape[-2:]
+
+    def dwt_backward(ctx, grad_yl, grad_yh):
+        with annotate("haar_dwt2d.backward"):
+            return ops.haar_dwt2d_backward(grad_yl, grad_yh, ctx.height, ctx.width, ctx.mode), None
+
+    register_autograd("ddpm_pa_fast::haar_dwt2d", dwt_backward, setup_context=dwt_setup)
+
+    def idwt_backward(ctx, grad_x):
+        # The synthesis is orthogonal, so its adjoint is the analysis (even size: every mode agrees).
+        with annotate("haar_idwt2d.backward"):
+            return ops.haar_dwt2d(grad_x, "zero")
+
+    register_autograd("ddpm_pa_fast::haar_idwt2d", idwt_backward, setup_context=lambda ctx, inputs, output: None)
+
+    def kl_setup(ctx, inputs, output):
+        _, ada, ctx.tau, ctx.reduction = inputs
+        _, gram_src, gram_ada = output
+        ctx.mark_non_differentiable(gram_src, gram_ada)
+        ctx.save_for_backward(ada, gram_src, gram_ada)
+
+    def kl_backward(ctx, grad_loss, _grad_gram_src, _grad_gram_ada):
+        # The source features are a constant of the loss (the frozen model): no gradient for src.
+        ada, gram_src, gram_ada = ctx.saved_tensors
+        with annotate("pairwise_similarity_kl.backward"):
+            grad_ada = ops.pairwise_similarity_kl_backward(grad_loss, ada, gram_src, gram_ada, ctx.tau, ctx.reduction)
+        return None, grad_ada, None, None
+
+    register_autograd("ddpm_pa_fast::pairwise_similarity_kl", kl_backward, setup_context=kl_setup)
+
+    def loss_setup(ctx, inputs, output):
+        x_t, eps_ada, _, noise, a_t, b_t, *ctx.scalars = inputs
+        grams = output[-1]
+        ctx.mark_non_differentiable(grams)
+        ctx.save_for_backward(grams, x_t, eps_ada, noise, a_t, b_t)
+
+    def loss_backward(ctx, grad_loss, grad_mse, grad_hf_mse, grad_pair_img, grad_pair_hf, _grad_grams):
+        grams, x_t, eps_ada, noise, a_t, b_t = ctx.saved_tensors
+        with annotate("ddpm_pa_loss.backward"):
+            upstream = (grad_loss, grad_mse, grad_hf_mse, grad_pair_img, grad_pair_hf)
+            grad_terms = torch.stack([g.reshape(()).to(grams.dtype) for g in upstream])
+            grad_eps_ada = ops.ddpm_pa_loss_backward(grad_terms, grams, x_t, eps_ada, noise, a_t, b_t, *ctx.scalars)
+        return (None, grad_eps_ada) + (None,) * 9
+
+    register_autograd("ddpm_pa_fast::ddpm_pa_loss", loss_backward, setup_context=loss_setup)
+
+
+if _LOAD_ERROR is None:
+    _register_fakes()
+    _register_autograd()
+
+
+# ---------------------------------------------------------------------------------------------
+# Backend "cpu" / "cuda": the reference's functions and positional signatures, on the ops above.
+# Arguments arrive validated by ddpm_pa_fast.functional.
+
+
+def ddpm_pa_high_frequency(x: torch.Tensor) -> torch.Tensor:
+    return torch.ops.ddpm_pa_fast.ddpm_pa_high_frequency(x)
+
+
+def haar_dwt2d(x: torch.Tensor, levels: int = 1, mode: str = "zero") -> tuple[torch.Tensor, list[torch.Tensor]]:
+    yl, yh = x, []
+    for _ in range(levels):
+        yl, band = torch.ops.ddpm_pa_fast.haar_dwt2d(yl, mode)
+        yh.append(band)
+    return yl, yh
+
+
+def haar_idwt2d(yl: torch.Tensor, yh, mode: str = "zero") -> torch.Tensor:
+    """As reference.haar_idwt2d: None bands are zeros, and a reconstruction one row/column larger than
+    the next finer level's bands is cropped. mode does not change the Haar synthesis."""
+    ll = yl
+    for j in range(len(yh) - 1, -1, -1):
+        band = yh[j]
+        if band is None:
+            band = ll.new_zeros(ll.shape[0], ll.shape[1], 3, ll.shape[2], ll.shape[3])
+        h, w = band.shape[-2:]
+        if ll.shape[-2] not in (h, h + 1) or ll.shape[-1] not in (w, w + 1):
+            raise ValueError(
+                f"yh[{j}] has spatial size {(h, w)}, which does not fit the coarser level's "
+                f"reconstruction of size {tuple(ll.shape[-2:])}"
+            )
+        ll = torch.ops.ddpm_pa_fast.haar_idwt2d(ll[..., :h, :w], band)
+    return ll
+
+
+def pairwise_similarity_kl(src: torch.Tensor, ada: torch.Tensor, tau: float = 1.0, reduction: str = "mean"):
+    loss, _, _ = torch.ops.ddpm_pa_fast.pairwise_similarity_kl(src.detach(), ada, tau, reduction)
+    return loss
+
+
+def ddpm_pa_loss(
+    x_t: torch.Tensor,
+    eps_ada: torch.Tensor,
+    eps_src: torch.Tensor,
+    noise: torch.Tensor,
+    a_t: torch.Tensor,
+    b_t: torch.Tensor,
+    w_pair: float = 4.0,
+    w_hf_pair: float = 4.0,
+    w_hf_mse: float = 1.0,
+    tau: float = 1.0,
+    reduction: str = "mean",
+) -> DDPMPALossOutput:
+    # Only eps_ada gets a gradient (the spec); the rest enter as constants, as in the reference.
+    x_t, eps_src, noise, a_t, b_t = (t.detach() for t in (x_t, eps_src, noise, a_t, b_t))
+    *terms, _ = torch.ops.ddpm_pa_fast.ddpm_pa_loss(
+        x_t, eps_ada, eps_src, noise, a_t, b_t, w_pair, w_hf_pair, w_hf_mse, tau, reduction
+    )
+    return DDPMPALossOutput(*terms)
