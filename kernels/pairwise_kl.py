@@ -78,8 +78,11 @@ def _log_softmax_rows(s, pairs, inv_tau):
     """log softmax over j != i of S_ij / tau (similarity_row_logsumexp); entries off the pairs are 0."""
     z = tl.where(pairs, s * inv_tau, float("-inf"))
     row_max = tl.max(z, axis=1)
-    row_max = tl.where(row_max == float("-inf"), 0.0, row_max)  # padded rows have no pairs
-    lse = row_max + tl.log(tl.sum(tl.exp(z - row_max[:, None]), axis=1))
+    # Padded rows have no pairs: give them a finite normaliser so no -inf - -inf is ever formed.
+    has_pairs = row_max != float("-inf")
+    row_max = tl.where(has_pairs, row_max, 0.0)
+    row_sum = tl.sum(tl.exp(z - row_max[:, None]), axis=1)
+    lse = row_max + tl.log(tl.where(has_pairs, row_sum, 1.0))
     return tl.where(pairs, z - lse[:, None], 0.0)
 
 

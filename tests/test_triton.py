@@ -1,0 +1,427 @@
+"""The Triton kernels (backend "triton") against the float64 reference, forward and backward.
+
+Without a GPU they run in Triton's CPU interpreter (tests/conftest.py sets TRITON_INTERPRET=1); with a
+GPU, on it. Shapes are kept small because the interpreter runs every program in Python, but they hit
+partial blocks, odd sizes, N = 2 and N above one Gram tile (32 samples), and grids of several programs
+so that the fixed-order partial sums are exercised.
+"""
+
+from __future__ import annotations
+
+import os
+import subprocess
+import sys
+import textwrap
+
+import pytest
+import torch
+
+import ddpm_pa_fast as D
+from ddpm_pa_fast import reference as R
+from ddpm_pa_fast import triton_ops
+
+from .common import (
+    DWT_MODES,
+    FEATURE_SHAPES,
+    KL_REDUCTIONS,
+    LOSS_SHAPES,
+    assert_close,
+    make_loss_sample,
+    randn,
+    similar_features,
+)
+
+
+def _device_param(device: str):
+    reason = triton_ops.unavailable_reason(device)
+    if device == "cuda" and not torch.cuda.is_available():
+        reason = "no CUDA device on this machine"
+    return pytest.param(device, id=device, marks=pytest.mark.skipif(reason is not None, reason=str(reason)))
+
+
+# Where the Triton kernels can run here: CPU under the interpreter, CUDA on a GPU.
+TRITON_DEVICES = [_device_param("cpu"), _device_param("cuda")]
+# float32 and bfloat16 (fp32 accumulation) each with its tolerance from tests/common.TOLERANCES.
+DTYPES = [torch.float32, torch.bfloat16]
+# N = 40 spans two 32-sample Gram tiles, so the tile-pair and row-tile loops run.
+LARGE_N_LOSS_SHAPE = (40, 1, 3, 5)
+LARGE_N_FEATURE_SHAPE = (40, 3, 5)
+TRITON_IMAGE_SHAPES = [(2, 3, 8, 8), (3, 4, 9, 7), (2, 2, 1, 5), (2, 3, 17, 33), (1, 1, 1, 1), (2, 1, 40, 3)]
+
+
+@pytest.fixture(autouse=True)
+def _seed():
+    torch.manual_seed(0)
+
+
+def _ops():
+    return triton_ops.load_kernels()
+
+
+def _upstream(shape, dtype, device, seed=7):
+    """A random, non-unit upstream gradient, rounded to dtype (the reference then uses the same values)."""
+    return randn(shape, seed, dtype, device)
+
+
+def _reference_grad(fn, inputs, grad_out):
+    """Gradients of sum(fn(inputs) * grad_out) in float64 on CPU."""
+    leaves = [t.detach().double().cpu().requires_grad_() for t in inputs]
+    out = fn(*leaves)
+    outs = out if isinstance(out, (list, tuple)) else [out]
+    grads = grad_out if isinstance(grad_out, (list, tuple)) else [grad_out]
+    total = sum((o * g.double().cpu()).sum() for o, g in zip(outs, grads))
+    return out, torch.autograd.grad(total, leaves, allow_unused=True, materialize_grads=True)
+
+
+# ------------------------------------------------------------------------------------------------
+# High-frequency map
+
+
+@pytest.mark.parametrize("device", TRITON_DEVICES)
+@pytest.mark.parametrize("dtype", DTYPES)
+@pytest.mark.parametrize("shape", [s for s in TRITON_IMAGE_SHAPES if min(s[2:]) >= 2])
+def test_high_frequency_matches_reference(device, dtype, shape):
+    x = randn(shape, 1, dtype, device).requires_grad_()
+    hf = D.ddpm_pa_high_frequency(x, backend="triton")
+    assert hf.dtype == dtype and hf.device.type == device
+    grad_out = _upstream(hf.shape, dtype, device)
+    expected, (expected_grad,) = _reference_grad(R.ddpm_pa_high_frequency, [x], grad_out)
+    assert_close(hf, expected, dtype)
+    (grad,) = torch.autograd.grad(hf, x, grad_out)
+    assert_close(grad, expected_grad, dtype)
+
+
+# ------------------------------------------------------------------------------------------------
+# Haar DWT and its inverse
+
+
+def _dwt_reference(x, levels, mode, grads_out):
+    """reference.haar_dwt2d in float64 and the gradient of sum(outputs * grads_out) with respect to x."""
+    leaf = x.detach().double().cpu().requires_grad_()
+    yl, yh = R.haar_dwt2d(leaf, levels, mode)
+    outs = [yl, *yh]
+    total = sum((o * g.double().cpu()).sum() for o, g in zip(outs, grads_out))
+    (grad,) = torch.autograd.grad(total, leaf)
+    return outs, grad
+
+
+@pytest.mark.parametrize("device", TRITON_DEVICES)
+@pytest.mark.parametrize("dtype", DTYPES)
+@pytest.mark.parametrize("mode", DWT_MODES)
+@pytest.mark.parametrize("shape", TRITON_IMAGE_SHAPES)
+def test_haar_dwt2d_one_level_matches_reference(device, dtype, mode, shape):
+    x = randn(shape, 2, dtype, device).requires_grad_()
+    yl, yh = D.haar_dwt2d(x, 1, mode, backend="triton")
+    outs = [yl, *yh]
+    grads_out = [_upstream(o.shape, dtype, device, 3 + k) for k, o in enumerate(outs)]
+    expected, expected_grad = _dwt_reference(x, 1, mode, grads_out)
+    for actual, truth in zip(outs, expected):
+        assert actual.dtype == dtype
+        assert_close(actual, truth, dtype)
+    (grad,) = torch.autograd.grad(outs, x, grads_out)
+    assert_close(grad, expected_grad, dtype)
+
+
+@pytest.mark.parametrize("device", TRITON_DEVICES)
+@pytest.mark.parametrize("mode", DWT_MODES)
+@pytest.mark.parametrize("shape", [(2, 3, 9, 7), (1, 2, 16, 11)])
+def test_haar_dwt2d_levels_match_reference(device, mode, shape):
+    x = randn(shape, 5, torch.float32, device).requires_grad_()
+    yl, yh = D.haar_dwt2d(x, 3, mode, backend="triton")
+    outs = [yl, *yh]
+    grads_out = [_upstream(o.shape, torch.float32, device, 6 + k) for k, o in enumerate(outs)]
+    expected, expected_grad = _dwt_reference(x, 3, mode, grads_out)
+    for actual, truth in zip(outs, expected):
+        assert_close(actual, truth, torch.float32)
+    (grad,) = torch.autograd.grad(outs, x, grads_out)
+    assert_close(grad, expected_grad, torch.float32)
+
+
+def _idwt_reference(yl, yh, mode, grad_out):
+    leaves = [yl.detach().double().cpu().requires_grad_()]
+    bands = []
+    for band in yh:
+        if band is None:
+            bands.append(None)
+        else:
+            leaves.append(band.detach().double().cpu().requires_grad_())
+            bands.append(leaves[-1])
+    x = R.haar_idwt2d(leaves[0], bands, mode)
+    return x, torch.autograd.grad((x * grad_out.double().cpu()).sum(), leaves)
+
+
+@pytest.mark.parametrize("device", TRITON_DEVICES)
+@pytest.mark.parametrize("dtype", DTYPES)
+@pytest.mark.parametrize(
+    "image_shape, levels, missing",
+    [
+        ((2, 3, 8, 8), 1, ()),
+        ((3, 4, 9, 7), 2, ()),  # odd sizes: the coarser reconstruction is cropped
+        ((2, 2, 17, 33), 3, (0,)),  # the finest bands None: zeros
+        ((1, 1, 1, 5), 1, ()),
+    ],
+)
+def test_haar_idwt2d_matches_reference(device, dtype, image_shape, levels, missing):
+    coefficients = R.haar_dwt2d(randn(image_shape, 8, torch.float64), levels)
+    yl = coefficients[0].to(device=device, dtype=dtype).requires_grad_()
+    yh = [
+        None if j in missing else (b + 0.1 * randn(b.shape, 9 + j)).to(device=device, dtype=dtype).requires_grad_()
+        for j, b in enumerate(coefficients[1])
+    ]
+    x = D.haar_idwt2d(yl, yh, backend="triton")
+    grad_out = _upstream(x.shape, dtype, device)
+    expected, expected_grads = _idwt_reference(yl, yh, "zero", grad_out)
+    assert x.shape == expected.shape and x.dtype == dtype
+    assert_close(x, expected, dtype)
+    leaves = [yl] + [b for b in yh if b is not None]
+    for grad, truth in zip(torch.autograd.grad(x, leaves, grad_out), expected_grads):
+        assert_close(grad, truth, dtype)
+
+
+# ------------------------------------------------------------------------------------------------
+# Pairwise similarity KL
+
+
+@pytest.mark.parametrize("device", TRITON_DEVICES)
+@pytest.mark.parametrize("dtype", DTYPES)
+@pytest.mark.parametrize("reduction", KL_REDUCTIONS)
+@pytest.mark.parametrize("shape", FEATURE_SHAPES + [LARGE_N_FEATURE_SHAPE])
+def test_pairwise_similarity_kl_matches_reference(device, dtype, reduction, shape):
+    src, ada = similar_features(shape, 10, dtype, device)
+    ada.requires_grad_()
+    loss = D.pairwise_similarity_kl(src, ada, 0.7, reduction, backend="triton")
+    assert loss.dtype == dtype and loss.shape == ((shape[0],) if reduction == "none" else ())
+    grad_out = _upstream(loss.shape, dtype, device)
+    expected, (_, expected_grad) = _reference_grad(
+        lambda s, a: R.pairwise_similarity_kl(s, a, 0.7, reduction), [src, ada], grad_out
+    )
+    assert_close(loss, expected, dtype)
+    (grad,) = torch.autograd.grad(loss, ada, grad_out)
+    assert_close(grad, expected_grad, dtype)
+
+
+@pytest.mark.parametrize("device", TRITON_DEVICES)
+def test_pairwise_similarity_kl_returns_grams(device):
+    src, ada = similar_features((5, 3, 7, 7), 11, torch.float32, device)
+    loss, gram_src, gram_ada = _ops().pairwise_similarity_kl(src, ada, 1.0, "mean")
+    for gram, features in ((gram_src, src), (gram_ada, ada)):
+        flat = features.double().reshape(5, -1)
+        assert gram.dtype == torch.float32
+        assert_close(gram, flat @ flat.T, torch.float32)
+
+
+# ------------------------------------------------------------------------------------------------
+# The fused DDPM-PA loss
+
+LOSS_TERMS = ("loss", "mse", "hf_mse", "pair_img", "pair_hf")
+
+
+def _loss_reference(sample, eps_ada, weights, tau, reduction, grads_out):
+    leaf = eps_ada.detach().double().cpu().requires_grad_()
+    s = sample.to(device="cpu", dtype=torch.float64)
+    out = R.ddpm_pa_loss(s.x_t, leaf, s.eps_src, s.noise, s.a_t, s.b_t, *weights, tau, reduction)
+    total = sum(o * g.double().cpu() for o, g in zip(out, grads_out))
+    (grad,) = torch.autograd.grad(total, leaf)
+    return out, grad
+
+
+@pytest.mark.parametrize("device", TRITON_DEVICES)
+@pytest.mark.parametrize("dtype", DTYPES)
+@pytest.mark.parametrize("shape", LOSS_SHAPES + [LARGE_N_LOSS_SHAPE])
+def test_ddpm_pa_loss_matches_reference(device, dtype, shape):
+    sample = make_loss_sample(shape, seed=12, dtype=dtype, device=device)
+    eps_ada = sample.eps_ada.clone().requires_grad_()
+    weights, tau, reduction = (4.0, 3.0, 2.0), 0.7, "batchmean"
+    out = D.ddpm_pa_loss(
+        sample.x_t, eps_ada, sample.eps_src, sample.noise, sample.a_t, sample.b_t, *weights, tau, reduction,
+        backend="triton",
+    )
+    assert isinstance(out, D.DDPMPALossOutput)
+    # A random upstream gradient on each of the five outputs, as when the terms are logged and weighted.
+    grads_out = [_upstream((), dtype, device, 20 + k) for k in range(len(LOSS_TERMS))]
+    expected, expected_grad = _loss_reference(sample, eps_ada, weights, tau, reduction, grads_out)
+    for name, actual, truth in zip(LOSS_TERMS, out, expected):
+        assert actual.dtype == dtype and actual.shape == (), name
+        assert_close(actual, truth, dtype)
+    (grad,) = torch.autograd.grad(list(out), eps_ada, grads_out)
+    assert_close(grad, expected_grad, dtype)
+
+
+@pytest.mark.parametrize("device", TRITON_DEVICES)
+@pytest.mark.parametrize("reduction", ["mean", "sum"])
+@pytest.mark.parametrize("coef_shape", ["flat", "4d"])
+def test_ddpm_pa_loss_reductions_and_coefficient_shapes(device, reduction, coef_shape):
+    sample = make_loss_sample((3, 2, 7, 6), seed=13, dtype=torch.float32, device=device, coef_shape=coef_shape)
+    eps_ada = sample.eps_ada.clone().requires_grad_()
+    weights = (4.0, 4.0, 1.0)
+    out = D.DDPMPALoss(*weights, tau=1.0, reduction=reduction, backend="triton")(
+        sample.x_t, eps_ada, sample.eps_src, sample.noise, sample.a_t, sample.b_t
+    )
+    grads_out = [torch.tensor(1.0, device=device)] + [torch.tensor(0.0, device=device)] * 4
+    expected, expected_grad = _loss_reference(sample, eps_ada, weights, 1.0, reduction, grads_out)
+    for actual, truth in zip(out, expected):
+        assert_close(actual, truth, torch.float32)
+    (grad,) = torch.autograd.grad(out.loss, eps_ada)
+    assert_close(grad, expected_grad, torch.float32)
+
+
+@pytest.mark.parametrize("device", TRITON_DEVICES)
+def test_ddpm_pa_loss_grams_are_deterministic_and_correct(device):
+    # (4, 3, 17, 33): 459 blocks = 15 column tiles over several programs, so the fixed-order partial
+    # sum is what makes two runs agree bit for bit.
+    sample = make_loss_sample((4, 3, 17, 33), seed=14, dtype=torch.float32, device=device)
+    first = _ops().ddpm_pa_loss(*sample.args(), 4.0, 4.0, 1.0, 1.0, "mean")
+    second = _ops().ddpm_pa_loss(*sample.args(), 4.0, 4.0, 1.0, 1.0, "mean")
+    for a, b in zip(first, second):
+        assert torch.equal(a, b)
+    s = sample.to(device="cpu", dtype=torch.float64)
+    a, b = s.a_t.view(-1, 1, 1, 1), s.b_t.view(-1, 1, 1, 1)
+    x0_src, x0_ada = a * s.x_t - b * s.eps_src, a * s.x_t - b * s.eps_ada
+    features = [x0_src, x0_ada, R.ddpm_pa_high_frequency(x0_src), R.ddpm_pa_high_frequency(x0_ada)]
+    grams = first[-1]
+    assert grams.shape == (4, 4, 4) and grams.dtype == torch.float32
+    for k, f in enumerate(features):
+        flat = f.reshape(4, -1)
+        assert_close(grams[k], flat @ flat.T, torch.float32)
+
+
+@pytest.mark.parametrize("device", TRITON_DEVICES)
+def test_ddpm_pa_loss_does_not_modify_inputs(device):
+    sample = make_loss_sample((3, 2, 5, 6), seed=15, dtype=torch.float32, device=device)
+    copies = [t.clone() for t in sample.args()]
+    eps_ada = sample.eps_ada.requires_grad_()
+    out = D.ddpm_pa_loss(sample.x_t, eps_ada, sample.eps_src, sample.noise, sample.a_t, sample.b_t, backend="triton")
+    out.loss.backward()
+    for before, after in zip(copies, sample.args()):
+        assert torch.equal(before, after.detach())
+
+
+# ------------------------------------------------------------------------------------------------
+# float64: gradcheck of every op, and torch.library.opcheck of the registered triton ops
+
+
+def _gradcheck_cases(device):
+    x = randn((2, 2, 5, 6), 30, torch.float64, device)
+    src, ada = similar_features((3, 10), 31, torch.float64, device)
+    sample = make_loss_sample((3, 2, 4, 5), seed=32, device=device)
+    yl, yh = R.haar_dwt2d(randn((2, 1, 5, 6), 33, torch.float64, device))
+    return {
+        "high_frequency": (lambda t: D.ddpm_pa_high_frequency(t, backend="triton"), x),
+        "haar_dwt2d": (lambda t: tuple([*(lambda r: [r[0], *r[1]])(D.haar_dwt2d(t, 2, "symmetric", backend="triton"))]), x),
+        "haar_idwt2d": (lambda t: D.haar_idwt2d(t, yh, backend="triton"), yl),
+        "pairwise_similarity_kl": (lambda t: D.pairwise_similarity_kl(src, t, 0.7, "none", backend="triton"), ada),
+        "ddpm_pa_loss": (
+            lambda t: tuple(
+                D.ddpm_pa_loss(sample.x_t, t, sample.eps_src, sample.noise, sample.a_t, sample.b_t,
+                               4.0, 3.0, 2.0, 0.7, "mean", backend="triton")
+            ),
+            sample.eps_ada,
+        ),
+    }
+
+
+@pytest.mark.parametrize("device", TRITON_DEVICES)
+@pytest.mark.parametrize("op", ["high_frequency", "haar_dwt2d", "haar_idwt2d", "pairwise_similarity_kl", "ddpm_pa_loss"])
+def test_gradcheck_float64(device, op):
+    fn, x = _gradcheck_cases(device)[op]
+    assert torch.autograd.gradcheck(fn, (x.detach().clone().requires_grad_(),), eps=1e-6, atol=1e-7, rtol=1e-5)
+
+
+def _opcheck_samples(device):
+    x = randn((2, 3, 5, 7), 40, torch.float32, device)
+    yl, yh = _ops().haar_dwt2d(x, "zero")
+    src, ada = similar_features((3, 2, 4, 4), 41, torch.float32, device)
+    sample = make_loss_sample((3, 2, 6, 5), seed=42, dtype=torch.float32, device=device)
+    grams = _ops().ddpm_pa_loss(*sample.args(), 4.0, 4.0, 1.0, 1.0, "mean")[-1]
+    _, gram_src, gram_ada = _ops().pairwise_similarity_kl(src, ada, 1.0, "sum")
+    ops = _ops()
+    grad_terms = randn((5,), 43, torch.float32, device)
+    return [
+        (ops.ddpm_pa_high_frequency.default, (x.requires_grad_(),)),
+        (ops.ddpm_pa_high_frequency_backward.default, (randn((2, 3, 2, 3), 44, torch.float32, device), 5, 7)),
+        (ops.haar_dwt2d.default, (x, "symmetric")),
+        (ops.haar_dwt2d_backward.default, (yl, yh, 5, 7, "periodization")),
+        (ops.haar_idwt2d.default, (yl.requires_grad_(), yh.requires_grad_())),
+        (ops.pairwise_similarity_kl.default, (src, ada.requires_grad_(), 0.7, "none")),
+        (ops.pairwise_similarity_kl_backward.default, (randn((), 45, torch.float32, device), ada, gram_src, gram_ada, 0.7, "sum")),
+        (
+            ops.ddpm_pa_loss.default,
+            (sample.x_t, sample.eps_ada.requires_grad_(), sample.eps_src, sample.noise, sample.a_t, sample.b_t,
+             4.0, 3.0, 2.0, 0.7, "mean"),
+        ),
+        (
+            ops.ddpm_pa_loss_backward.default,
+            (grad_terms, grams, sample.x_t, sample.eps_ada.detach(), sample.noise, sample.a_t, sample.b_t,
+             4.0, 3.0, 2.0, 0.7, "mean"),
+        ),
+    ]
+
+
+OPCHECK_UTILS = ("test_schema", "test_autograd_registration", "test_faketensor", "test_aot_dispatch_dynamic")
+# Under the interpreter, wrap_triton returns the kernel itself (torch/_library/triton.py), so AOT tracing
+# would launch it on fake tensors; that check runs where the kernels compile, on a GPU.
+INTERPRETER_OPCHECK_UTILS = OPCHECK_UTILS[:3]
+
+
+@pytest.mark.parametrize("device", TRITON_DEVICES)
+@pytest.mark.parametrize("index", range(9))
+def test_opcheck(device, index):
+    op, args = _opcheck_samples(device)[index]
+    interpreted = device == "cpu"
+    torch.library.opcheck(op, args, test_utils=INTERPRETER_OPCHECK_UTILS if interpreted else OPCHECK_UTILS)
+
+
+# ------------------------------------------------------------------------------------------------
+# Bad input, availability, and triton staying optional
+
+
+@pytest.mark.parametrize("device", TRITON_DEVICES)
+def test_bad_input_is_rejected_with_the_argument_named(device):
+    sample = make_loss_sample((1, 3, 8, 8), dtype=torch.float32, device=device)
+    with pytest.raises(ValueError, match="x_t must hold at least 2 samples"):
+        D.ddpm_pa_loss(*sample.args(), backend="triton")
+    src, ada = similar_features((3, 5), dtype=torch.float32, device=device)
+    with pytest.raises(ValueError, match="tau must be a finite number > 0"):
+        D.pairwise_similarity_kl(src, ada, 0.0, backend="triton")
+    with pytest.raises(ValueError, match="x must have height and width of at least 2"):
+        D.ddpm_pa_high_frequency(randn((2, 3, 1, 8), device=device, dtype=torch.float32), backend="triton")
+
+
+@pytest.mark.parametrize("device", TRITON_DEVICES)
+def test_batch_above_the_kernels_limit_is_rejected(device):
+    src, ada = similar_features((257, 2), dtype=torch.float32, device=device)
+    with pytest.raises(ValueError, match=r"src has N=257 samples; the Triton kernels support N <= 256"):
+        D.pairwise_similarity_kl(src, ada, backend="triton")
+
+
+def test_unavailable_reason_says_why_and_how(monkeypatch):
+    monkeypatch.setenv("TRITON_INTERPRET", "0")
+    assert "TRITON_INTERPRET=1" in triton_ops.unavailable_reason("cpu")
+    assert "CUDA" in triton_ops.unavailable_reason("mps")
+    monkeypatch.setattr(triton_ops.importlib.util, "find_spec", lambda name: None)
+    assert "pip install ddpm_pa_fast[triton]" in triton_ops.unavailable_reason("cuda")
+
+
+def test_package_works_without_triton():
+    # A fresh interpreter in which `import triton` fails: the package imports, the torch backend runs,
+    # and backend "triton" explains how to get it.
+    script = textwrap.dedent(
+        """
+        import sys
+        sys.modules["triton"] = None
+        import torch, ddpm_pa_fast as D
+        x = torch.randn(2, 3, 4, 4)
+        assert D.ddpm_pa_high_frequency(x, backend="torch").shape == (2, 3, 2, 2)
+        assert "triton" not in D.available_backends("cpu")
+        try:
+            D.ddpm_pa_high_frequency(x, backend="triton")
+        except D.BackendUnavailableError as e:
+            assert "pip install ddpm_pa_fast[triton]" in str(e), e
+        else:
+            raise AssertionError("backend triton ran without triton")
+        """
+    )
+    root = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
+    env = dict(os.environ, PYTHONPATH=root + os.pathsep + os.environ.get("PYTHONPATH", ""))
+    result = subprocess.run([sys.executable, "-c", script], env=env, capture_output=True, text=True, timeout=120)
+    assert result.returncode == 0, result.stderr
