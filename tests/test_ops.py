@@ -1,0 +1,403 @@
+"""The C++ extension's ops (backend "cpu", and "cuda" where a GPU exists) against the float64 reference.
+
+Every correctness test runs forward and backward with a random, non-unit upstream gradient, through
+the public API with the device's backend, and the opcheck / compile tests call torch.ops directly.
+Reference values are computed in float64 from the inputs as rounded to the tested dtype, so the
+tolerances bound the kernels' own arithmetic.
+"""
+
+from __future__ import annotations
+
+import pytest
+import torch
+
+import ddpm_pa_fast as D
+from ddpm_pa_fast import ops
+from ddpm_pa_fast import reference as R
+
+from .common import (
+    DEVICES,
+    DWT_MODES,
+    FEATURE_SHAPES,
+    FLOAT_DTYPES,
+    KL_REDUCTIONS,
+    LOSS_SHAPES,
+    TOLERANCES,
+    make_loss_sample,
+    randn,
+    similar_features,
+)
+
+if ops.extension_unavailable_reason() is not None:
+    # These tests are about the extension: without it they must fail, never pass by skipping.
+    pytest.fail(ops.extension_unavailable_reason(), pytrace=False)
+
+OPS = torch.ops.ddpm_pa_fast
+LAYOUTS = ["contiguous", "channels_last", "strided"]
+LOSS_REDUCTIONS = ["mean", "batchmean", "sum"]
+
+
+def backend_for(device: str) -> str:
+    return "cpu" if device == "cpu" else "cuda"
+
+
+def relayout(t: torch.Tensor, layout: str) -> torch.Tensor:
+    """The same values in another memory layout."""
+    if layout == "channels_last" and t.dim() == 4:
+        return t.contiguous(memory_format=torch.channels_last)
+    if layout == "strided":
+        wide = t.new_zeros(*t.shape[:-1], 2 * t.shape[-1])
+        wide[..., ::2] = t
+        return wide[..., ::2]
+    return t.contiguous()
+
+
+def check_close(actual: torch.Tensor, expected: torch.Tensor, dtype: torch.dtype, what: str, scale: float = 1.0):
+    """actual against the float64 expected; atol relative to the expected's magnitude."""
+    rtol, atol = TOLERANCES[dtype]
+    expected = expected.detach().double().cpu()
+    magnitude = max(1.0, expected.abs().max().item()) if expected.numel() else 1.0
+    torch.testing.assert_close(
+        actual.detach().double().cpu(), expected, rtol=rtol * scale, atol=atol * scale * magnitude, msg=lambda m: f"{what}: {m}"
+    )
+
+
+def leaf(t: torch.Tensor) -> torch.Tensor:
+    return t.detach().requires_grad_()
+
+
+def assert_unchanged(tensors, snapshots):
+    for t, s in zip(tensors, snapshots):
+        assert torch.equal(t, s), "an input was modified"
+
+
+# ---------------------------------------------------------------------------------------------
+# ddpm_pa_high_frequency
+
+
+@pytest.mark.parametrize("device", DEVICES)
+@pytest.mark.parametrize("dtype", FLOAT_DTYPES)
+@pytest.mark.parametrize("layout", LAYOUTS)
+@pytest.mark.parametrize("shape", [(2, 3, 8, 8), (3, 4, 9, 7), (2, 3, 17, 33), (1, 1, 2, 2)])
+def test_high_frequency_matches_reference(device, dtype, layout, shape):
+    x = relayout(randn(shape, 1, dtype, device), layout)
+    snapshot = x.clone()
+    x_ada = leaf(x)
+    hf = D.ddpm_pa_high_frequency(x_ada, backend=backend_for(device))
+    x64 = leaf(x.double())
+    expected = R.ddpm_pa_high_frequency(x64)
+    assert hf.dtype == dtype and hf.shape == expected.shape
+    check_close(hf, expected, dtype, "hf")
+    grad_out = randn(expected.shape, 2, dtype, device)
+    hf.backward(grad_out)
+    expected.backward(grad_out.double())
+    check_close(x_ada.grad, x64.grad, dtype, "grad x")
+    assert_unchanged([x], [snapshot])
+
+
+# ---------------------------------------------------------------------------------------------
+# haar_dwt2d / haar_idwt2d
+
+
+@pytest.mark.parametrize("device", DEVICES)
+@pytest.mark.parametrize("dtype", FLOAT_DTYPES)
+@pytest.mark.parametrize("mode", DWT_MODES)
+@pytest.mark.parametrize("shape, levels", [((2, 3, 8, 8), 1), ((3, 4, 9, 7), 2), ((2, 2, 1, 5), 1), ((2, 3, 17, 33), 3)])
+def test_haar_dwt_and_idwt_match_reference(device, dtype, mode, shape, levels):
+    backend = backend_for(device)
+    x = relayout(randn(shape, 3, dtype, device), "channels_last" if levels == 2 else "contiguous")
+    snapshot = x.clone()
+    x_ada, x64 = leaf(x), leaf(x.double())
+    yl, yh = D.haar_dwt2d(x_ada, levels, mode, backend=backend)
+    ryl, ryh = R.haar_dwt2d(x64, levels, mode)
+    check_close(yl, ryl, dtype, "yl")
+    assert len(yh) == levels
+    for j, (band, ref_band) in enumerate(zip(yh, ryh)):
+        assert band.dtype == dtype
+        check_close(band, ref_band, dtype, f"yh[{j}]")
+    grads = [randn(t.shape, 10 + j, dtype, device) for j, t in enumerate([yl, *yh])]
+    torch.autograd.backward([yl, *yh], grads)
+    torch.autograd.backward([ryl, *ryh], [g.double() for g in grads])
+    check_close(x_ada.grad, x64.grad, dtype, "grad x")
+    assert_unchanged([x], [snapshot])
+
+    # The inverse, from coefficients with the finest detail missing (None is zeros).
+    coeffs_l = leaf(relayout(ryl.detach().to(dtype), "strided"))
+    coeffs_h = [None] + [leaf(b.detach().to(dtype)) for b in ryh[1:]]
+    rec = D.haar_idwt2d(coeffs_l, coeffs_h, mode, backend=backend)
+    ref_l = leaf(coeffs_l.double())
+    ref_h = [None] + [leaf(b.double()) for b in coeffs_h[1:]]
+    expected = R.haar_idwt2d(ref_l, ref_h, mode)
+    assert rec.shape == expected.shape
+    check_close(rec, expected, dtype, "idwt")
+    grad_out = randn(expected.shape, 20, dtype, device)
+    rec.backward(grad_out)
+    expected.backward(grad_out.double())
+    check_close(coeffs_l.grad, ref_l.grad, dtype, "grad yl")
+    for j in range(1, levels):
+        check_close(coeffs_h[j].grad, ref_h[j].grad, dtype, f"grad yh[{j}]")
+
+
+@pytest.mark.parametrize("device", DEVICES)
+def test_haar_idwt_inverts_dwt(device):
+    x = randn((2, 3, 13, 10), 4, torch.float64, device)
+    yl, yh = D.haar_dwt2d(x, 2, "symmetric", backend=backend_for(device))
+    rec = D.haar_idwt2d(yl, yh, "symmetric", backend=backend_for(device))
+    torch.testing.assert_close(rec[..., :13, :10], x)
+
+
+# ---------------------------------------------------------------------------------------------
+# pairwise_similarity_kl
+
+
+@pytest.mark.parametrize("device", DEVICES)
+@pytest.mark.parametrize("dtype", FLOAT_DTYPES)
+@pytest.mark.parametrize("reduction", KL_REDUCTIONS)
+@pytest.mark.parametrize("shape, tau", [(s, 1.0) for s in FEATURE_SHAPES] + [((64, 3, 5, 5), 0.5), ((5, 5000), 2.0)])
+def test_pairwise_kl_matches_reference(device, dtype, reduction, shape, tau):
+    src, ada = similar_features(shape, 5, dtype, device)
+    if len(shape) == 4:
+        src, ada = relayout(src, "channels_last"), relayout(ada, "strided")
+    snapshots = [src.clone(), ada.clone()]
+    ada_leaf, ada64 = leaf(ada), leaf(ada.double())
+    loss = D.pairwise_similarity_kl(src, ada_leaf, tau, reduction, backend=backend_for(device))
+    expected = R.pairwise_similarity_kl(src.double(), ada64, tau, reduction)
+    assert loss.dtype == dtype and loss.shape == expected.shape
+    check_close(loss, expected, dtype, "kl")
+    grad_out = randn(expected.shape, 6, dtype, device) + 2
+    loss.backward(grad_out)
+    expected.backward(grad_out.double())
+    # The gradient is a difference of near-equal softmax terms: allow a little more than the loss.
+    check_close(ada_leaf.grad, ada64.grad, dtype, "grad ada", scale=4.0)
+    assert_unchanged([src, ada], snapshots)
+
+
+def test_pairwise_kl_source_gets_no_gradient():
+    src, ada = similar_features((4, 20), 7)
+    src, ada = leaf(src), leaf(ada)
+    D.pairwise_similarity_kl(src, ada, backend="cpu").backward()
+    assert src.grad is None and ada.grad is not None
+
+
+# ---------------------------------------------------------------------------------------------
+# ddpm_pa_loss
+
+
+def run_loss(sample, backend, weights=(4.0, 4.0, 1.0), tau=1.0, reduction="mean", grad_seed=8):
+    """Loss terms, grad of eps_ada from random upstream grads on all five terms, and the reference's."""
+    eps_ada = leaf(sample.eps_ada)
+    args = (sample.x_t, eps_ada, sample.eps_src, sample.noise, sample.a_t, sample.b_t)
+    out = D.ddpm_pa_loss(*args, *weights, tau, reduction, backend=backend)
+    ref_sample = sample.to(dtype=torch.float64)
+    eps64 = leaf(ref_sample.eps_ada)
+    ref_args = (ref_sample.x_t, eps64, ref_sample.eps_src, ref_sample.noise, ref_sample.a_t, ref_sample.b_t)
+    expected = R.ddpm_pa_loss(*ref_args, *weights, tau, reduction)
+    upstream = randn((5,), grad_seed, torch.float64) + 1.5
+    torch.autograd.backward(list(out), [g.to(out.loss) for g in upstream])
+    torch.autograd.backward(list(expected), list(upstream.to(sample.x_t.device)))
+    return out, eps_ada.grad, expected, eps64.grad
+
+
+def check_loss(out, grad, expected, grad_expected, dtype):
+    assert isinstance(out, D.DDPMPALossOutput)
+    for name in out._fields:
+        assert getattr(out, name).dtype == dtype and getattr(out, name).shape == ()
+        check_close(getattr(out, name), getattr(expected, name), dtype, name)
+    check_close(grad, grad_expected, dtype, "grad eps_ada", scale=2.0)
+
+
+@pytest.mark.parametrize("device", DEVICES)
+@pytest.mark.parametrize("dtype", FLOAT_DTYPES)
+@pytest.mark.parametrize("shape", LOSS_SHAPES)
+def test_loss_matches_reference(device, dtype, shape):
+    sample = make_loss_sample(shape, seed=sum(shape), dtype=dtype, device=device)
+    snapshots = [t.clone() for t in sample.args()]
+    out, grad, expected, grad_expected = run_loss(sample, backend_for(device))
+    check_loss(out, grad, expected, grad_expected, dtype)
+    assert_unchanged(sample.args(), snapshots)
+
+
+@pytest.mark.parametrize("device", DEVICES)
+@pytest.mark.parametrize("reduction", LOSS_REDUCTIONS)
+@pytest.mark.parametrize("layout", LAYOUTS)
+def test_loss_options_and_layouts(device, reduction, layout):
+    sample = make_loss_sample((4, 3, 11, 6), seed=3, dtype=torch.float32, device=device, coef_shape="4d")
+    sample.x_t, sample.eps_ada, sample.eps_src, sample.noise = (
+        relayout(t, layout) for t in (sample.x_t, sample.eps_ada, sample.eps_src, sample.noise)
+    )
+    out, grad, expected, grad_expected = run_loss(sample, backend_for(device), (2.5, -1.0, 3.0), 0.7, reduction)
+    check_loss(out, grad, expected, grad_expected, torch.float32)
+
+
+@pytest.mark.parametrize("device", DEVICES)
+@pytest.mark.parametrize("n", [2, 17, 64])
+def test_loss_batch_sizes(device, n):
+    sample = make_loss_sample((n, 2, 6, 5), seed=n, dtype=torch.float32, device=device)
+    check_loss(*run_loss(sample, backend_for(device)), torch.float32)
+
+
+@pytest.mark.parametrize("device", DEVICES)
+def test_loss_large_flattened_dimension(device):
+    sample = make_loss_sample((8, 3, 256, 256), seed=11, dtype=torch.float32, device=device)
+    check_loss(*run_loss(sample, backend_for(device)), torch.float32)
+
+
+def test_loss_rejects_bad_op_arguments_by_name():
+    sample = make_loss_sample((3, 2, 4, 4))
+    args = list(sample.args())
+    args[1] = args[1][:, :1]
+    with pytest.raises(RuntimeError, match="eps_ada must have the shape of x_t"):
+        OPS.ddpm_pa_loss(*args, 4.0, 4.0, 1.0, 1.0, "mean")
+    with pytest.raises(RuntimeError, match="reduction must be one of"):
+        OPS.ddpm_pa_loss(*sample.args(), 4.0, 4.0, 1.0, 1.0, "none")
+    with pytest.raises(RuntimeError, match="a_t must hold one value per sample"):
+        OPS.ddpm_pa_loss(*sample.args()[:4], sample.a_t[:2], sample.b_t, 4.0, 4.0, 1.0, 1.0, "mean")
+
+
+# ---------------------------------------------------------------------------------------------
+# Determinism, autocast, the backend registry
+
+
+def test_results_do_not_depend_on_thread_count():
+    sample = make_loss_sample((5, 3, 64, 96), seed=12, dtype=torch.float32)
+    src, ada = similar_features((6, 50000), 13, torch.float32)
+
+    def run():
+        eps_ada = leaf(sample.eps_ada)
+        out = D.ddpm_pa_loss(sample.x_t, eps_ada, sample.eps_src, sample.noise, sample.a_t, sample.b_t, backend="cpu")
+        (out.loss + out.hf_mse).backward()
+        ada_leaf = leaf(ada)
+        kl = D.pairwise_similarity_kl(src, ada_leaf, backend="cpu")
+        kl.backward()
+        return [*out, eps_ada.grad, kl, ada_leaf.grad]
+
+    threads = torch.get_num_threads()
+    try:
+        torch.set_num_threads(1)
+        one = run()
+        torch.set_num_threads(2)
+        two = run()
+    finally:
+        torch.set_num_threads(threads)
+    for a, b in zip(one, two):
+        assert torch.equal(a, b)
+
+
+@pytest.mark.parametrize("device", DEVICES)
+def test_loss_under_bfloat16_autocast(device):
+    """A model under autocast feeds the loss bfloat16 predictions; the loss and its gradient to the
+    model's float32 weights match the reference run the same way."""
+    sample = make_loss_sample((3, 3, 8, 8), seed=14, dtype=torch.bfloat16, device=device)
+    grads = []
+    for loss_fn in (D.ddpm_pa_loss, R.ddpm_pa_loss):
+        torch.manual_seed(0)
+        model = torch.nn.Conv2d(3, 3, 3, padding=1).to(device)
+        kwargs = {"backend": backend_for(device)} if loss_fn is D.ddpm_pa_loss else {}
+        with torch.autocast(device, dtype=torch.bfloat16):
+            eps_ada = model(sample.x_t)
+            assert eps_ada.dtype == torch.bfloat16
+            out = loss_fn(sample.x_t, eps_ada, sample.eps_src, sample.noise, sample.a_t, sample.b_t, **kwargs)
+        assert out.loss.dtype == torch.bfloat16
+        out.loss.backward()
+        grads.append((out.loss.detach(), model.weight.grad))
+    (loss, grad), (ref_loss, ref_grad) = grads
+    check_close(loss, ref_loss, torch.bfloat16, "loss")
+    check_close(grad, ref_grad, torch.bfloat16, "grad weight", scale=2.0)
+
+
+def test_auto_backend_uses_the_cpu_kernels():
+    assert D.backend_name("auto", "cpu") == "cpu"
+    assert "cpu" in D.available_backends("cpu")
+
+
+# ---------------------------------------------------------------------------------------------
+# opcheck, gradcheck and torch.compile on one shared sample list
+
+
+def op_samples():
+    """(op name, args) pairs for every op, forward and backward: small, odd and non-contiguous."""
+    x = randn((2, 3, 5, 7), 20)
+    x_cl = relayout(randn((3, 2, 6, 4), 21), "channels_last")
+    src, ada = similar_features((4, 3, 5), 22)
+    loss_sample = make_loss_sample((3, 2, 5, 6), seed=23)
+    n = 3
+    grams = OPS.ddpm_pa_loss(*loss_sample.args(), 4.0, 4.0, 1.0, 1.0, "mean")[5]
+    _, gram_src, gram_ada = OPS.pairwise_similarity_kl(src, ada, 1.0, "none")
+    samples = [
+        ("ddpm_pa_high_frequency", (x,)),
+        ("ddpm_pa_high_frequency", (x_cl,)),
+        ("ddpm_pa_high_frequency_backward", (randn((2, 3, 2, 3), 24), 5, 7)),
+        ("haar_dwt2d", (x, "zero")),
+        ("haar_dwt2d", (x_cl, "symmetric")),
+        ("haar_dwt2d_backward", (randn((2, 3, 3, 4), 25), randn((2, 3, 3, 3, 4), 26), 5, 7, "periodization")),
+        ("haar_idwt2d", (randn((2, 3, 3, 4), 27), relayout(randn((2, 3, 3, 3, 4), 28), "strided"))),
+        ("pairwise_similarity_kl", (src, ada, 0.5, "mean")),
+        ("pairwise_similarity_kl", (src, ada, 1.0, "none")),
+        ("pairwise_similarity_kl_backward", (randn((4,), 29), ada, gram_src, gram_ada, 1.0, "none")),
+        ("ddpm_pa_loss", (*loss_sample.args(), 4.0, 4.0, 1.0, 1.0, "mean")),
+        ("ddpm_pa_loss", (*make_loss_sample((2, 1, 4, 3), seed=30, coef_shape="4d").args(), 1.0, 2.0, 3.0, 0.5, "sum")),
+        ("ddpm_pa_loss_backward", (randn((5,), 31), grams, *loss_sample.args()[:2], loss_sample.noise,
+                                   loss_sample.a_t, loss_sample.b_t, 4.0, 4.0, 1.0, 1.0, "mean")),
+    ]
+    assert grams.shape == (4, n, n)
+    return samples
+
+
+# The argument each forward op differentiates: the rest are constants of the maths.
+DIFFERENTIABLE = {"ddpm_pa_high_frequency": [0], "haar_dwt2d": [0], "haar_idwt2d": [0, 1],
+                  "pairwise_similarity_kl": [1], "ddpm_pa_loss": [1]}
+
+
+def with_grad(name, args):
+    return tuple(leaf(a) if i in DIFFERENTIABLE.get(name, []) else a for i, a in enumerate(args))
+
+
+@pytest.mark.parametrize("index", range(len(op_samples())))
+def test_opcheck(index):
+    name, args = op_samples()[index]
+    torch.library.opcheck(getattr(OPS, name).default, with_grad(name, args))
+
+
+@pytest.mark.parametrize("name", list(DIFFERENTIABLE))
+def test_gradcheck_float64(name):
+    samples = [(n, a) for n, a in op_samples() if n == name]
+    for _, args in samples:
+        inputs = with_grad(name, args)
+
+        def differentiable_outputs(*tensors):
+            full = list(inputs)
+            for i, t in zip(DIFFERENTIABLE[name], tensors):
+                full[i] = t
+            out = getattr(OPS, name)(*full)
+            if name == "pairwise_similarity_kl":
+                return out[0]
+            if name == "ddpm_pa_loss":
+                return out[:5]
+            return out
+
+        torch.autograd.gradcheck(differentiable_outputs, tuple(inputs[i] for i in DIFFERENTIABLE[name]))
+
+
+def test_compiled_ops_match_eager():
+    x = randn((2, 3, 9, 8), 40, torch.float32)
+    src, ada = similar_features((4, 3, 6, 6), 41, torch.float32)
+    sample = make_loss_sample((3, 3, 8, 10), seed=42, dtype=torch.float32)
+
+    def every_op(x, ada, eps_ada):
+        hf = ops.ddpm_pa_high_frequency(x)
+        yl, yh = ops.haar_dwt2d(x, 2, "symmetric")
+        rec = ops.haar_idwt2d(yl, [None, yh[1]], "symmetric")
+        kl = ops.pairwise_similarity_kl(src, ada, 0.5, "none")
+        terms = ops.ddpm_pa_loss(sample.x_t, eps_ada, sample.eps_src, sample.noise, sample.a_t, sample.b_t)
+        total = hf.square().sum() + yl.sum() + yh[0].square().sum() + rec.square().sum() + (kl * kl).sum()
+        return total + terms.loss + terms.hf_mse, terms
+
+    compiled = torch.compile(every_op, fullgraph=True)
+    results = []
+    for fn in (every_op, compiled):
+        inputs = [leaf(t) for t in (x, ada, sample.eps_ada)]
+        total, terms = fn(*inputs)
+        total.backward()
+        results.append([total, *terms, *(t.grad for t in inputs)])
+    for eager, comp in zip(*results):
+        torch.testing.assert_close(comp, eager, rtol=1e-5, atol=1e-6)
