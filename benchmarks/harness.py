@@ -1,0 +1,485 @@
+"""Benchmark machinery: providers, the correctness gate, timing, peak memory, bandwidth, CSV rows.
+
+A *case* is one op at one size: inputs (with the leaves that get gradients), the float64 reference
+outputs and gradients, and the memory-traffic model. A *provider* is one implementation of the op.
+`measure(case, provider, ...)` first checks the provider against the float64 reference (outputs and
+gradients with a random non-unit upstream gradient); only a provider that passes is timed. Every outcome
+is a row with a status, so an unavailable, unsupported, wrong, out-of-memory or failing provider is a
+result, never a crash (pytorch_scatter's benchmark does the same for out-of-memory).
+
+Timing (forward, backward and forward+backward separately; median and 20/80 quantiles):
+- CPU: our own loop with time.perf_counter, after warm-up, repeating until a time budget is spent;
+- CUDA: triton.testing.do_bench (CUDA events, L2 flushed between repetitions), or a CUDA-event loop
+  when Triton is missing.
+The forward runs with autograd recording (as in training); the backward is timed on one recorded graph
+(retain_graph=True), gradients reset to None before each repetition as optimizer.zero_grad() does.
+
+Peak memory is the extra bytes allocated during one call, above what was allocated before it:
+- CUDA: torch.cuda.max_memory_allocated() after reset_peak_memory_stats();
+- CPU: torch.profiler with profile_memory=True records every CPU allocation and free; the peak of the
+  running sum of those bytes over the call is the extra memory (includes outputs and saved tensors).
+"""
+
+from __future__ import annotations
+
+import csv
+import dataclasses
+import json
+import math
+import os
+import statistics
+import sys
+import tempfile
+import time
+import traceback
+from collections.abc import Callable, Sequence
+
+import torch
+
+QUANTILES = (0.5, 0.2, 0.8)
+PASSES = ("fwd", "bwd", "fwd+bwd")
+
+# Correctness gate against the float64 reference, per benchmarked dtype: |a - e| <= atol + rtol |e|,
+# with atol relative to the largest |e| of the tensor (loss terms and gradients differ in scale by many
+# orders of magnitude), or within SAME_DTYPE_FACTOR times the error of the reference itself computed in
+# that dtype, whichever allows more (flash-attention's rule). The second matters for the pairwise KL of
+# similar batches: a KL of 1e-6 formed from log-probabilities of order 1 has a float32 rounding error
+# of about 1e-3 relative in any implementation. float64 allows for peers whose filters are float32.
+CHECK_TOLERANCES = {
+    torch.float64: (1e-6, 1e-7),
+    torch.float32: (1e-3, 1e-5),
+    torch.float16: (2e-2, 2e-3),
+    torch.bfloat16: (6e-2, 1e-2),
+}
+SAME_DTYPE_FACTOR = 5.0
+
+
+def _identity(values):
+    return values
+
+
+@dataclasses.dataclass
+class Provider:
+    """One implementation of an op.
+
+    fn(*args) returns the provider's outputs as a list of tensors, in its own layout; to_canonical
+    turns them into the reference's layout (for the correctness check only, untimed) and
+    grads_to_native turns upstream gradients given in the reference's layout into the provider's.
+    unavailable: why it cannot run here (the rows say so instead of timing). slow: time it with few
+    repetitions.
+    """
+
+    name: str
+    fn: Callable[..., list] | None = None
+    unavailable: str | None = None
+    to_canonical: Callable[[list], list] = _identity
+    grads_to_native: Callable[[list], list] = _identity
+    slow: bool = False
+
+
+@dataclasses.dataclass
+class Traffic:
+    """Bytes that an op must read and write at least, per pass."""
+
+    read: int
+    write: int
+
+
+@dataclasses.dataclass
+class Case:
+    """One op at one size.
+
+    make_args(dtype, device) -> (args, leaves): positional arguments and the tensors that get
+    gradients (leaves of args). reference(*args) -> canonical outputs (list); differentiable marks which
+    canonical outputs the backward starts from. traffic(element_size) -> {pass: Traffic}.
+    """
+
+    op: str
+    size: str
+    make_args: Callable[[torch.dtype, str], tuple[tuple, list]]
+    reference: Callable[..., list]
+    traffic: Callable[[int], dict]
+    differentiable: Sequence[bool] | None = None
+
+
+@dataclasses.dataclass
+class Row:
+    op: str
+    size: str
+    provider: str
+    dtype: str
+    device: str
+    pass_: str
+    status: str
+    median_ms: float | None = None
+    q20_ms: float | None = None
+    q80_ms: float | None = None
+    repeats: int | None = None
+    peak_extra_bytes: int | None = None
+    min_bytes: int | None = None
+    bound_ms: float | None = None
+    x_bound: float | None = None
+    torch_version: str = torch.__version__
+    package_version: str = ""
+    threads: int | None = None
+
+
+CSV_FIELDS = [("pass" if f.name == "pass_" else f.name) for f in dataclasses.fields(Row)]
+
+
+def write_csv(rows: list[Row], path: str) -> None:
+    os.makedirs(os.path.dirname(os.path.abspath(path)), exist_ok=True)
+    with open(path, "w", newline="") as fh:
+        writer = csv.writer(fh)
+        writer.writerow(CSV_FIELDS)
+        for row in rows:
+            writer.writerow(["" if v is None else v for v in dataclasses.astuple(row)])
+
+
+def read_csv(path: str) -> list[dict]:
+    with open(path, newline="") as fh:
+        return list(csv.DictReader(fh))
+
+
+# ---------------------------------------------------------------------------------------------- check
+
+
+class MismatchError(AssertionError):
+    """A provider's output or gradient differs from the float64 reference beyond tolerance."""
+
+
+def check_close(
+    name: str, actual: torch.Tensor, expected: torch.Tensor, dtype: torch.dtype, same_dtype_error: float = 0.0
+) -> None:
+    """Raises MismatchError unless actual is within tolerance of the float64 expected (see above)."""
+    rtol, atol_rel = CHECK_TOLERANCES[dtype]
+    if tuple(actual.shape) != tuple(expected.shape):
+        raise MismatchError(f"{name}: shape {tuple(actual.shape)}, expected {tuple(expected.shape)}")
+    actual = actual.detach().to("cpu", torch.float64)
+    expected = expected.detach().to("cpu", torch.float64)
+    if not torch.isfinite(actual).all():
+        raise MismatchError(f"{name}: non-finite values")
+    atol = atol_rel * float(expected.abs().max()) if expected.numel() else 0.0
+    allowed = torch.clamp_min(atol + rtol * expected.abs(), SAME_DTYPE_FACTOR * same_dtype_error)
+    excess = (actual - expected).abs() - allowed
+    if excess.numel() and float(excess.max()) > 0:
+        worst = int(excess.argmax())
+        raise MismatchError(
+            f"{name}: {float(actual.flatten()[worst]):.6g} vs reference {float(expected.flatten()[worst]):.6g} "
+            f"(rtol {rtol:g}, atol {atol:.3g}, reference's own {dtype} error {same_dtype_error:.3g})"
+        )
+
+
+@dataclasses.dataclass
+class Expected:
+    """The float64 reference's outputs and gradients for a case, the upstream gradients used, and the
+    largest error of the reference computed in the benchmarked dtype, per output and per gradient."""
+
+    outputs: list
+    upstream: list  # canonical layout, None where an output is not differentiated
+    grads: list
+    output_errors: list
+    grad_errors: list
+
+
+def _run_reference(case: Case, dtype: torch.dtype, upstream_fn):
+    args, leaves = case.make_args(dtype, "cpu")
+    outputs = case.reference(*args)
+    upstream = upstream_fn(outputs)
+    _backward(outputs, [None if g is None else g.to(dtype) for g in upstream], retain_graph=False)
+    return [o.detach() for o in outputs], upstream, [leaf.grad for leaf in leaves]
+
+
+def _max_error(actual: torch.Tensor, expected: torch.Tensor) -> float:
+    return float((actual.double() - expected).abs().max()) if expected.numel() else 0.0
+
+
+def reference_expectation(case: Case, dtype: torch.dtype = torch.float64, seed: int = 0) -> Expected:
+    """Runs the reference in float64 (and in dtype, for its own error); random non-unit upstream gradients."""
+    differentiable = case.differentiable
+
+    def draw_upstream(outputs):
+        generator = torch.Generator().manual_seed(seed)
+        use = differentiable or [True] * len(outputs)
+        return [
+            torch.randn(out.shape, generator=generator, dtype=torch.float64) if u else None
+            for out, u in zip(outputs, use)
+        ]
+
+    outputs, upstream, grads = _run_reference(case, torch.float64, draw_upstream)
+    if dtype == torch.float64:
+        output_errors, grad_errors = [0.0] * len(outputs), [0.0] * len(grads)
+    else:
+        own_outputs, _, own_grads = _run_reference(case, dtype, lambda _: upstream)
+        output_errors = [_max_error(a, e) for a, e in zip(own_outputs, outputs)]
+        grad_errors = [_max_error(a, e) for a, e in zip(own_grads, grads)]
+    return Expected(outputs, upstream, grads, output_errors, grad_errors)
+
+
+def _backward(outputs: list, grads: list, retain_graph: bool) -> None:
+    pairs = [(o, g) for o, g in zip(outputs, grads) if g is not None]
+    torch.autograd.backward([o for o, _ in pairs], [g for _, g in pairs], retain_graph=retain_graph)
+
+
+def check_provider(case: Case, provider: Provider, expected: Expected, dtype, device) -> list:
+    """Raises MismatchError unless outputs and gradients match; returns the native upstream gradients."""
+    args, leaves = case.make_args(dtype, device)
+    native = provider.fn(*args)
+    canonical = provider.to_canonical(native)
+    for i, (actual, want) in enumerate(zip(canonical, expected.outputs, strict=True)):
+        check_close(f"output {i}", actual, want, dtype, expected.output_errors[i])
+    upstream = [None if g is None else g.to(device=device, dtype=dtype) for g in expected.upstream]
+    native_upstream = provider.grads_to_native(upstream)
+    _backward(native, native_upstream, retain_graph=False)
+    for i, (leaf, want) in enumerate(zip(leaves, expected.grads, strict=True)):
+        if leaf.grad is None:
+            raise MismatchError(f"gradient {i}: none computed")
+        check_close(f"gradient {i}", leaf.grad, want, dtype, expected.grad_errors[i])
+    return native_upstream
+
+
+# --------------------------------------------------------------------------------------------- timing
+
+
+@dataclasses.dataclass
+class TimingConfig:
+    """Repetition budget. CPU: repeat until min_time seconds or max_repeats, at least min_repeats."""
+
+    warmup: int = 2
+    min_repeats: int = 5
+    max_repeats: int = 200
+    min_time: float = 1.0
+    slow_repeats: int = 3  # for providers marked slow (the authors' loops)
+    cuda_warmup_ms: int = 25
+    cuda_rep_ms: int = 100
+
+
+def _synchronize(device: str) -> None:
+    if torch.device(device).type == "cuda":
+        torch.cuda.synchronize()
+
+
+def _clear_grads(leaves) -> None:
+    for leaf in leaves:
+        leaf.grad = None
+
+
+def _quantiles(samples_ms: list[float]) -> tuple[float, float, float]:
+    if len(samples_ms) == 1:
+        return samples_ms[0], samples_ms[0], samples_ms[0]
+    cuts = statistics.quantiles(samples_ms, n=100, method="inclusive")
+    return statistics.median(samples_ms), cuts[19], cuts[79]
+
+
+def time_call(fn: Callable[[], object], leaves, device: str, config: TimingConfig, slow: bool = False):
+    """(median, q20, q80) in milliseconds and the number of timed repetitions."""
+    if torch.device(device).type == "cuda":
+        return _time_cuda(fn, leaves, config, slow)
+    warmup = 1 if slow else config.warmup
+    for _ in range(warmup):
+        _clear_grads(leaves)
+        fn()
+    samples = []
+    budget_end = time.perf_counter() + (0.0 if slow else config.min_time)
+    max_repeats = config.slow_repeats if slow else config.max_repeats
+    min_repeats = min(config.min_repeats, max_repeats)
+    while len(samples) < max_repeats and (len(samples) < min_repeats or time.perf_counter() < budget_end):
+        _clear_grads(leaves)
+        start = time.perf_counter()
+        fn()
+        samples.append((time.perf_counter() - start) * 1e3)
+    return (*_quantiles(samples), len(samples))
+
+
+def _time_cuda(fn, leaves, config: TimingConfig, slow: bool):
+    try:
+        from triton.testing import do_bench
+    except ImportError:
+        do_bench = None
+    if do_bench is not None:
+        rep_ms = config.cuda_rep_ms * (3 if slow else 1)
+        median, q20, q80 = do_bench(
+            fn, warmup=config.cuda_warmup_ms, rep=rep_ms, grad_to_none=list(leaves), quantiles=list(QUANTILES)
+        )
+        return median, q20, q80, None  # do_bench chooses the repetition count itself
+    for _ in range(config.warmup):
+        _clear_grads(leaves)
+        fn()
+    samples = []
+    for _ in range(config.slow_repeats if slow else max(config.min_repeats, 20)):
+        _clear_grads(leaves)
+        start, end = torch.cuda.Event(enable_timing=True), torch.cuda.Event(enable_timing=True)
+        start.record()
+        fn()
+        end.record()
+        torch.cuda.synchronize()
+        samples.append(start.elapsed_time(end))
+    return (*_quantiles(samples), len(samples))
+
+
+# --------------------------------------------------------------------------------------------- memory
+
+
+def peak_extra_bytes(fn: Callable[[], object], leaves, device: str) -> int:
+    """Peak bytes allocated during one call of fn above those allocated before it (see module doc)."""
+    _clear_grads(leaves)
+    if torch.device(device).type == "cuda":
+        torch.cuda.synchronize()
+        torch.cuda.reset_peak_memory_stats()
+        before = torch.cuda.memory_allocated()
+        result = fn()
+        torch.cuda.synchronize()
+        del result
+        return torch.cuda.max_memory_allocated() - before
+    from torch.profiler import ProfilerActivity, profile
+
+    with profile(activities=[ProfilerActivity.CPU], profile_memory=True) as prof:
+        result = fn()
+    del result
+    with tempfile.TemporaryDirectory() as tmp:
+        trace_path = os.path.join(tmp, "trace.json")
+        prof.export_chrome_trace(trace_path)
+        with open(trace_path) as fh:
+            events = json.load(fh)["traceEvents"]
+    allocations = sorted(
+        (e["ts"], e["args"]["Bytes"])
+        for e in events
+        if e.get("name") == "[memory]" and e["args"].get("Device Type") == 0
+    )
+    running, peak = 0, 0
+    for _, nbytes in allocations:
+        running += nbytes
+        peak = max(peak, running)
+    return peak
+
+
+# ------------------------------------------------------------------------------------------ bandwidth
+
+
+@dataclasses.dataclass
+class Bandwidth:
+    """Measured bytes per second: reading (sum), writing (fill) and copying (read + write)."""
+
+    read: float
+    write: float
+    copy: float
+
+    def bound_seconds(self, traffic: Traffic) -> float:
+        """Least time to move the traffic: reads paired with writes stream like a copy, the rest alone."""
+        paired = min(traffic.read, traffic.write)
+        return (
+            2 * paired / self.copy
+            + (traffic.read - paired) / self.read
+            + (traffic.write - paired) / self.write
+        )
+
+
+def measure_bandwidth(device: str, megabytes: int = 256, config: TimingConfig | None = None) -> Bandwidth:
+    """Streams over a float32 tensor much larger than the last-level cache (median of repetitions)."""
+    config = config or TimingConfig(min_time=0.5)
+    n = megabytes * 2**20 // 4
+    src = torch.rand(n, device=device)
+    dst = torch.empty_like(src)
+    nbytes = src.numel() * src.element_size()
+
+    def seconds(fn):
+        median_ms = time_call(fn, [], device, config)[0]
+        return median_ms / 1e3
+
+    read = nbytes / seconds(lambda: src.sum())
+    write = nbytes / seconds(lambda: dst.fill_(1.0))
+    copy = 2 * nbytes / seconds(lambda: dst.copy_(src))
+    return Bandwidth(read, write, copy)
+
+
+# -------------------------------------------------------------------------------------------- measure
+
+
+def _is_out_of_memory(error: BaseException) -> bool:
+    if isinstance(error, torch.OutOfMemoryError):
+        return True
+    message = str(error)
+    return isinstance(error, RuntimeError) and ("out of memory" in message or "can't allocate memory" in message)
+
+
+def _error_status(error: BaseException) -> str:
+    if _is_out_of_memory(error):
+        return "oom"
+    if isinstance(error, MismatchError):
+        return f"wrong: {error}"
+    return f"error: {type(error).__name__}: {str(error).splitlines()[0] if str(error) else ''}"
+
+
+def measure(
+    case: Case,
+    provider: Provider,
+    expected: Expected,
+    dtype: torch.dtype,
+    device: str,
+    config: TimingConfig,
+    bandwidth: Bandwidth | None,
+    passes: Sequence[str] = PASSES,
+    memory: bool = True,
+    package_version: str = "",
+) -> list[Row]:
+    """Checks the provider against the reference, then times each pass; one row per pass."""
+    element_size = torch.empty((), dtype=dtype).element_size()
+    traffic = case.traffic(element_size)
+
+    def row(pass_, status, **values):
+        min_bytes = traffic[pass_].read + traffic[pass_].write
+        bound_ms = None if bandwidth is None else bandwidth.bound_seconds(traffic[pass_]) * 1e3
+        median = values.get("median_ms")
+        return Row(
+            op=case.op, size=case.size, provider=provider.name, dtype=str(dtype).removeprefix("torch."),
+            device=device, pass_=pass_, status=status, min_bytes=min_bytes, bound_ms=bound_ms,
+            x_bound=None if median is None or not bound_ms else median / bound_ms,
+            package_version=package_version, threads=torch.get_num_threads(), **values,
+        )
+
+    if provider.unavailable is not None:
+        return [row(p, provider.unavailable) for p in passes]
+    try:
+        native_upstream = check_provider(case, provider, expected, dtype, device)
+    except Exception as error:  # every failure is a result: the row says what happened
+        if not isinstance(error, MismatchError) and not _is_out_of_memory(error):
+            traceback.print_exc(file=sys.stderr)
+        return [row(p, _error_status(error)) for p in passes]
+
+    rows = []
+    for pass_ in passes:
+        try:
+            args, leaves = case.make_args(dtype, device)
+            if pass_ == "fwd":
+                def fn():
+                    return provider.fn(*args)
+            elif pass_ == "bwd":
+                recorded = provider.fn(*args)
+
+                def fn():
+                    _backward(recorded, native_upstream, retain_graph=True)
+            else:
+                def fn():
+                    outputs = provider.fn(*args)
+                    _backward(outputs, native_upstream, retain_graph=False)
+
+            median, q20, q80, repeats = time_call(fn, leaves, device, config, provider.slow)
+            peak = peak_extra_bytes(fn, leaves, device) if memory else None
+            rows.append(row(pass_, "ok", median_ms=median, q20_ms=q20, q80_ms=q80, repeats=repeats,
+                            peak_extra_bytes=peak))
+        except Exception as error:
+            if not _is_out_of_memory(error):
+                traceback.print_exc(file=sys.stderr)
+            rows.append(row(pass_, _error_status(error)))
+        finally:
+            args = leaves = fn = recorded = None
+            if torch.device(device).type == "cuda":
+                torch.cuda.empty_cache()
+    return rows
+
+
+def format_ms(value) -> str:
+    if value is None or value == "" or (isinstance(value, float) and math.isnan(value)):
+        return ""
+    value = float(value)
+    return f"{value:.3g}" if value < 100 else f"{value:.0f}"

@@ -1,0 +1,200 @@
+"""Markdown from benchmark rows: the machine, the bound, per-op tables; and the GPU table "on paper"."""
+
+from __future__ import annotations
+
+import datetime
+import os
+import platform
+import sys
+
+import torch
+
+from .harness import PASSES, Bandwidth, Row, format_ms
+
+# Peak HBM bandwidth from NVIDIA's data sheets (SXM parts).
+GPU_PEAK_BANDWIDTH = {"H100 SXM (HBM3, 3.35 TB/s)": 3.35e12, "H200 SXM (HBM3e, 4.8 TB/s)": 4.8e12}
+
+REGENERATE = """\
+Regenerate on a quiet machine (nothing else running), from the repository root, after building the
+extension (`pip install --no-build-isolation -e .`):
+
+    python -m benchmarks.bench_ops --device cpu          # -> benchmarks/results/cpu.csv, cpu.md
+    python -m benchmarks.bench_ops --device cuda         # on a GPU machine -> cuda.csv, cuda.md
+    python -m benchmarks.bench_ops --on-paper            # -> gpu_on_paper.md (no GPU needed)
+    python -m benchmarks.plot benchmarks/results/cpu.csv # -> cpu.png
+    python -m benchmarks.bench_ops --quick               # smoke test (seconds): cpu_quick.*, not results
+"""
+
+
+def _read(path: str) -> str | None:
+    try:
+        with open(path) as fh:
+            return fh.read()
+    except OSError:
+        return None
+
+
+def describe_machine(device: str) -> list[tuple[str, str]]:
+    """(item, value) pairs: CPU model, cores, memory, cache, torch, threads, load, GPU."""
+    cpuinfo = _read("/proc/cpuinfo") or ""
+    model = next((line.split(":", 1)[1].strip() for line in cpuinfo.splitlines() if line.startswith("model name")),
+                 platform.processor() or "unknown")
+    meminfo = _read("/proc/meminfo") or ""
+    mem_kb = next((int(line.split()[1]) for line in meminfo.splitlines() if line.startswith("MemTotal")), None)
+    l3 = _read("/sys/devices/system/cpu/cpu0/cache/index3/size")
+    usable = len(os.sched_getaffinity(0)) if hasattr(os, "sched_getaffinity") else os.cpu_count()
+    items = [
+        ("CPU", model),
+        ("logical cores (usable by this process)", f"{os.cpu_count()} ({usable})"),
+        ("memory", f"{mem_kb / 2**20:.1f} GiB" if mem_kb else "unknown"),
+        ("last-level cache (cpu0, index3)", l3.strip() if l3 else "unknown"),
+        ("torch", torch.__version__),
+        ("torch threads", str(torch.get_num_threads())),
+        ("Python", sys.version.split()[0]),
+        ("load average (1, 5, 15 min) at the end", ", ".join(f"{v:.2f}" for v in os.getloadavg())),
+    ]
+    if device == "cuda" and torch.cuda.is_available():
+        items.append(("GPU", f"{torch.cuda.get_device_name()} (CUDA {torch.version.cuda})"))
+    return items
+
+
+def _ours_name(rows: list[Row], device: str) -> dict:
+    """Per (op, size, pass): the median of our first kernel that ran ('cuda' before 'triton')."""
+    order = {"cpu": ("cpu",), "cuda": ("cuda", "triton")}[device]
+    ours = {}
+    for name in reversed(order):
+        for r in rows:
+            if r.provider == name and r.status == "ok":
+                ours[(r.op, r.size, r.pass_)] = (name, r.median_ms)
+    return ours
+
+
+def _ratio(value, base) -> str:
+    if value is None or not base:
+        return ""
+    return f"{value / base:.3g}"
+
+
+def markdown_tables(rows: list[Row], device: str) -> list[str]:
+    ours = _ours_name(rows, device)
+    lines = []
+    passes = [p for p in PASSES if any(r.pass_ == p for r in rows)]
+    for op in dict.fromkeys(r.op for r in rows):
+        op_rows = [r for r in rows if r.op == op]
+        lines += [f"### {op}", ""]
+        header = ["size", "provider"]
+        for p in passes:
+            header += [f"{p} ms (q20-q80)", f"{p} / ours", f"{p} / bound"]
+        header += ["peak extra MiB (" + passes[-1] + ")", "status"]
+        lines += ["| " + " | ".join(header) + " |", "|" + "---|" * len(header)]
+        for size in dict.fromkeys(r.size for r in op_rows):
+            by_provider = {}
+            for r in op_rows:
+                if r.size == size:
+                    by_provider.setdefault(r.provider, {})[r.pass_] = r
+            any_row = next(iter(next(iter(by_provider.values())).values()))
+            bound = ["bound"] + [""] * (len(header) - 2)
+            for provider, per_pass in by_provider.items():
+                cells = [size, provider]
+                statuses = []
+                for p in passes:
+                    r = per_pass.get(p)
+                    if r is None:
+                        cells += ["", "", ""]
+                        continue
+                    if r.status != "ok":
+                        statuses.append(r.status)
+                        cells += ["", "", ""]
+                        continue
+                    base = ours.get((op, size, p), (None, None))[1]
+                    cells += [
+                        f"{format_ms(r.median_ms)} ({format_ms(r.q20_ms)}-{format_ms(r.q80_ms)})",
+                        _ratio(r.median_ms, base),
+                        "" if r.x_bound is None else f"{r.x_bound:.3g}",
+                    ]
+                last = per_pass.get(passes[-1])
+                cells.append("" if last is None or last.peak_extra_bytes is None else f"{last.peak_extra_bytes / 2**20:.1f}")
+                cells.append(statuses[0].replace("|", "/") if statuses else "ok")
+                lines.append("| " + " | ".join(cells) + " |")
+            for i, p in enumerate(passes):
+                r = next((x for x in op_rows if x.size == size and x.pass_ == p), any_row)
+                bound[1 + 3 * i] = f"{format_ms(r.bound_ms)} ({r.min_bytes / 2**20:.1f} MiB)"
+            lines.append("| " + " | ".join([size] + bound) + " |")
+        lines.append("")
+    return lines
+
+
+def write_markdown(path: str, rows: list[Row], bandwidth: Bandwidth, args) -> None:
+    dtype = rows[0].dtype if rows else args.dtype
+    when = datetime.datetime.now(datetime.timezone.utc).strftime("%Y-%m-%d %H:%M UTC")
+    lines = [f"# Op benchmarks on {args.device} ({dtype})", ""]
+    if args.quick:
+        lines += ["**Quick run: small sizes and few repetitions, a smoke test of the harness. These are not results.**", ""]
+    lines += [
+        f"Measured {when}, ddpm_pa_fast {rows[0].package_version if rows else ''}. Command: "
+        f"`python -m benchmarks.bench_ops {' '.join(sys.argv[1:])}`.",
+        "",
+        "| machine | |",
+        "|---|---|",
+        *[f"| {k} | {v} |" for k, v in describe_machine(args.device)],
+        "",
+        f"Measured bandwidth on {args.device} (float32 buffers far larger than the last-level cache): "
+        f"read (sum) {bandwidth.read / 1e9:.1f} GB/s, write (fill) {bandwidth.write / 1e9:.1f} GB/s, "
+        f"copy {bandwidth.copy / 1e9:.1f} GB/s (bytes read + written).",
+        "",
+        "How to read the tables:",
+        "- ms: median over repetitions, (20th-80th percentile). fwd runs with autograd recording; bwd is the",
+        "  backward alone from a recorded graph; fwd+bwd both. Every provider was first checked against the",
+        "  float64 reference (outputs, and gradients with a random upstream gradient); a wrong one is not timed.",
+        "- / ours: the provider's median divided by our kernel's (above 1: ours is faster by that factor).",
+        "- / bound: the median divided by the memory-traffic bound: the least bytes the pass must move (row",
+        "  'bound', in MiB) at the measured bandwidth, reads paired with writes at copy speed, the rest at",
+        "  read or write speed (benchmarks/harness.py, Bandwidth.bound_seconds).",
+        "- peak extra MiB: bytes allocated during one call above those allocated before it (CPU: torch.profiler",
+        "  memory events; CUDA: max_memory_allocated), including outputs and tensors saved for backward.",
+        "- status: ok, or why a provider has no numbers (unavailable, unsupported, skipped, wrong, oom, error).",
+        "",
+        REGENERATE,
+        "## Results",
+        "",
+        *markdown_tables(rows, args.device),
+    ]
+    os.makedirs(os.path.dirname(os.path.abspath(path)), exist_ok=True)
+    with open(path, "w") as fh:
+        fh.write("\n".join(lines))
+
+
+def write_on_paper(path: str, cases) -> None:
+    """Bytes each op must move per pass at the benchmark sizes, and the time that takes at peak HBM rate."""
+    gpus = list(GPU_PEAK_BANDWIDTH)
+    header = ["op", "size", "pass"]
+    for dtype in ("float32", "bf16"):
+        header += [f"MiB ({dtype})"] + [f"{gpu.split(' (')[0]} us ({dtype})" for gpu in gpus]
+    lines = [
+        "# GPU time on paper: bytes moved per op and the time at peak HBM bandwidth",
+        "",
+        "No GPU was used: for each op, size and pass, the least bytes it must read plus write (the traffic",
+        "model of benchmarks/bench_ops.py: fused loss forward reads x_t, eps_ada, eps_src and noise once;",
+        "backward reads x_t, eps_ada and noise and writes the gradient; pairwise KL reads both feature sets",
+        "forward, ada and its gradient backward; Haar maps read and write each tensor once), divided by the",
+        "data-sheet peak bandwidth: " + ", ".join(gpus) + ". Real kernels reach perhaps 80-90% of peak on",
+        "large streams; these sizes (a few MiB to 24 MiB) are short enough that launch latency (a few us per",
+        "kernel) matters as much. Compare with `python -m benchmarks.bench_ops --device cuda` on the GPU.",
+        "Regenerate: `python -m benchmarks.bench_ops --on-paper`.",
+        "",
+        "| " + " | ".join(header) + " |",
+        "|" + "---|" * len(header),
+    ]
+    for case in cases:
+        per_dtype = {size: case.traffic(size) for size in (4, 2)}
+        for pass_ in PASSES:
+            cells = [case.op, case.size, pass_]
+            for element_size in (4, 2):
+                traffic = per_dtype[element_size][pass_]
+                nbytes = traffic.read + traffic.write
+                cells.append(f"{nbytes / 2**20:.1f}")
+                cells += [f"{nbytes / bandwidth * 1e6:.1f}" for bandwidth in GPU_PEAK_BANDWIDTH.values()]
+            lines.append("| " + " | ".join(cells) + " |")
+    os.makedirs(os.path.dirname(os.path.abspath(path)), exist_ok=True)
+    with open(path, "w") as fh:
+        fh.write("\n".join(lines) + "\n")

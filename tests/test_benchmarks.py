@@ -1,0 +1,206 @@
+"""Smoke tests of the benchmark harness: small sizes, seconds.
+
+The harness's correctness gate must reject a wrong provider, the authors' formulation must compute the
+reference's maths, the peers' Haar maps must be the same maps as ours, failures must become rows, and
+the CSV must hold the rows.
+"""
+
+from __future__ import annotations
+
+import functools
+
+import pytest
+import torch
+
+from benchmarks import authors, bench_ops, peers
+from benchmarks.harness import (
+    CSV_FIELDS,
+    Bandwidth,
+    Provider,
+    TimingConfig,
+    Traffic,
+    measure,
+    read_csv,
+    reference_expectation,
+    write_csv,
+)
+from ddpm_pa_fast import reference
+from tests.common import assert_close, make_loss_sample, similar_features
+
+FAST = TimingConfig(warmup=1, min_repeats=2, max_repeats=3, min_time=0.0, slow_repeats=1)
+BANDWIDTH = Bandwidth(read=10e9, write=10e9, copy=10e9)
+
+
+def _case(op, quick=True, index=0):
+    return [c for c in bench_ops.build_cases([op], quick=quick) if c.op == op][index]
+
+
+def _measure(case, provider, dtype=torch.float32, passes=("fwd",), memory=False):
+    expected = reference_expectation(case, dtype)
+    return measure(case, provider, expected, dtype, "cpu", FAST, BANDWIDTH, passes=passes, memory=memory)
+
+
+def _hf_with_band1_sign_flipped(x):
+    """band3 + band1 - band2 instead of band3 - band1 - band2."""
+    return [reference.ddpm_pa_high_frequency(x) + 2 * reference.haar_dwt2d(x)[1][0][:, :, 0]]
+
+
+def _kl_halved(src, ada):
+    """A scaling error of a tiny value (the KL of similar batches is about 1e-6)."""
+    return [0.5 * reference.pairwise_similarity_kl(src, ada)]
+
+
+def _loss_with_gradient_one_percent_high(*args):
+    """Every forward value exact; the gradient of the total 1% too large."""
+    out = reference.ddpm_pa_loss(*args)
+    return [out.loss + 0.01 * (out.loss - out.loss.detach()), *out[1:]]
+
+
+@pytest.mark.parametrize(
+    "op, wrong",
+    [
+        ("ddpm_pa_high_frequency", _hf_with_band1_sign_flipped),
+        ("pairwise_similarity_kl", _kl_halved),
+        ("ddpm_pa_loss", _loss_with_gradient_one_percent_high),
+    ],
+    ids=["hf-band-sign", "kl-halved", "loss-gradient-1pct"],
+)
+def test_harness_rejects_a_wrong_provider_and_does_not_time_it(op, wrong):
+    case = _case(op)
+    rows = _measure(case, Provider("wrong", wrong), passes=("fwd", "bwd"))
+    assert [r.pass_ for r in rows] == ["fwd", "bwd"]
+    for r in rows:
+        assert r.status.startswith("wrong:"), r.status
+        assert r.median_ms is None
+
+
+def test_harness_accepts_and_times_the_reference_in_float32():
+    rows = _measure(_case("pairwise_similarity_kl"), Provider("torch", bench_ops._list_output(reference.pairwise_similarity_kl)),
+                    passes=("fwd", "bwd", "fwd+bwd"), memory=True)
+    for r in rows:
+        assert r.status == "ok", r.status
+        assert 0 < r.q20_ms <= r.median_ms <= r.q80_ms
+        assert r.bound_ms > 0 and r.x_bound == pytest.approx(r.median_ms / r.bound_ms)
+        # The forward's outputs and saved tensors are at least the (N, N - 1) similarity matrices.
+        assert r.peak_extra_bytes > 0
+
+
+def test_unavailable_failing_and_out_of_memory_providers_become_rows():
+    case = _case("ddpm_pa_high_frequency")
+
+    def fails(x):
+        raise NotImplementedError("not written yet")
+
+    def out_of_memory(x):
+        raise torch.OutOfMemoryError("CUDA out of memory. Tried to allocate 2.00 GiB")
+
+    rows = _measure(case, Provider("gone", unavailable="unavailable: not built"))
+    assert rows[0].status == "unavailable: not built"
+    rows = _measure(case, Provider("fails", fails))
+    assert rows[0].status == "error: NotImplementedError: not written yet"
+    rows = _measure(case, Provider("oom", out_of_memory))
+    assert rows[0].status == "oom"
+
+
+def test_our_backends_that_are_not_built_are_reported_not_raised():
+    case = _case("ddpm_pa_loss")
+    providers = bench_ops.providers_for(case, "cpu", torch.float32, {"ours", "torch"})
+    assert [p.name for p in providers] == ["cpu", "torch"]
+    cpu = providers[0]
+    assert cpu.unavailable is None or cpu.unavailable.startswith("unavailable:")
+
+
+def test_authors_loss_equals_the_reference_in_float64_forward_and_backward():
+    sample = make_loss_sample((5, 4, 9, 7), seed=3)
+    weights = (1.5, 2.0, 0.7, 0.8)  # w_pair, w_hf_pair, w_hf_mse, tau: all away from the defaults
+    ours_eps = sample.eps_ada.clone().requires_grad_()
+    ref_eps = sample.eps_ada.clone().requires_grad_()
+    args = (sample.x_t, sample.eps_src, sample.noise, sample.a_t, sample.b_t)
+    got = authors.ddpm_pa_loss(args[0], ours_eps, *args[1:], *weights)
+    want = reference.ddpm_pa_loss(args[0], ref_eps, *args[1:], *weights)
+    for name in want._fields:
+        assert_close(getattr(got, name), getattr(want, name), torch.float64)
+    upstream = torch.tensor(0.37, dtype=torch.float64)
+    got.loss.backward(upstream)
+    want.loss.backward(upstream)
+    assert_close(ours_eps.grad, ref_eps.grad, torch.float64)
+
+
+def test_authors_pair_kl_and_high_frequency_equal_the_reference_in_float64():
+    src, ada = similar_features((4, 3, 6, 6), seed=5)
+    ada_a, ada_r = ada.clone().requires_grad_(), ada.clone().requires_grad_()
+    got, want = authors.pairwise_similarity_kl(src, ada_a, 0.5), reference.pairwise_similarity_kl(src, ada_r, 0.5)
+    assert_close(got, want, torch.float64)
+    got.backward(torch.tensor(1.7, dtype=torch.float64))
+    want.backward(torch.tensor(1.7, dtype=torch.float64))
+    assert_close(ada_a.grad, ada_r.grad, torch.float64)
+    x = torch.randn(2, 4, 9, 7, dtype=torch.float64)  # 4 channels, odd sizes: last row/column dropped
+    assert_close(authors.high_frequency(x), reference.ddpm_pa_high_frequency(x), torch.float64)
+
+
+@pytest.mark.parametrize("peer", peers.PEERS)
+def test_peer_high_frequency_maps_equal_ours(peer):
+    provider = next(p for p in peers.high_frequency_providers("cpu", torch.float64) if p.name == peer)
+    assert provider.unavailable is None, provider.unavailable
+    x = torch.randn(3, 2, 8, 10, dtype=torch.float64)
+    # pytorch_wavelets rounds its filters to float32.
+    assert_close(provider.fn(x)[0], reference.ddpm_pa_high_frequency(x), torch.float32)
+
+
+@pytest.mark.parametrize("levels", [1, 3])
+def test_peer_dwt_providers_pass_the_gate_in_float64(levels):
+    case = bench_ops.Case(
+        "haar_dwt2d", f"2x2x16x16/J{levels}", functools.partial(bench_ops.image_inputs, (2, 2, 16, 16)),
+        bench_ops._dwt_reference(levels), functools.partial(bench_ops.dwt_traffic, (2, 2, 16, 16), levels),
+    )
+    inverse = bench_ops.Case(
+        "haar_idwt2d", case.size, functools.partial(bench_ops.coefficient_inputs, (2, 2, 16, 16), levels),
+        bench_ops._idwt_reference, functools.partial(bench_ops.idwt_traffic, (2, 2, 16, 16), levels),
+    )
+    for c, providers in ((case, peers.dwt_providers(levels, "cpu", torch.float64)),
+                         (inverse, peers.idwt_providers(levels, "cpu", torch.float64))):
+        for provider in providers:
+            rows = _measure(c, provider, dtype=torch.float64, passes=("fwd",))
+            expected = "ok" if provider.name != "haar_pytorch" or levels == 1 else "unsupported:"
+            assert rows[0].status.startswith(expected), (c.op, provider.name, rows[0].status)
+
+
+def test_traffic_model_and_bound():
+    # Fused loss at N=8, 3x256x256 in float32: 4 inputs forward; 3 reads and 1 write backward.
+    b = 8 * 3 * 256 * 256 * 4
+    traffic = bench_ops.loss_traffic((8, 3, 256, 256), 4)
+    assert (traffic["fwd"].read, traffic["fwd"].write) == (4 * b, 0)
+    assert (traffic["bwd"].read, traffic["bwd"].write) == (3 * b, b)
+    assert (traffic["fwd+bwd"].read, traffic["fwd+bwd"].write) == (7 * b, b)
+    # Three Haar levels of 8x8 write 48 + 12 + 3 detail and 1 approximation coefficients per image.
+    assert bench_ops._coefficient_numel((1, 1, 8, 8), 3) == 64
+    bandwidth = Bandwidth(read=2.0, write=1.0, copy=4.0)
+    assert bandwidth.bound_seconds(Traffic(read=6, write=2)) == pytest.approx(2 * 2 / 4 + 4 / 2)
+    assert bandwidth.bound_seconds(Traffic(read=1, write=3)) == pytest.approx(2 / 4 + 2 / 1)
+
+
+def test_csv_rows_are_written_and_read_back(tmp_path):
+    case = _case("ddpm_pa_high_frequency")
+    rows = _measure(case, Provider("torch", bench_ops._list_output(reference.ddpm_pa_high_frequency)),
+                    passes=("fwd", "bwd", "fwd+bwd"))
+    rows += _measure(case, Provider("gone", unavailable="unavailable: not built"), passes=("fwd",))
+    path = tmp_path / "cpu.csv"
+    write_csv(rows, str(path))
+    back = read_csv(str(path))
+    assert list(back[0]) == CSV_FIELDS
+    for key in ("op", "provider", "size", "dtype", "device", "pass", "torch_version", "package_version"):
+        assert key in CSV_FIELDS
+    assert [(r["provider"], r["pass"], r["status"]) for r in back] == [
+        ("torch", "fwd", "ok"), ("torch", "bwd", "ok"), ("torch", "fwd+bwd", "ok"),
+        ("gone", "fwd", "unavailable: not built"),
+    ]
+    assert all(r["op"] == "ddpm_pa_high_frequency" and r["size"] == case.size and r["dtype"] == "float32"
+               and r["torch_version"] == torch.__version__ for r in back)
+    assert float(back[0]["median_ms"]) > 0 and back[3]["median_ms"] == ""
+
+
+def test_on_paper_table(tmp_path):
+    bench_ops.main(["--on-paper", "--out", str(tmp_path)])
+    text = (tmp_path / "gpu_on_paper.md").read_text()
+    # N=8, 3x256x256 fused loss forward in float32: 4 x 6 MiB = 24 MiB; at 3.35 TB/s that is 7.5 us.
+    assert "| ddpm_pa_loss | 8x3x256x256 | fwd | 24.0 | 7.5 | 5.2 |" in text
