@@ -113,13 +113,11 @@ def sum_partials(partials: torch.Tensor) -> torch.Tensor:
 
 
 def scalars(values, dtype: torch.dtype, device: torch.device) -> torch.Tensor:
-    """Float parameters as a small tensor in the accumulation dtype.
+    """Float parameters as a small tensor in the accumulation dtype, filled on the device.
 
     Triton passes Python floats as float32; float64 kernels (used by the float64 gradient checks) need
-    them in float64, so the one-program kernels read them from memory. On CUDA the copy goes from pinned
-    memory without blocking, so no host synchronisation enters the forward or backward.
+    them in float64, so the one-program kernels read them from memory. Filling on the device (rather
+    than copying a host tensor, which synchronises with pageable memory) keeps the host out of the
+    forward and backward, and the fills trace as constants under torch.compile.
     """
-    host = torch.tensor(values, dtype=dtype)
-    if device.type == "cpu":
-        return host
-    return host.pin_memory().to(device, non_blocking=True)
+    return torch.stack([torch.full((), float(v), dtype=dtype, device=device) for v in values])

@@ -226,7 +226,7 @@ def _loss_reference(sample, eps_ada, weights, tau, reduction, grads_out):
 
 
 @pytest.mark.parametrize("device", TRITON_DEVICES)
-@pytest.mark.parametrize("dtype", DTYPES)
+@pytest.mark.parametrize("dtype", [*DTYPES, torch.float16])
 @pytest.mark.parametrize("shape", LOSS_SHAPES + [LARGE_N_LOSS_SHAPE])
 def test_ddpm_pa_loss_matches_reference(device, dtype, shape):
     sample = make_loss_sample(shape, seed=12, dtype=dtype, device=device)
