@@ -9,10 +9,10 @@ result, never a crash (pytorch_scatter's benchmark does the same for out-of-memo
 
 Timing (forward, backward and forward+backward separately; median and 20/80 quantiles):
 - CPU: our own loop with time.perf_counter, after warm-up, repeating until a time budget is spent;
-- CUDA: triton.testing.do_bench (CUDA events, L2 flushed between repetitions), or a CUDA-event loop
-  when Triton is missing.
-The forward runs with autograd recording (as in training); the backward is timed on one recorded graph
-(retain_graph=True), gradients reset to None before each repetition as optimizer.zero_grad() does.
+- CUDA: triton.testing.do_bench (CUDA events, L2 flushed between repetitions); for the backward, and
+  when Triton is missing, our own loop of CUDA events with the same L2 flush.
+The forward runs with autograd recording (as in training). The backward is timed alone after an untimed
+forward per repetition. Gradients are reset to None before each repetition, as optimizer.zero_grad() does.
 
 Peak memory is the extra bytes allocated during one call, above what was allocated before it:
 - CUDA: torch.cuda.max_memory_allocated() after reset_peak_memory_stats();
@@ -271,58 +271,75 @@ def _quantiles(samples_ms: list[float]) -> tuple[float, float, float]:
     return statistics.median(samples_ms), cuts[19], cuts[79]
 
 
-def time_call(fn: Callable[[], object], leaves, device: str, config: TimingConfig, slow: bool = False):
-    """(median, q20, q80) in milliseconds and the number of timed repetitions."""
+def time_call(
+    fn: Callable[[], object], leaves, device: str, config: TimingConfig, slow: bool = False,
+    prepare: Callable[[], None] | None = None,
+):
+    """(median, q20, q80) in milliseconds and the number of timed repetitions (None: do_bench chose).
+
+    Before each repetition, untimed: the leaves' gradients are reset to None and prepare() runs.
+    """
     if torch.device(device).type == "cuda":
-        return _time_cuda(fn, leaves, config, slow)
-    warmup = 1 if slow else config.warmup
-    for _ in range(warmup):
+        return _time_cuda(fn, leaves, config, slow, prepare)
+
+    def untimed():
         _clear_grads(leaves)
+        if prepare is not None:
+            prepare()
+
+    for _ in range(1 if slow else config.warmup):
+        untimed()
         fn()
     samples = []
     budget_end = time.perf_counter() + (0.0 if slow else config.min_time)
     max_repeats = config.slow_repeats if slow else config.max_repeats
     min_repeats = min(config.min_repeats, max_repeats)
     while len(samples) < max_repeats and (len(samples) < min_repeats or time.perf_counter() < budget_end):
-        _clear_grads(leaves)
+        untimed()
         start = time.perf_counter()
         fn()
         samples.append((time.perf_counter() - start) * 1e3)
     return (*_quantiles(samples), len(samples))
 
 
-def _time_cuda(fn, leaves, config: TimingConfig, slow: bool):
+def _time_cuda(fn, leaves, config: TimingConfig, slow: bool, prepare):
     try:
         from triton.testing import do_bench
     except ImportError:
         do_bench = None
-    if do_bench is not None:
+    if do_bench is not None and prepare is None:
         rep_ms = config.cuda_rep_ms * (3 if slow else 1)
         median, q20, q80 = do_bench(
             fn, warmup=config.cuda_warmup_ms, rep=rep_ms, grad_to_none=list(leaves), quantiles=list(QUANTILES)
         )
-        return median, q20, q80, None  # do_bench chooses the repetition count itself
-    for _ in range(config.warmup):
-        _clear_grads(leaves)
-        fn()
+        return median, q20, q80, None
+    # CUDA events around each call, with do_bench's L2 flush, when an untimed step precedes each call.
+    flush = torch.empty(256 * 2**20, dtype=torch.int8, device="cuda")
     samples = []
-    for _ in range(config.slow_repeats if slow else max(config.min_repeats, 20)):
+    repeats = config.slow_repeats if slow else max(config.min_repeats, 50)
+    for i in range(config.warmup + repeats):
         _clear_grads(leaves)
+        if prepare is not None:
+            prepare()
+        flush.zero_()
         start, end = torch.cuda.Event(enable_timing=True), torch.cuda.Event(enable_timing=True)
         start.record()
         fn()
         end.record()
         torch.cuda.synchronize()
-        samples.append(start.elapsed_time(end))
+        if i >= config.warmup:
+            samples.append(start.elapsed_time(end))
     return (*_quantiles(samples), len(samples))
 
 
 # --------------------------------------------------------------------------------------------- memory
 
 
-def peak_extra_bytes(fn: Callable[[], object], leaves, device: str) -> int:
+def peak_extra_bytes(fn: Callable[[], object], leaves, device: str, prepare: Callable[[], None] | None = None) -> int:
     """Peak bytes allocated during one call of fn above those allocated before it (see module doc)."""
     _clear_grads(leaves)
+    if prepare is not None:
+        prepare()
     if torch.device(device).type == "cuda":
         torch.cuda.synchronize()
         torch.cuda.reset_peak_memory_stats()
@@ -450,21 +467,26 @@ def measure(
     for pass_ in passes:
         try:
             args, leaves = case.make_args(dtype, device)
+            recorded = []  # the outputs of the untimed forward that each timed backward starts from
+            prepare = None
             if pass_ == "fwd":
                 def fn():
                     return provider.fn(*args)
             elif pass_ == "bwd":
-                recorded = provider.fn(*args)
+                # A fresh forward per repetition rather than retain_graph=True, which compiled
+                # backwards with donated buffers refuse.
+                def prepare():
+                    recorded[:] = provider.fn(*args)
 
                 def fn():
-                    _backward(recorded, native_upstream, retain_graph=True)
+                    _backward(recorded, native_upstream, retain_graph=False)
             else:
                 def fn():
                     outputs = provider.fn(*args)
                     _backward(outputs, native_upstream, retain_graph=False)
 
-            median, q20, q80, repeats = time_call(fn, leaves, device, config, provider.slow)
-            peak = peak_extra_bytes(fn, leaves, device) if memory else None
+            median, q20, q80, repeats = time_call(fn, leaves, device, config, provider.slow, prepare)
+            peak = peak_extra_bytes(fn, leaves, device, prepare) if memory else None
             rows.append(row(pass_, "ok", median_ms=median, q20_ms=q20, q80_ms=q80, repeats=repeats,
                             peak_extra_bytes=peak))
         except Exception as error:
@@ -472,7 +494,7 @@ def measure(
                 traceback.print_exc(file=sys.stderr)
             rows.append(row(pass_, _error_status(error)))
         finally:
-            args = leaves = fn = recorded = None
+            args = leaves = fn = prepare = recorded = None
             if torch.device(device).type == "cuda":
                 torch.cuda.empty_cache()
     return rows
