@@ -27,7 +27,17 @@ from ddpm_pa_fast import reference
 from ddpm_pa_fast.backends import BackendUnavailableError, resolve_backend
 
 from . import authors, peers, report
-from .harness import PASSES, Case, Provider, TimingConfig, Traffic, measure, measure_bandwidth, reference_expectation, write_csv
+from .harness import (
+    PASSES,
+    Case,
+    Provider,
+    TimingConfig,
+    Traffic,
+    measure,
+    measure_bandwidth,
+    reference_expectation,
+    write_csv,
+)
 
 OPS = ("ddpm_pa_loss", "ddpm_pa_high_frequency", "pairwise_similarity_kl", "haar_dwt2d", "haar_idwt2d")
 # Our kernels per device: on CPU the Triton interpreter would only measure the interpreter.
@@ -196,13 +206,15 @@ def build_cases(ops, quick: bool) -> list[Case]:
             for shape in image_sizes:
                 cases.append(Case(
                     op, size_label(shape), functools.partial(image_inputs, shape),
-                    _list_output(reference.ddpm_pa_high_frequency), functools.partial(high_frequency_traffic, shape),
+                    _list_output(reference.ddpm_pa_high_frequency),
+                    functools.partial(high_frequency_traffic, shape),
                 ))
         elif op == "pairwise_similarity_kl":
             for shape in image_sizes:
                 cases.append(Case(
                     op, size_label(shape), functools.partial(feature_inputs, shape),
-                    _list_output(reference.pairwise_similarity_kl), functools.partial(pairwise_traffic, shape),
+                    _list_output(reference.pairwise_similarity_kl),
+                    functools.partial(pairwise_traffic, shape),
                 ))
         elif op == "haar_dwt2d":
             for shape in dwt_sizes:
@@ -252,7 +264,7 @@ def _ours(op: str, backend: str, device: str, levels) -> Provider:
     return Provider(backend, fn)
 
 
-@functools.lru_cache(maxsize=None)
+@functools.cache
 def _compiled(op: str):
     """One torch.compile per op (it recompiles per shape; each shape compiles during the check)."""
     return torch.compile(getattr(reference, op), dynamic=False)
@@ -349,7 +361,9 @@ def run(args) -> list:
 
 
 def parse_args(argv=None):
-    parser = argparse.ArgumentParser(prog="python -m benchmarks.bench_ops", description=__doc__.split("\n")[0])
+    parser = argparse.ArgumentParser(
+        prog="python -m benchmarks.bench_ops", description=__doc__.split("\n")[0]
+    )
     parser.add_argument("--device", default="cpu", choices=["cpu", "cuda"])
     parser.add_argument("--ops", nargs="+", default=list(OPS), choices=OPS)
     parser.add_argument("--providers", nargs="+", choices=PROVIDERS,

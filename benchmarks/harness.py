@@ -18,6 +18,9 @@ Peak memory is the extra bytes allocated during one call, above what was allocat
 - CUDA: torch.cuda.max_memory_allocated() after reset_peak_memory_stats();
 - CPU: torch.profiler with profile_memory=True records every CPU allocation and free; the peak of the
   running sum of those bytes over the call is the extra memory (includes outputs and saved tensors).
+  Frees of blocks allocated before the call (the backward releasing saved tensors) are not reported
+  (c10 warns "Memory block of unknown size was allocated before the profiling started"), so for the
+  backward it is the peak of what the backward itself allocates, never reduced by what it releases.
 """
 
 from __future__ import annotations
@@ -165,7 +168,8 @@ def check_close(
     if excess.numel() and float(excess.max()) > 0:
         worst = int(excess.argmax())
         raise MismatchError(
-            f"{name}: {float(actual.flatten()[worst]):.6g} vs reference {float(expected.flatten()[worst]):.6g} "
+            f"{name}: {float(actual.flatten()[worst]):.6g} vs reference "
+            f"{float(expected.flatten()[worst]):.6g} "
             f"(rtol {rtol:g}, atol {atol:.3g}, reference's own {dtype} error {same_dtype_error:.3g})"
         )
 
@@ -203,7 +207,7 @@ def reference_expectation(case: Case, dtype: torch.dtype = torch.float64, seed: 
         use = differentiable or [True] * len(outputs)
         return [
             torch.randn(out.shape, generator=generator, dtype=torch.float64) if u else None
-            for out, u in zip(outputs, use)
+            for out, u in zip(outputs, use, strict=True)
         ]
 
     outputs, upstream, grads = _run_reference(case, torch.float64, draw_upstream)
@@ -211,13 +215,13 @@ def reference_expectation(case: Case, dtype: torch.dtype = torch.float64, seed: 
         output_errors, grad_errors = [0.0] * len(outputs), [0.0] * len(grads)
     else:
         own_outputs, _, own_grads = _run_reference(case, dtype, lambda _: upstream)
-        output_errors = [_max_error(a, e) for a, e in zip(own_outputs, outputs)]
-        grad_errors = [_max_error(a, e) for a, e in zip(own_grads, grads)]
+        output_errors = [_max_error(a, e) for a, e in zip(own_outputs, outputs, strict=True)]
+        grad_errors = [_max_error(a, e) for a, e in zip(own_grads, grads, strict=True)]
     return Expected(outputs, upstream, grads, output_errors, grad_errors)
 
 
 def _backward(outputs: list, grads: list, retain_graph: bool) -> None:
-    pairs = [(o, g) for o, g in zip(outputs, grads) if g is not None]
+    pairs = [(o, g) for o, g in zip(outputs, grads, strict=True) if g is not None]
     torch.autograd.backward([o for o, _ in pairs], [g for _, g in pairs], retain_graph=retain_graph)
 
 
@@ -335,7 +339,9 @@ def _time_cuda(fn, leaves, config: TimingConfig, slow: bool, prepare):
 # --------------------------------------------------------------------------------------------- memory
 
 
-def peak_extra_bytes(fn: Callable[[], object], leaves, device: str, prepare: Callable[[], None] | None = None) -> int:
+def peak_extra_bytes(
+    fn: Callable[[], object], leaves, device: str, prepare: Callable[[], None] | None = None
+) -> int:
     """Peak bytes allocated during one call of fn above those allocated before it (see module doc)."""
     _clear_grads(leaves)
     if prepare is not None:
@@ -416,7 +422,9 @@ def _is_out_of_memory(error: BaseException) -> bool:
     if isinstance(error, torch.OutOfMemoryError):
         return True
     message = str(error)
-    return isinstance(error, RuntimeError) and ("out of memory" in message or "can't allocate memory" in message)
+    return isinstance(error, RuntimeError) and (
+        "out of memory" in message or "can't allocate memory" in message
+    )
 
 
 def _error_status(error: BaseException) -> str:
@@ -425,6 +433,26 @@ def _error_status(error: BaseException) -> str:
     if isinstance(error, MismatchError):
         return f"wrong: {error}"
     return f"error: {type(error).__name__}: {str(error).splitlines()[0] if str(error) else ''}"
+
+
+def _pass_callables(pass_: str, provider: Provider, args: tuple, native_upstream: list):
+    """(fn, prepare): what is timed for the pass, and what runs untimed before each repetition."""
+    if pass_ == "fwd":
+        return (lambda: provider.fn(*args)), None
+    if pass_ == "bwd":
+        # A fresh forward per repetition rather than retain_graph=True, which compiled backwards with
+        # donated buffers refuse.
+        recorded = []
+
+        def prepare():
+            recorded[:] = provider.fn(*args)
+
+        return (lambda: _backward(recorded, native_upstream, retain_graph=False)), prepare
+
+    def forward_backward():
+        _backward(provider.fn(*args), native_upstream, retain_graph=False)
+
+    return forward_backward, None
 
 
 def measure(
@@ -467,24 +495,7 @@ def measure(
     for pass_ in passes:
         try:
             args, leaves = case.make_args(dtype, device)
-            recorded = []  # the outputs of the untimed forward that each timed backward starts from
-            prepare = None
-            if pass_ == "fwd":
-                def fn():
-                    return provider.fn(*args)
-            elif pass_ == "bwd":
-                # A fresh forward per repetition rather than retain_graph=True, which compiled
-                # backwards with donated buffers refuse.
-                def prepare():
-                    recorded[:] = provider.fn(*args)
-
-                def fn():
-                    _backward(recorded, native_upstream, retain_graph=False)
-            else:
-                def fn():
-                    outputs = provider.fn(*args)
-                    _backward(outputs, native_upstream, retain_graph=False)
-
+            fn, prepare = _pass_callables(pass_, provider, args, native_upstream)
             median, q20, q80, repeats = time_call(fn, leaves, device, config, provider.slow, prepare)
             peak = peak_extra_bytes(fn, leaves, device, prepare) if memory else None
             rows.append(row(pass_, "ok", median_ms=median, q20_ms=q20, q80_ms=q80, repeats=repeats,
@@ -494,7 +505,7 @@ def measure(
                 traceback.print_exc(file=sys.stderr)
             rows.append(row(pass_, _error_status(error)))
         finally:
-            args = leaves = fn = prepare = recorded = None
+            args = leaves = fn = prepare = None
             if torch.device(device).type == "cuda":
                 torch.cuda.empty_cache()
     return rows

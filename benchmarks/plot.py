@@ -27,7 +27,7 @@ def plot(csv_path: str, out_path: str, pass_: str = "fwd+bwd") -> None:
     providers = list(dict.fromkeys(r["provider"] for r in rows))
     colors = {p: f"C{i}" for i, p in enumerate(providers)}
     fig, axes = plt.subplots(len(ops), 1, figsize=(11, 3.2 * len(ops)), squeeze=False)
-    for ax, op in zip(axes[:, 0], ops):
+    for ax, op in zip(axes[:, 0], ops, strict=True):
         op_rows = [r for r in rows if r["op"] == op]
         sizes = list(dict.fromkeys(r["size"] for r in op_rows))
         width = 0.8 / len(providers)
@@ -43,7 +43,8 @@ def plot(csv_path: str, out_path: str, pass_: str = "fwd+bwd") -> None:
                 low.append(median - float(r["q20_ms"]))
                 high.append(float(r["q80_ms"]) - median)
             if xs:
-                ax.bar(xs, medians, width, yerr=[low, high], color=colors[provider], label=provider, capsize=2)
+                ax.bar(xs, medians, width, yerr=[low, high], color=colors[provider], label=provider,
+                       capsize=2)
         for j, size in enumerate(sizes):
             bound = next(float(r["bound_ms"]) for r in op_rows if r["size"] == size)
             ax.hlines(bound, j - 0.45, j + 0.45, colors="black", linewidth=2,

@@ -37,10 +37,11 @@ def _read(path: str) -> str | None:
 def describe_machine(device: str) -> list[tuple[str, str]]:
     """(item, value) pairs: CPU model, cores, memory, cache, torch, threads, load, GPU."""
     cpuinfo = _read("/proc/cpuinfo") or ""
-    model = next((line.split(":", 1)[1].strip() for line in cpuinfo.splitlines() if line.startswith("model name")),
-                 platform.processor() or "unknown")
+    models = [line.split(":", 1)[1].strip() for line in cpuinfo.splitlines() if line.startswith("model name")]
+    model = models[0] if models else platform.processor() or "unknown"
     meminfo = _read("/proc/meminfo") or ""
-    mem_kb = next((int(line.split()[1]) for line in meminfo.splitlines() if line.startswith("MemTotal")), None)
+    mem_kb = next((int(line.split()[1]) for line in meminfo.splitlines() if line.startswith("MemTotal")),
+                  None)
     l3 = _read("/sys/devices/system/cpu/cpu0/cache/index3/size")
     usable = len(os.sched_getaffinity(0)) if hasattr(os, "sched_getaffinity") else os.cpu_count()
     items = [
@@ -113,7 +114,8 @@ def markdown_tables(rows: list[Row], device: str) -> list[str]:
                         "" if r.x_bound is None else f"{r.x_bound:.3g}",
                     ]
                 last = per_pass.get(passes[-1])
-                cells.append("" if last is None or last.peak_extra_bytes is None else f"{last.peak_extra_bytes / 2**20:.1f}")
+                peak = None if last is None else last.peak_extra_bytes
+                cells.append("" if peak is None else f"{peak / 2**20:.1f}")
                 cells.append(statuses[0].replace("|", "/") if statuses else "ok")
                 lines.append("| " + " | ".join(cells) + " |")
             for i, p in enumerate(passes):
@@ -161,12 +163,14 @@ def targets_table(rows: list[Row], pass_: str = "fwd+bwd") -> list[str]:
                 measured = None if ours is None else ours.x_bound
                 met = None if measured is None else measured <= factor
             else:
-                target = f"ours {factor:g}x faster than {competitor}" if factor > 1 else f"ours not slower than {competitor}"
+                target = (f"ours {factor:g}x faster than {competitor}" if factor > 1
+                          else f"ours not slower than {competitor}")
                 other = ok.get((op, size, competitor))
                 measured = None if ours is None or other is None else other.median_ms / ours.median_ms
                 met = None if measured is None else measured >= factor
             shown = "not measured" if measured is None else f"{measured:.3g}x"
-            lines.append(f"| {op} | {size} | {target} | {shown} | {'' if met is None else ('yes' if met else 'NO')} |")
+            verdict = "" if met is None else ("yes" if met else "NO")
+            lines.append(f"| {op} | {size} | {target} | {shown} | {verdict} |")
     return lines + [""]
 
 
@@ -175,7 +179,8 @@ def write_markdown(path: str, rows: list[Row], bandwidth: Bandwidth, args) -> No
     when = datetime.datetime.now(datetime.timezone.utc).strftime("%Y-%m-%d %H:%M UTC")
     lines = [f"# Op benchmarks on {args.device} ({dtype})", ""]
     if args.quick:
-        lines += ["**Quick run: small sizes and few repetitions, a smoke test of the harness. These are not results.**", ""]
+        lines += ["**Quick run: small sizes and few repetitions, a smoke test of the harness. "
+                  "These are not results.**", ""]
     lines += [
         f"Measured {when}, ddpm_pa_fast {rows[0].package_version if rows else ''}. Command: "
         f"`python -m benchmarks.bench_ops {' '.join(sys.argv[1:])}`.",
@@ -189,16 +194,19 @@ def write_markdown(path: str, rows: list[Row], bandwidth: Bandwidth, args) -> No
         f"copy {bandwidth.copy / 1e9:.1f} GB/s (bytes read + written).",
         "",
         "How to read the tables:",
-        "- ms: median over repetitions, (20th-80th percentile). fwd runs with autograd recording; bwd is the",
-        "  backward alone from a recorded graph; fwd+bwd both. Every provider was first checked against the",
-        "  float64 reference (outputs, and gradients with a random upstream gradient); a wrong one is not timed.",
+        "- ms: median over repetitions, (20th-80th percentile). fwd runs with autograd recording; bwd is",
+        "  the backward alone, after an untimed forward; fwd+bwd both. Every provider was first checked",
+        "  against the float64 reference (outputs, and gradients with a random upstream gradient); a wrong",
+        "  one is not timed.",
         "- / ours: the provider's median divided by our kernel's (above 1: ours is faster by that factor).",
         "- / bound: the median divided by the memory-traffic bound: the least bytes the pass must move (row",
         "  'bound', in MiB) at the measured bandwidth, reads paired with writes at copy speed, the rest at",
         "  read or write speed (benchmarks/harness.py, Bandwidth.bound_seconds).",
-        "- peak extra MiB: bytes allocated during one call above those allocated before it (CPU: torch.profiler",
-        "  memory events; CUDA: max_memory_allocated), including outputs and tensors saved for backward.",
-        "- status: ok, or why a provider has no numbers (unavailable, unsupported, skipped, wrong, oom, error).",
+        "- peak extra MiB: bytes allocated during one call above those allocated before it (CPU:",
+        "  torch.profiler memory events; CUDA: max_memory_allocated), including outputs and tensors saved",
+        "  for backward.",
+        "- status: ok, or why a provider has no numbers (unavailable, unsupported, skipped, wrong, oom,",
+        "  error).",
         "",
         REGENERATE,
         *(targets_table(rows) if args.device == "cpu" else []),
@@ -226,10 +234,10 @@ def write_on_paper(path: str, cases) -> None:
         "forward, ada and its gradient backward; Haar maps read and write each tensor once), divided by the",
         "data-sheet peak bandwidth: " + ", ".join(gpus) + ".",
         "",
-        "Caveats: real kernels reach perhaps 80-90% of peak on long streams, and these passes move from under 1",
-        "to 48 MiB, short enough that launch latency (a few us per kernel) is of the same order. Both GPUs have a",
-        "50 MB L2 cache, which holds every input set here: in a training step that has just produced eps_ada,",
-        "part of the traffic may hit L2 and beat these times; `--device cuda` times with",
+        "Caveats: real kernels reach perhaps 80-90% of peak on long streams, and these passes move from",
+        "under 1 to 48 MiB, short enough that launch latency (a few us per kernel) is of the same order.",
+        "Both GPUs have a 50 MB L2 cache, which holds every input set here: in a training step that has just",
+        "produced eps_ada, part of the traffic may hit L2 and beat these times; `--device cuda` times with",
         "triton.testing.do_bench, which flushes L2 before each repetition, so it measures the HBM case.",
         "Measure with `python -m benchmarks.bench_ops --device cuda` on the GPU.",
         "Regenerate: `python -m benchmarks.bench_ops --on-paper`.",

@@ -75,8 +75,8 @@ def test_harness_rejects_a_wrong_provider_and_does_not_time_it(op, wrong):
 
 
 def test_harness_accepts_and_times_the_reference_in_float32():
-    rows = _measure(_case("pairwise_similarity_kl"), Provider("torch", bench_ops._list_output(reference.pairwise_similarity_kl)),
-                    passes=("fwd", "bwd", "fwd+bwd"), memory=True)
+    provider = Provider("torch", bench_ops._list_output(reference.pairwise_similarity_kl))
+    rows = _measure(_case("pairwise_similarity_kl"), provider, passes=("fwd", "bwd", "fwd+bwd"), memory=True)
     for r in rows:
         assert r.status == "ok", r.status
         assert 0 < r.q20_ms <= r.median_ms <= r.q80_ms
@@ -129,7 +129,8 @@ def test_authors_loss_equals_the_reference_in_float64_forward_and_backward():
 def test_authors_pair_kl_and_high_frequency_equal_the_reference_in_float64():
     src, ada = similar_features((4, 3, 6, 6), seed=5)
     ada_a, ada_r = ada.clone().requires_grad_(), ada.clone().requires_grad_()
-    got, want = authors.pairwise_similarity_kl(src, ada_a, 0.5), reference.pairwise_similarity_kl(src, ada_r, 0.5)
+    got = authors.pairwise_similarity_kl(src, ada_a, 0.5)
+    want = reference.pairwise_similarity_kl(src, ada_r, 0.5)
     assert_close(got, want, torch.float64)
     got.backward(torch.tensor(1.7, dtype=torch.float64))
     want.backward(torch.tensor(1.7, dtype=torch.float64))
