@@ -34,10 +34,12 @@ def unavailable_reason(device_type: str) -> str | None:
             "Triton kernels run on CUDA tensors; on CPU tensors only in Triton's interpreter "
             "(set TRITON_INTERPRET=1 before triton is imported)"
         )
-    return f"Triton kernels run on CUDA tensors (or CPU under TRITON_INTERPRET=1), got tensors on {device_type}"
+    return (
+        f"Triton kernels run on CUDA tensors (or CPU under TRITON_INTERPRET=1), got tensors on {device_type}"
+    )
 
 
-@functools.lru_cache(maxsize=None)
+@functools.cache
 def load_kernels():
     """Imports ddpm_pa_fast.kernels (registering the triton ops) and returns torch.ops.ddpm_pa_fast_triton.
 
@@ -68,7 +70,9 @@ def ddpm_pa_high_frequency(x: torch.Tensor) -> torch.Tensor:
     return load_kernels().ddpm_pa_high_frequency(x)
 
 
-def haar_dwt2d(x: torch.Tensor, levels: int = 1, mode: str = "zero") -> tuple[torch.Tensor, list[torch.Tensor]]:
+def haar_dwt2d(
+    x: torch.Tensor, levels: int = 1, mode: str = "zero"
+) -> tuple[torch.Tensor, list[torch.Tensor]]:
     ops = load_kernels()
     yl, yh = x, []
     for _ in range(levels):

@@ -3,9 +3,12 @@
 Launch-size reasoning (Ampere A100 / Hopper H100, H200): every op here is memory-bound (a few flops per
 byte; the Gram products are N x N with N ~ 2..64, far below tensor-core saturation), so the goal is
 enough bytes in flight per SM, not math throughput:
-- elementwise kernels (Haar maps): 1024 elements per program, 4 warps = 8 elements per thread, which
-  the compiler turns into vector loads; ~2 resident programs per SM scheduler keep HBM busy.
-- Gram kernels: persistent grid of at most 4 programs per SM, each walking a strided range of column
+- elementwise kernels (Haar maps): 1024 elements per program, 4 warps = 8 elements per thread; the
+  contiguous side of each kernel vectorises, and the stride-2 taps of the other side together cover
+  every 32-byte sector they touch, so no DRAM bytes are wasted. Up to 16 such programs fit per SM,
+  enough loads in flight to saturate HBM on both A100 and H100.
+- Gram kernels: persistent grid of at most 4 programs per SM (what the fused loss's registers allow at
+  32-sample tiles: ~128 registers x 128 threads each, of 64K per SM), each walking a strided range of column
   blocks and keeping its N x N partial Grams in registers; 4 warps, num_stages=2 so the next block's
   loads overlap the current block's dot (Hopper gains little from deeper pipelines at these tile sizes).
 Under the interpreter (TRITON_INTERPRET=1, CPU) the grid is capped low instead: each program is a
@@ -13,8 +16,6 @@ Python-level loop, so fewer, larger programs run faster.
 """
 
 from __future__ import annotations
-
-import os
 
 import torch
 import triton
@@ -24,8 +25,8 @@ ELEMENTWISE_BLOCK = 1024
 ELEMENTWISE_WARPS = 4
 GRAM_WARPS = 4
 GRAM_STAGES = 2
-# Samples per Gram tile: tl.dot needs every dimension >= 16; 32 rows keep the register footprint of the
-# fused loss's ten live tiles (x0 and HF of both models, 4 pixels each) within 255 registers per thread.
+# Samples per Gram tile: tl.dot needs every dimension >= 16; at most 32 rows keep the fused loss's live
+# tiles within 255 registers per thread (see kernels/ddpm_pa_loss.py). Larger N tiles the samples.
 MIN_BLOCK_N = 16
 MAX_BLOCK_N = 32
 # The one-program kernels hold whole N x N matrices in registers.
@@ -73,10 +74,6 @@ def reduction_programs(num_blocks: int, device: torch.device) -> int:
     else:
         cap = INTERPRETER_MAX_PROGRAMS
     return max(1, min(num_blocks, cap))
-
-
-def interpreting() -> bool:
-    return os.environ.get("TRITON_INTERPRET", "0") == "1"
 
 
 @triton.jit

@@ -45,9 +45,12 @@ from ._common import (
 )
 from .pairwise_kl import _load_square, _reduction_scale, _similarity_kl_grad_matrix, _similarity_kl_rows
 
-# 2x2 blocks per column tile: 32 blocks = 128 pixels per sample per step. With a 32-sample tile the
-# forward keeps ~10 fp32 tiles of 32 x 32 live (x0 of 4 pixels and HF, for both models) plus four
-# 32 x 32 Gram accumulators: about 112 registers per thread at 4 warps, so two programs fit per SM.
+# 2x2 blocks per column tile: 32 blocks = 128 pixels per sample per step. Register budget per program
+# at 4 warps (128 threads), counting the 10 feature tiles (x0 of 4 pixels and HF, both models), the 4
+# Gram accumulators and the 2 squared-error tiles: BLOCK_N = 16 (N <= 16, the usual few-shot batch)
+# ~56 fp32 registers per thread; BLOCK_N = 32 ~128; with two row tiles (N > 32) the second tile's
+# features add ~80. All stay under the 255-register limit of Ampere and Hopper, so nothing spills, and
+# at the common sizes several programs share an SM to hide memory latency.
 LOSS_BLOCK_K = 32
 NUM_LOSS_TERMS = 5
 
@@ -77,8 +80,22 @@ def _high_frequency(a, b, c, d):
 
 @triton.jit
 def _forward_pixel(
-    x_t_ptr, eps_ada_ptr, eps_src_ptr, noise_ptr, rows, blocks, n, height, width, num_blocks, a_t, b_t,
-    noise_rows, DR: tl.constexpr, DC: tl.constexpr, ACC: tl.constexpr,
+    x_t_ptr,
+    eps_ada_ptr,
+    eps_src_ptr,
+    noise_ptr,
+    rows,
+    blocks,
+    n,
+    height,
+    width,
+    num_blocks,
+    a_t,
+    b_t,
+    noise_rows,
+    DR: tl.constexpr,
+    DC: tl.constexpr,
+    ACC: tl.constexpr,
 ):
     """x0_src, x0_ada and eps_ada - noise at pixel (DR, DC) of each block (zero outside the image).
 
@@ -98,28 +115,96 @@ def _forward_pixel(
 
 @triton.jit
 def _forward_tiles(
-    x_t_ptr, eps_ada_ptr, eps_src_ptr, noise_ptr, a_ptr, b_ptr, rows, blocks, n, height, width, num_blocks,
-    noise_rows, ACC: tl.constexpr,
+    x_t_ptr,
+    eps_ada_ptr,
+    eps_src_ptr,
+    noise_ptr,
+    a_ptr,
+    b_ptr,
+    rows,
+    blocks,
+    n,
+    height,
+    width,
+    num_blocks,
+    noise_rows,
+    ACC: tl.constexpr,
 ):
     """The features of one row tile and column tile: x0 of both models (4 pixels), their HF, and the
     squared errors of the mse and hf_mse terms (elementwise, summed by the caller)."""
     a_t = tl.load(a_ptr + rows, mask=rows < n, other=0.0).to(ACC)
     b_t = tl.load(b_ptr + rows, mask=rows < n, other=0.0).to(ACC)
     s_a, d_a, e_a = _forward_pixel(
-        x_t_ptr, eps_ada_ptr, eps_src_ptr, noise_ptr, rows, blocks, n, height, width, num_blocks, a_t, b_t,
-        noise_rows, 0, 0, ACC,
+        x_t_ptr,
+        eps_ada_ptr,
+        eps_src_ptr,
+        noise_ptr,
+        rows,
+        blocks,
+        n,
+        height,
+        width,
+        num_blocks,
+        a_t,
+        b_t,
+        noise_rows,
+        0,
+        0,
+        ACC,
     )
     s_b, d_b, e_b = _forward_pixel(
-        x_t_ptr, eps_ada_ptr, eps_src_ptr, noise_ptr, rows, blocks, n, height, width, num_blocks, a_t, b_t,
-        noise_rows, 0, 1, ACC,
+        x_t_ptr,
+        eps_ada_ptr,
+        eps_src_ptr,
+        noise_ptr,
+        rows,
+        blocks,
+        n,
+        height,
+        width,
+        num_blocks,
+        a_t,
+        b_t,
+        noise_rows,
+        0,
+        1,
+        ACC,
     )
     s_c, d_c, e_c = _forward_pixel(
-        x_t_ptr, eps_ada_ptr, eps_src_ptr, noise_ptr, rows, blocks, n, height, width, num_blocks, a_t, b_t,
-        noise_rows, 1, 0, ACC,
+        x_t_ptr,
+        eps_ada_ptr,
+        eps_src_ptr,
+        noise_ptr,
+        rows,
+        blocks,
+        n,
+        height,
+        width,
+        num_blocks,
+        a_t,
+        b_t,
+        noise_rows,
+        1,
+        0,
+        ACC,
     )
     s_d, d_d, e_d = _forward_pixel(
-        x_t_ptr, eps_ada_ptr, eps_src_ptr, noise_ptr, rows, blocks, n, height, width, num_blocks, a_t, b_t,
-        noise_rows, 1, 1, ACC,
+        x_t_ptr,
+        eps_ada_ptr,
+        eps_src_ptr,
+        noise_ptr,
+        rows,
+        blocks,
+        n,
+        height,
+        width,
+        num_blocks,
+        a_t,
+        b_t,
+        noise_rows,
+        1,
+        1,
+        ACC,
     )
     # A block has an HF value only when complete: its bottom-right pixel is inside the image.
     _, complete = _pixel_offsets(rows, blocks, n, height, width, num_blocks, 1, 1)
@@ -173,8 +258,20 @@ def _ddpm_pa_loss_forward_kernel(
     for step in range(pid_p, tl.cdiv(num_blocks, BLOCK_K), num_programs):
         blocks = tl.arange(0, BLOCK_K).to(tl.int64) + step * BLOCK_K
         s_a, s_b, s_c, s_d, d_a, d_b, d_c, d_d, hf_s, hf_d, sq_m, sq_h = _forward_tiles(
-            x_t_ptr, eps_ada_ptr, eps_src_ptr, noise_ptr, a_ptr, b_ptr, rows_i, blocks, n, height, width,
-            num_blocks, noise_rows, ACC,
+            x_t_ptr,
+            eps_ada_ptr,
+            eps_src_ptr,
+            noise_ptr,
+            a_ptr,
+            b_ptr,
+            rows_i,
+            blocks,
+            n,
+            height,
+            width,
+            num_blocks,
+            noise_rows,
+            ACC,
         )
         sq_mse += sq_m
         sq_hf += sq_h
@@ -185,8 +282,20 @@ def _ddpm_pa_loss_forward_kernel(
             g_hf_ada += _gram(hf_d, hf_d)
         else:
             t_a, t_b, t_c, t_d, u_a, u_b, u_c, u_d, hf_t, hf_u, _, _ = _forward_tiles(
-                x_t_ptr, eps_ada_ptr, eps_src_ptr, noise_ptr, a_ptr, b_ptr, rows_j, blocks, n, height, width,
-                num_blocks, 0, ACC,
+                x_t_ptr,
+                eps_ada_ptr,
+                eps_src_ptr,
+                noise_ptr,
+                a_ptr,
+                b_ptr,
+                rows_j,
+                blocks,
+                n,
+                height,
+                width,
+                num_blocks,
+                0,
+                ACC,
             )
             g_src += _gram(s_a, t_a) + _gram(s_b, t_b) + _gram(s_c, t_c) + _gram(s_d, t_d)
             g_ada += _gram(d_a, u_a) + _gram(d_b, u_b) + _gram(d_c, u_c) + _gram(d_d, u_d)
@@ -278,7 +387,9 @@ def _ddpm_pa_loss_grad_matrices_kernel(
     mask = (rows[:, None] < n) & (rows[None, :] < n)
     g_src = _load_square(grams_ptr, n, B, ACC)
     g_ada = _load_square(grams_ptr + n * n, n, B, ACC)
-    tl.store(out, _similarity_kl_grad_matrix(g_src, g_ada, ones * (c_pair_img * scale), n, inv_tau, B), mask=mask)
+    tl.store(
+        out, _similarity_kl_grad_matrix(g_src, g_ada, ones * (c_pair_img * scale), n, inv_tau, B), mask=mask
+    )
     g_hf_src = _load_square(grams_ptr + 2 * n * n, n, B, ACC)
     g_hf_ada = _load_square(grams_ptr + 3 * n * n, n, B, ACC)
     m_hf = _similarity_kl_grad_matrix(g_hf_src, g_hf_ada, ones * (c_pair_hf * scale), n, inv_tau, B)
@@ -287,8 +398,21 @@ def _ddpm_pa_loss_grad_matrices_kernel(
 
 @triton.jit
 def _backward_pixel(
-    x_t_ptr, eps_ada_ptr, noise_ptr, rows, blocks, n, height, width, num_blocks, a_t, b_t, noise_rows,
-    DR: tl.constexpr, DC: tl.constexpr, ACC: tl.constexpr,
+    x_t_ptr,
+    eps_ada_ptr,
+    noise_ptr,
+    rows,
+    blocks,
+    n,
+    height,
+    width,
+    num_blocks,
+    a_t,
+    b_t,
+    noise_rows,
+    DR: tl.constexpr,
+    DC: tl.constexpr,
+    ACC: tl.constexpr,
 ):
     """x0_ada and eps_ada - noise (rows < noise_rows, as _forward_pixel) at pixel (DR, DC) of each block."""
     offs, mask = _pixel_offsets(rows, blocks, n, height, width, num_blocks, DR, DC)
@@ -301,22 +425,89 @@ def _backward_pixel(
 
 @triton.jit
 def _backward_tiles(
-    x_t_ptr, eps_ada_ptr, noise_ptr, a_ptr, b_ptr, rows, blocks, n, height, width, num_blocks, noise_rows,
+    x_t_ptr,
+    eps_ada_ptr,
+    noise_ptr,
+    a_ptr,
+    b_ptr,
+    rows,
+    blocks,
+    n,
+    height,
+    width,
+    num_blocks,
+    noise_rows,
     ACC: tl.constexpr,
 ):
     a_t = tl.load(a_ptr + rows, mask=rows < n, other=0.0).to(ACC)
     b_t = tl.load(b_ptr + rows, mask=rows < n, other=0.0).to(ACC)
     x_a, e_a = _backward_pixel(
-        x_t_ptr, eps_ada_ptr, noise_ptr, rows, blocks, n, height, width, num_blocks, a_t, b_t, noise_rows, 0, 0, ACC
+        x_t_ptr,
+        eps_ada_ptr,
+        noise_ptr,
+        rows,
+        blocks,
+        n,
+        height,
+        width,
+        num_blocks,
+        a_t,
+        b_t,
+        noise_rows,
+        0,
+        0,
+        ACC,
     )
     x_b, e_b = _backward_pixel(
-        x_t_ptr, eps_ada_ptr, noise_ptr, rows, blocks, n, height, width, num_blocks, a_t, b_t, noise_rows, 0, 1, ACC
+        x_t_ptr,
+        eps_ada_ptr,
+        noise_ptr,
+        rows,
+        blocks,
+        n,
+        height,
+        width,
+        num_blocks,
+        a_t,
+        b_t,
+        noise_rows,
+        0,
+        1,
+        ACC,
     )
     x_c, e_c = _backward_pixel(
-        x_t_ptr, eps_ada_ptr, noise_ptr, rows, blocks, n, height, width, num_blocks, a_t, b_t, noise_rows, 1, 0, ACC
+        x_t_ptr,
+        eps_ada_ptr,
+        noise_ptr,
+        rows,
+        blocks,
+        n,
+        height,
+        width,
+        num_blocks,
+        a_t,
+        b_t,
+        noise_rows,
+        1,
+        0,
+        ACC,
     )
     x_d, e_d = _backward_pixel(
-        x_t_ptr, eps_ada_ptr, noise_ptr, rows, blocks, n, height, width, num_blocks, a_t, b_t, noise_rows, 1, 1, ACC
+        x_t_ptr,
+        eps_ada_ptr,
+        noise_ptr,
+        rows,
+        blocks,
+        n,
+        height,
+        width,
+        num_blocks,
+        a_t,
+        b_t,
+        noise_rows,
+        1,
+        1,
+        ACC,
     )
     _, complete = _pixel_offsets(rows, blocks, n, height, width, num_blocks, 1, 1)
     hf_x0 = tl.where(complete, _high_frequency(x_a, x_b, x_c, x_d), 0.0)
@@ -325,7 +516,9 @@ def _backward_tiles(
 
 
 @triton.jit
-def _store_grad_pixel(grad_ptr, rows, blocks, n, height, width, num_blocks, value, DR: tl.constexpr, DC: tl.constexpr):
+def _store_grad_pixel(
+    grad_ptr, rows, blocks, n, height, width, num_blocks, value, DR: tl.constexpr, DC: tl.constexpr
+):
     offs, mask = _pixel_offsets(rows, blocks, n, height, width, num_blocks, DR, DC)
     tl.store(grad_ptr + offs, value.to(grad_ptr.dtype.element_ty), mask=mask)
 
@@ -355,7 +548,19 @@ def _ddpm_pa_loss_backward_kernel(
     c_hf = tl.load(coefs_ptr + 1)
     if NUM_TILES == 1:
         x_a, x_b, x_c, x_d, hf_x0, e_a, e_b, e_c, e_d, hf_e, b_t = _backward_tiles(
-            x_t_ptr, eps_ada_ptr, noise_ptr, a_ptr, b_ptr, rows_i, blocks, n, height, width, num_blocks, n, ACC
+            x_t_ptr,
+            eps_ada_ptr,
+            noise_ptr,
+            a_ptr,
+            b_ptr,
+            rows_i,
+            blocks,
+            n,
+            height,
+            width,
+            num_blocks,
+            n,
+            ACC,
         )
         m_img = _load_square(m_ptr, n, BLOCK_N, ACC)
         m_hf = _load_square(m_ptr + n * n, n, BLOCK_N, ACC)
@@ -373,8 +578,19 @@ def _ddpm_pa_loss_backward_kernel(
         for tile_j in range(NUM_TILES):
             rows_j = tile_j * BLOCK_N + tl.arange(0, BLOCK_N)
             x_a, x_b, x_c, x_d, hf_x0, _, _, _, _, _, _ = _backward_tiles(
-                x_t_ptr, eps_ada_ptr, noise_ptr, a_ptr, b_ptr, rows_j, blocks, n, height, width, num_blocks,
-                0, ACC,
+                x_t_ptr,
+                eps_ada_ptr,
+                noise_ptr,
+                a_ptr,
+                b_ptr,
+                rows_j,
+                blocks,
+                n,
+                height,
+                width,
+                num_blocks,
+                0,
+                ACC,
             )
             m_mask = (rows_i[:, None] < n) & (rows_j[None, :] < n)
             m_offs = rows_i[:, None] * n + rows_j[None, :]
@@ -386,15 +602,35 @@ def _ddpm_pa_loss_backward_kernel(
             acc_d += tl.dot(m_img, x_d, input_precision="ieee", out_dtype=ACC)
             acc_hf += tl.dot(m_hf, hf_x0, input_precision="ieee", out_dtype=ACC)
         _, _, _, _, _, e_a, e_b, e_c, e_d, hf_e, b_t = _backward_tiles(
-            x_t_ptr, eps_ada_ptr, noise_ptr, a_ptr, b_ptr, rows_i, blocks, n, height, width, num_blocks, n, ACC
+            x_t_ptr,
+            eps_ada_ptr,
+            noise_ptr,
+            a_ptr,
+            b_ptr,
+            rows_i,
+            blocks,
+            n,
+            height,
+            width,
+            num_blocks,
+            n,
+            ACC,
         )
     b = b_t[:, None]
     # Gradient with respect to HF(x0_ada), then spread over the block by HF's adjoint (-1/2, 3/2 taps).
     g_hf = b * b * c_hf * hf_e - b * acc_hf
-    _store_grad_pixel(grad_ptr, rows_i, blocks, n, height, width, num_blocks, c_mse * e_a - b * acc_a - 0.5 * g_hf, 0, 0)
-    _store_grad_pixel(grad_ptr, rows_i, blocks, n, height, width, num_blocks, c_mse * e_b - b * acc_b - 0.5 * g_hf, 0, 1)
-    _store_grad_pixel(grad_ptr, rows_i, blocks, n, height, width, num_blocks, c_mse * e_c - b * acc_c - 0.5 * g_hf, 1, 0)
-    _store_grad_pixel(grad_ptr, rows_i, blocks, n, height, width, num_blocks, c_mse * e_d - b * acc_d + 1.5 * g_hf, 1, 1)
+    _store_grad_pixel(
+        grad_ptr, rows_i, blocks, n, height, width, num_blocks, c_mse * e_a - b * acc_a - 0.5 * g_hf, 0, 0
+    )
+    _store_grad_pixel(
+        grad_ptr, rows_i, blocks, n, height, width, num_blocks, c_mse * e_b - b * acc_b - 0.5 * g_hf, 0, 1
+    )
+    _store_grad_pixel(
+        grad_ptr, rows_i, blocks, n, height, width, num_blocks, c_mse * e_c - b * acc_c - 0.5 * g_hf, 1, 0
+    )
+    _store_grad_pixel(
+        grad_ptr, rows_i, blocks, n, height, width, num_blocks, c_mse * e_d - b * acc_d + 1.5 * g_hf, 1, 1
+    )
 
 
 def _geometry(x_t: torch.Tensor):
@@ -409,8 +645,17 @@ def _loss_params(tau, w_pair, w_hf_pair, w_hf_mse, acc, device):
 
 @triton_op("ddpm_pa_fast_triton::ddpm_pa_loss", mutates_args={})
 def ddpm_pa_loss_forward_triton(
-    x_t: torch.Tensor, eps_ada: torch.Tensor, eps_src: torch.Tensor, noise: torch.Tensor, a_t: torch.Tensor,
-    b_t: torch.Tensor, w_pair: float, w_hf_pair: float, w_hf_mse: float, tau: float, reduction: str,
+    x_t: torch.Tensor,
+    eps_ada: torch.Tensor,
+    eps_src: torch.Tensor,
+    noise: torch.Tensor,
+    a_t: torch.Tensor,
+    b_t: torch.Tensor,
+    w_pair: float,
+    w_hf_pair: float,
+    w_hf_mse: float,
+    tau: float,
+    reduction: str,
 ) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor, torch.Tensor, torch.Tensor, torch.Tensor]:
     check_batch(x_t.shape[0], "x_t")
     x_t, eps_ada, eps_src, noise = (t.contiguous() for t in (x_t, eps_ada, eps_src, noise))
@@ -423,24 +668,57 @@ def ddpm_pa_loss_forward_triton(
     gram_partials = x_t.new_empty((programs, 4, n, n), dtype=acc)
     sq_partials = x_t.new_empty((programs, 2, num_tiles), dtype=acc)
     wrap_triton(_ddpm_pa_loss_forward_kernel)[(programs, num_tiles * num_tiles)](
-        x_t, eps_ada, eps_src, noise, a_t, b_t, gram_partials, sq_partials, n, h, w, num_blocks,
-        NUM_TILES=num_tiles, BLOCK_N=bn, BLOCK_K=LOSS_BLOCK_K, ACC=tl_dtype(acc),
-        num_warps=GRAM_WARPS, num_stages=GRAM_STAGES,
+        x_t,
+        eps_ada,
+        eps_src,
+        noise,
+        a_t,
+        b_t,
+        gram_partials,
+        sq_partials,
+        n,
+        h,
+        w,
+        num_blocks,
+        NUM_TILES=num_tiles,
+        BLOCK_N=bn,
+        BLOCK_K=LOSS_BLOCK_K,
+        ACC=tl_dtype(acc),
+        num_warps=GRAM_WARPS,
+        num_stages=GRAM_STAGES,
     )
     grams = sum_partials(gram_partials)
     sq = sum_partials(sq_partials)
     terms = [x_t.new_empty(()) for _ in range(NUM_LOSS_TERMS)]
     wrap_triton(_ddpm_pa_loss_terms_kernel)[(1,)](
-        grams, sq, _loss_params(tau, w_pair, w_hf_pair, w_hf_mse, acc, x_t.device), *terms, n, numel, numel_hf,
-        NUM_TILES=num_tiles, REDUCTION=REDUCTION_CODES[reduction], B=whole_batch_block(n), ACC=tl_dtype(acc),
+        grams,
+        sq,
+        _loss_params(tau, w_pair, w_hf_pair, w_hf_mse, acc, x_t.device),
+        *terms,
+        n,
+        numel,
+        numel_hf,
+        NUM_TILES=num_tiles,
+        REDUCTION=REDUCTION_CODES[reduction],
+        B=whole_batch_block(n),
+        ACC=tl_dtype(acc),
     )
     return (*terms, grams)
 
 
 @triton_op("ddpm_pa_fast_triton::ddpm_pa_loss_backward", mutates_args={})
 def ddpm_pa_loss_backward_triton(
-    grad_terms: torch.Tensor, grams: torch.Tensor, x_t: torch.Tensor, eps_ada: torch.Tensor, noise: torch.Tensor,
-    a_t: torch.Tensor, b_t: torch.Tensor, w_pair: float, w_hf_pair: float, w_hf_mse: float, tau: float,
+    grad_terms: torch.Tensor,
+    grams: torch.Tensor,
+    x_t: torch.Tensor,
+    eps_ada: torch.Tensor,
+    noise: torch.Tensor,
+    a_t: torch.Tensor,
+    b_t: torch.Tensor,
+    w_pair: float,
+    w_hf_pair: float,
+    w_hf_mse: float,
+    tau: float,
     reduction: str,
 ) -> torch.Tensor:
     x_t, eps_ada, noise = (t.contiguous() for t in (x_t, eps_ada, noise))
@@ -450,17 +728,40 @@ def ddpm_pa_loss_backward_triton(
     m = grams.new_empty((2, n, n))
     coefs = grams.new_empty((2,))
     wrap_triton(_ddpm_pa_loss_grad_matrices_kernel)[(1,)](
-        grad_terms.to(acc).contiguous(), grams.contiguous(),
-        _loss_params(tau, w_pair, w_hf_pair, w_hf_mse, acc, x_t.device), m, coefs, n, numel, numel_hf,
-        REDUCTION=REDUCTION_CODES[reduction], B=whole_batch_block(n), ACC=tl_dtype(acc),
+        grad_terms.to(acc).contiguous(),
+        grams.contiguous(),
+        _loss_params(tau, w_pair, w_hf_pair, w_hf_mse, acc, x_t.device),
+        m,
+        coefs,
+        n,
+        numel,
+        numel_hf,
+        REDUCTION=REDUCTION_CODES[reduction],
+        B=whole_batch_block(n),
+        ACC=tl_dtype(acc),
     )
     grad = torch.empty_like(eps_ada)
     bn = block_n(n)
     num_tiles = triton.cdiv(n, bn)
     wrap_triton(_ddpm_pa_loss_backward_kernel)[(triton.cdiv(num_blocks, LOSS_BLOCK_K), num_tiles)](
-        m, coefs, x_t, eps_ada, noise, a_t, b_t, grad, n, h, w, num_blocks,
-        NUM_TILES=num_tiles, BLOCK_N=bn, BLOCK_K=LOSS_BLOCK_K, ACC=tl_dtype(acc),
-        num_warps=GRAM_WARPS, num_stages=GRAM_STAGES,
+        m,
+        coefs,
+        x_t,
+        eps_ada,
+        noise,
+        a_t,
+        b_t,
+        grad,
+        n,
+        h,
+        w,
+        num_blocks,
+        NUM_TILES=num_tiles,
+        BLOCK_N=bn,
+        BLOCK_K=LOSS_BLOCK_K,
+        ACC=tl_dtype(acc),
+        num_warps=GRAM_WARPS,
+        num_stages=GRAM_STAGES,
     )
     return grad
 

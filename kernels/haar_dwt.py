@@ -169,9 +169,16 @@ def haar_dwt2d_forward_triton(x: torch.Tensor, mode: str) -> tuple[torch.Tensor,
     yh = x.new_empty((n, c, 3, out_h, out_w))
     if yl.numel() > 0:
         wrap_triton(_haar_dwt2d_forward_kernel)[_elementwise_grid(yl.numel())](
-            x, yl, yh, h, w, yl.numel(),
-            ZERO_PAD=mode == DWT_MODE_ZERO, ACC=tl_dtype(accumulation_dtype(x.dtype)),
-            BLOCK=ELEMENTWISE_BLOCK, num_warps=ELEMENTWISE_WARPS,
+            x,
+            yl,
+            yh,
+            h,
+            w,
+            yl.numel(),
+            ZERO_PAD=mode == DWT_MODE_ZERO,
+            ACC=tl_dtype(accumulation_dtype(x.dtype)),
+            BLOCK=ELEMENTWISE_BLOCK,
+            num_warps=ELEMENTWISE_WARPS,
         )
     return yl, yh
 
@@ -184,10 +191,18 @@ def haar_dwt2d_backward_triton(
     grad_x = grad_yl.new_empty((grad_yl.shape[0], grad_yl.shape[1], height, width))
     if grad_x.numel() > 0:
         wrap_triton(_haar_dwt2d_backward_kernel)[_elementwise_grid(grad_x.numel())](
-            grad_yl, grad_yh, grad_x, height, width, grad_x.numel(),
-            ZERO_PAD=mode == DWT_MODE_ZERO, ODD_H=height % 2 == 1, ODD_W=width % 2 == 1,
+            grad_yl,
+            grad_yh,
+            grad_x,
+            height,
+            width,
+            grad_x.numel(),
+            ZERO_PAD=mode == DWT_MODE_ZERO,
+            ODD_H=height % 2 == 1,
+            ODD_W=width % 2 == 1,
             ACC=tl_dtype(accumulation_dtype(grad_yl.dtype)),
-            BLOCK=ELEMENTWISE_BLOCK, num_warps=ELEMENTWISE_WARPS,
+            BLOCK=ELEMENTWISE_BLOCK,
+            num_warps=ELEMENTWISE_WARPS,
         )
     return grad_x
 
@@ -199,8 +214,15 @@ def haar_idwt2d_forward_triton(yl: torch.Tensor, yh: torch.Tensor) -> torch.Tens
     x = yl.new_empty((n, c, 2 * h, 2 * w))
     if x.numel() > 0:
         wrap_triton(_haar_idwt2d_forward_kernel)[_elementwise_grid(x.numel())](
-            yl, yh, x, h, w, x.numel(),
-            ACC=tl_dtype(accumulation_dtype(yl.dtype)), BLOCK=ELEMENTWISE_BLOCK, num_warps=ELEMENTWISE_WARPS,
+            yl,
+            yh,
+            x,
+            h,
+            w,
+            x.numel(),
+            ACC=tl_dtype(accumulation_dtype(yl.dtype)),
+            BLOCK=ELEMENTWISE_BLOCK,
+            num_warps=ELEMENTWISE_WARPS,
         )
     return x
 
@@ -237,7 +259,9 @@ def _dwt_backward(ctx, grad_yl, grad_yh):
             grad_yl = grad_yh.new_zeros(grad_yh[:, :, 0].shape)
         if grad_yh is None:
             grad_yh = grad_yl.new_zeros((grad_yl.shape[0], grad_yl.shape[1], 3, *grad_yl.shape[2:]))
-        grad_x = torch.ops.ddpm_pa_fast_triton.haar_dwt2d_backward(grad_yl, grad_yh, ctx.height, ctx.width, ctx.mode)
+        grad_x = torch.ops.ddpm_pa_fast_triton.haar_dwt2d_backward(
+            grad_yl, grad_yh, ctx.height, ctx.width, ctx.mode
+        )
     return grad_x, None
 
 

@@ -82,8 +82,14 @@ def high_frequency_forward_triton(x: torch.Tensor) -> torch.Tensor:
     hf = x.new_empty((n, c, h // 2, w // 2))
     if hf.numel() > 0:
         wrap_triton(_high_frequency_forward_kernel)[(triton.cdiv(hf.numel(), ELEMENTWISE_BLOCK),)](
-            x, hf, h, w, hf.numel(),
-            ACC=tl_dtype(accumulation_dtype(x.dtype)), BLOCK=ELEMENTWISE_BLOCK, num_warps=ELEMENTWISE_WARPS,
+            x,
+            hf,
+            h,
+            w,
+            hf.numel(),
+            ACC=tl_dtype(accumulation_dtype(x.dtype)),
+            BLOCK=ELEMENTWISE_BLOCK,
+            num_warps=ELEMENTWISE_WARPS,
         )
     return hf
 
@@ -95,8 +101,13 @@ def high_frequency_backward_triton(grad_hf: torch.Tensor, height: int, width: in
     grad_x = grad_hf.new_empty((n, c, height, width))
     if grad_x.numel() > 0:
         wrap_triton(_high_frequency_backward_kernel)[(triton.cdiv(grad_x.numel(), ELEMENTWISE_BLOCK),)](
-            grad_hf, grad_x, height, width, grad_x.numel(),
-            ACC=tl_dtype(accumulation_dtype(grad_hf.dtype)), BLOCK=ELEMENTWISE_BLOCK,
+            grad_hf,
+            grad_x,
+            height,
+            width,
+            grad_x.numel(),
+            ACC=tl_dtype(accumulation_dtype(grad_hf.dtype)),
+            BLOCK=ELEMENTWISE_BLOCK,
             num_warps=ELEMENTWISE_WARPS,
         )
     return grad_x

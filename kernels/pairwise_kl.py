@@ -67,7 +67,9 @@ def _similarity(gram, n, B: tl.constexpr):
     eye = rows[:, None] == rows[None, :]
     diag_by_row = tl.sum(tl.where(eye, gram, 0.0), axis=1)
     diag_by_col = tl.sum(tl.where(eye, gram, 0.0), axis=0)
-    norm_product = tl.sqrt(tl.maximum(diag_by_row, 0.0))[:, None] * tl.sqrt(tl.maximum(diag_by_col, 0.0))[None, :]
+    norm_product = (
+        tl.sqrt(tl.maximum(diag_by_row, 0.0))[:, None] * tl.sqrt(tl.maximum(diag_by_col, 0.0))[None, :]
+    )
     denominator = tl.maximum(norm_product, SIMILARITY_EPS)
     pairs = (~eye) & (rows[:, None] < n) & (rows[None, :] < n)
     return gram / denominator, denominator, pairs
@@ -180,7 +182,9 @@ def _pairwise_kl_loss_kernel(
     if REDUCTION == 3:
         tl.store(loss_ptr + rows, kl.to(loss_ptr.dtype.element_ty), mask=rows < n)
     else:
-        tl.store(loss_ptr, (tl.sum(kl, axis=0) * _reduction_scale(n, REDUCTION, ACC)).to(loss_ptr.dtype.element_ty))
+        tl.store(
+            loss_ptr, (tl.sum(kl, axis=0) * _reduction_scale(n, REDUCTION, ACC)).to(loss_ptr.dtype.element_ty)
+        )
 
 
 @triton.jit
@@ -200,7 +204,9 @@ def _pairwise_kl_grad_matrix_kernel(
     if REDUCTION == 3:
         row_weight = tl.load(grad_loss_ptr + rows, mask=rows < n, other=0.0).to(ACC)
     else:
-        row_weight = tl.zeros((B,), ACC) + tl.load(grad_loss_ptr).to(ACC) * _reduction_scale(n, REDUCTION, ACC)
+        row_weight = tl.zeros((B,), ACC) + tl.load(grad_loss_ptr).to(ACC) * _reduction_scale(
+            n, REDUCTION, ACC
+        )
     gram_src = _load_square(gram_src_ptr, n, B, ACC)
     gram_ada = _load_square(gram_ada_ptr, n, B, ACC)
     m = _similarity_kl_grad_matrix(gram_src, gram_ada, row_weight, n, inv_tau, B)
@@ -225,10 +231,14 @@ def _pairwise_kl_backward_kernel(
     for tile_j in range(NUM_TILES):
         rows_j = tile_j * BLOCK_N + tl.arange(0, BLOCK_N)
         m = tl.load(
-            m_ptr + rows_i[:, None] * n + rows_j[None, :], mask=(rows_i[:, None] < n) & (rows_j[None, :] < n), other=0.0
+            m_ptr + rows_i[:, None] * n + rows_j[None, :],
+            mask=(rows_i[:, None] < n) & (rows_j[None, :] < n),
+            other=0.0,
         )
         f = tl.load(
-            ada_ptr + rows_j.to(tl.int64)[:, None] * d + cols, mask=(rows_j[:, None] < n) & (cols < d), other=0.0
+            ada_ptr + rows_j.to(tl.int64)[:, None] * d + cols,
+            mask=(rows_j[:, None] < n) & (cols < d),
+            other=0.0,
         ).to(ACC)
         acc += tl.dot(m, f, input_precision="ieee", out_dtype=ACC)
     tl.store(
@@ -253,22 +263,40 @@ def pairwise_similarity_kl_forward_triton(
     programs = reduction_programs(triton.cdiv(d, GRAM_BLOCK_D), src.device)
     partials = src.new_empty((2, programs, n, n), dtype=acc)
     wrap_triton(_gram_partials_kernel)[(programs, num_tiles * num_tiles)](
-        src, ada, partials, n, d,
-        NUM_TILES=num_tiles, BLOCK_N=bn, BLOCK_D=GRAM_BLOCK_D, ACC=tl_dtype(acc),
-        num_warps=GRAM_WARPS, num_stages=GRAM_STAGES,
+        src,
+        ada,
+        partials,
+        n,
+        d,
+        NUM_TILES=num_tiles,
+        BLOCK_N=bn,
+        BLOCK_D=GRAM_BLOCK_D,
+        ACC=tl_dtype(acc),
+        num_warps=GRAM_WARPS,
+        num_stages=GRAM_STAGES,
     )
     gram_src, gram_ada = sum_partials(partials[0]), sum_partials(partials[1])
     loss = src.new_empty((n,) if reduction == "none" else ())
     wrap_triton(_pairwise_kl_loss_kernel)[(1,)](
-        gram_src, gram_ada, scalars([1.0 / tau], acc, src.device), loss, n,
-        REDUCTION=REDUCTION_CODES[reduction], B=whole_batch_block(n), ACC=tl_dtype(acc),
+        gram_src,
+        gram_ada,
+        scalars([1.0 / tau], acc, src.device),
+        loss,
+        n,
+        REDUCTION=REDUCTION_CODES[reduction],
+        B=whole_batch_block(n),
+        ACC=tl_dtype(acc),
     )
     return loss, gram_src, gram_ada
 
 
 @triton_op("ddpm_pa_fast_triton::pairwise_similarity_kl_backward", mutates_args={})
 def pairwise_similarity_kl_backward_triton(
-    grad_loss: torch.Tensor, ada: torch.Tensor, gram_src: torch.Tensor, gram_ada: torch.Tensor, tau: float,
+    grad_loss: torch.Tensor,
+    ada: torch.Tensor,
+    gram_src: torch.Tensor,
+    gram_ada: torch.Tensor,
+    tau: float,
     reduction: str,
 ) -> torch.Tensor:
     n = ada.shape[0]
@@ -277,16 +305,31 @@ def pairwise_similarity_kl_backward_triton(
     acc = gram_ada.dtype
     m = gram_ada.new_empty((n, n))
     wrap_triton(_pairwise_kl_grad_matrix_kernel)[(1,)](
-        grad_loss.contiguous(), gram_src.contiguous(), gram_ada.contiguous(), scalars([1.0 / tau], acc, ada.device), m, n,
-        REDUCTION=REDUCTION_CODES[reduction], B=whole_batch_block(n), ACC=tl_dtype(acc),
+        grad_loss.contiguous(),
+        gram_src.contiguous(),
+        gram_ada.contiguous(),
+        scalars([1.0 / tau], acc, ada.device),
+        m,
+        n,
+        REDUCTION=REDUCTION_CODES[reduction],
+        B=whole_batch_block(n),
+        ACC=tl_dtype(acc),
     )
     grad_ada = torch.empty_like(flat)
     bn = block_n(n)
     num_tiles = triton.cdiv(n, bn)
     wrap_triton(_pairwise_kl_backward_kernel)[(triton.cdiv(d, GRAM_BLOCK_D), num_tiles)](
-        m, flat, grad_ada, n, d,
-        NUM_TILES=num_tiles, BLOCK_N=bn, BLOCK_D=GRAM_BLOCK_D, ACC=tl_dtype(acc),
-        num_warps=GRAM_WARPS, num_stages=GRAM_STAGES,
+        m,
+        flat,
+        grad_ada,
+        n,
+        d,
+        NUM_TILES=num_tiles,
+        BLOCK_N=bn,
+        BLOCK_D=GRAM_BLOCK_D,
+        ACC=tl_dtype(acc),
+        num_warps=GRAM_WARPS,
+        num_stages=GRAM_STAGES,
     )
     return grad_ada.reshape(ada.shape)
 

@@ -69,7 +69,7 @@ def _reference_grad(fn, inputs, grad_out):
     out = fn(*leaves)
     outs = out if isinstance(out, (list, tuple)) else [out]
     grads = grad_out if isinstance(grad_out, (list, tuple)) else [grad_out]
-    total = sum((o * g.double().cpu()).sum() for o, g in zip(outs, grads))
+    total = sum((o * g.double().cpu()).sum() for o, g in zip(outs, grads, strict=True))
     return out, torch.autograd.grad(total, leaves, allow_unused=True, materialize_grads=True)
 
 
@@ -100,7 +100,7 @@ def _dwt_reference(x, levels, mode, grads_out):
     leaf = x.detach().double().cpu().requires_grad_()
     yl, yh = R.haar_dwt2d(leaf, levels, mode)
     outs = [yl, *yh]
-    total = sum((o * g.double().cpu()).sum() for o, g in zip(outs, grads_out))
+    total = sum((o * g.double().cpu()).sum() for o, g in zip(outs, grads_out, strict=True))
     (grad,) = torch.autograd.grad(total, leaf)
     return outs, grad
 
@@ -115,7 +115,7 @@ def test_haar_dwt2d_one_level_matches_reference(device, dtype, mode, shape):
     outs = [yl, *yh]
     grads_out = [_upstream(o.shape, dtype, device, 3 + k) for k, o in enumerate(outs)]
     expected, expected_grad = _dwt_reference(x, 1, mode, grads_out)
-    for actual, truth in zip(outs, expected):
+    for actual, truth in zip(outs, expected, strict=True):
         assert actual.dtype == dtype
         assert_close(actual, truth, dtype)
     (grad,) = torch.autograd.grad(outs, x, grads_out)
@@ -131,7 +131,7 @@ def test_haar_dwt2d_levels_match_reference(device, mode, shape):
     outs = [yl, *yh]
     grads_out = [_upstream(o.shape, torch.float32, device, 6 + k) for k, o in enumerate(outs)]
     expected, expected_grad = _dwt_reference(x, 3, mode, grads_out)
-    for actual, truth in zip(outs, expected):
+    for actual, truth in zip(outs, expected, strict=True):
         assert_close(actual, truth, torch.float32)
     (grad,) = torch.autograd.grad(outs, x, grads_out)
     assert_close(grad, expected_grad, torch.float32)
@@ -165,7 +165,9 @@ def test_haar_idwt2d_matches_reference(device, dtype, image_shape, levels, missi
     coefficients = R.haar_dwt2d(randn(image_shape, 8, torch.float64), levels)
     yl = coefficients[0].to(device=device, dtype=dtype).requires_grad_()
     yh = [
-        None if j in missing else (b + 0.1 * randn(b.shape, 9 + j)).to(device=device, dtype=dtype).requires_grad_()
+        None
+        if j in missing
+        else (b + 0.1 * randn(b.shape, 9 + j)).to(device=device, dtype=dtype).requires_grad_()
         for j, b in enumerate(coefficients[1])
     ]
     x = D.haar_idwt2d(yl, yh, backend="triton")
@@ -174,7 +176,7 @@ def test_haar_idwt2d_matches_reference(device, dtype, image_shape, levels, missi
     assert x.shape == expected.shape and x.dtype == dtype
     assert_close(x, expected, dtype)
     leaves = [yl] + [b for b in yh if b is not None]
-    for grad, truth in zip(torch.autograd.grad(x, leaves, grad_out), expected_grads):
+    for grad, truth in zip(torch.autograd.grad(x, leaves, grad_out), expected_grads, strict=True):
         assert_close(grad, truth, dtype)
 
 
@@ -220,7 +222,7 @@ def _loss_reference(sample, eps_ada, weights, tau, reduction, grads_out):
     leaf = eps_ada.detach().double().cpu().requires_grad_()
     s = sample.to(device="cpu", dtype=torch.float64)
     out = R.ddpm_pa_loss(s.x_t, leaf, s.eps_src, s.noise, s.a_t, s.b_t, *weights, tau, reduction)
-    total = sum(o * g.double().cpu() for o, g in zip(out, grads_out))
+    total = sum(o * g.double().cpu() for o, g in zip(out, grads_out, strict=True))
     (grad,) = torch.autograd.grad(total, leaf)
     return out, grad
 
@@ -233,14 +235,22 @@ def test_ddpm_pa_loss_matches_reference(device, dtype, shape):
     eps_ada = sample.eps_ada.clone().requires_grad_()
     weights, tau, reduction = (4.0, 3.0, 2.0), 0.7, "batchmean"
     out = D.ddpm_pa_loss(
-        sample.x_t, eps_ada, sample.eps_src, sample.noise, sample.a_t, sample.b_t, *weights, tau, reduction,
+        sample.x_t,
+        eps_ada,
+        sample.eps_src,
+        sample.noise,
+        sample.a_t,
+        sample.b_t,
+        *weights,
+        tau,
+        reduction,
         backend="triton",
     )
     assert isinstance(out, D.DDPMPALossOutput)
     # A random upstream gradient on each of the five outputs, as when the terms are logged and weighted.
     grads_out = [_upstream((), dtype, device, 20 + k) for k in range(len(LOSS_TERMS))]
     expected, expected_grad = _loss_reference(sample, eps_ada, weights, tau, reduction, grads_out)
-    for name, actual, truth in zip(LOSS_TERMS, out, expected):
+    for name, actual, truth in zip(LOSS_TERMS, out, expected, strict=True):
         assert actual.dtype == dtype and actual.shape == (), name
         assert_close(actual, truth, dtype)
     (grad,) = torch.autograd.grad(list(out), eps_ada, grads_out)
@@ -251,7 +261,9 @@ def test_ddpm_pa_loss_matches_reference(device, dtype, shape):
 @pytest.mark.parametrize("reduction", ["mean", "sum"])
 @pytest.mark.parametrize("coef_shape", ["flat", "4d"])
 def test_ddpm_pa_loss_reductions_and_coefficient_shapes(device, reduction, coef_shape):
-    sample = make_loss_sample((3, 2, 7, 6), seed=13, dtype=torch.float32, device=device, coef_shape=coef_shape)
+    sample = make_loss_sample(
+        (3, 2, 7, 6), seed=13, dtype=torch.float32, device=device, coef_shape=coef_shape
+    )
     eps_ada = sample.eps_ada.clone().requires_grad_()
     weights = (4.0, 4.0, 1.0)
     out = D.DDPMPALoss(*weights, tau=1.0, reduction=reduction, backend="triton")(
@@ -259,7 +271,7 @@ def test_ddpm_pa_loss_reductions_and_coefficient_shapes(device, reduction, coef_
     )
     grads_out = [torch.tensor(1.0, device=device)] + [torch.tensor(0.0, device=device)] * 4
     expected, expected_grad = _loss_reference(sample, eps_ada, weights, 1.0, reduction, grads_out)
-    for actual, truth in zip(out, expected):
+    for actual, truth in zip(out, expected, strict=True):
         assert_close(actual, truth, torch.float32)
     (grad,) = torch.autograd.grad(out.loss, eps_ada)
     assert_close(grad, expected_grad, torch.float32)
@@ -272,7 +284,7 @@ def test_ddpm_pa_loss_grams_are_deterministic_and_correct(device):
     sample = make_loss_sample((4, 3, 17, 33), seed=14, dtype=torch.float32, device=device)
     first = _ops().ddpm_pa_loss(*sample.args(), 4.0, 4.0, 1.0, 1.0, "mean")
     second = _ops().ddpm_pa_loss(*sample.args(), 4.0, 4.0, 1.0, 1.0, "mean")
-    for a, b in zip(first, second):
+    for a, b in zip(first, second, strict=True):
         assert torch.equal(a, b)
     s = sample.to(device="cpu", dtype=torch.float64)
     a, b = s.a_t.view(-1, 1, 1, 1), s.b_t.view(-1, 1, 1, 1)
@@ -290,9 +302,11 @@ def test_ddpm_pa_loss_does_not_modify_inputs(device):
     sample = make_loss_sample((3, 2, 5, 6), seed=15, dtype=torch.float32, device=device)
     copies = [t.clone() for t in sample.args()]
     eps_ada = sample.eps_ada.requires_grad_()
-    out = D.ddpm_pa_loss(sample.x_t, eps_ada, sample.eps_src, sample.noise, sample.a_t, sample.b_t, backend="triton")
+    out = D.ddpm_pa_loss(
+        sample.x_t, eps_ada, sample.eps_src, sample.noise, sample.a_t, sample.b_t, backend="triton"
+    )
     out.loss.backward()
-    for before, after in zip(copies, sample.args()):
+    for before, after in zip(copies, sample.args(), strict=True):
         assert torch.equal(before, after.detach())
 
 
@@ -300,31 +314,44 @@ def test_ddpm_pa_loss_does_not_modify_inputs(device):
 # float64: gradcheck of every op, and torch.library.opcheck of the registered triton ops
 
 
+def _with_eps_ada(sample, eps_ada):
+    return (sample.x_t, eps_ada, sample.eps_src, sample.noise, sample.a_t, sample.b_t)
+
+
+def _flat_dwt(yl, yh):
+    return (yl, *yh)
+
+
 def _gradcheck_cases(device):
     x = randn((2, 2, 5, 6), 30, torch.float64, device)
     src, ada = similar_features((3, 10), 31, torch.float64, device)
     sample = make_loss_sample((3, 2, 4, 5), seed=32, device=device)
+    weights = (4.0, 3.0, 2.0, 0.7, "mean")
     yl, yh = R.haar_dwt2d(randn((2, 1, 5, 6), 33, torch.float64, device))
     return {
         "high_frequency": (lambda t: D.ddpm_pa_high_frequency(t, backend="triton"), x),
-        "haar_dwt2d": (lambda t: tuple([*(lambda r: [r[0], *r[1]])(D.haar_dwt2d(t, 2, "symmetric", backend="triton"))]), x),
+        "haar_dwt2d": (lambda t: _flat_dwt(*D.haar_dwt2d(t, 2, "symmetric", backend="triton")), x),
         "haar_idwt2d": (lambda t: D.haar_idwt2d(t, yh, backend="triton"), yl),
-        "pairwise_similarity_kl": (lambda t: D.pairwise_similarity_kl(src, t, 0.7, "none", backend="triton"), ada),
+        "pairwise_similarity_kl": (
+            lambda t: D.pairwise_similarity_kl(src, t, 0.7, "none", backend="triton"),
+            ada,
+        ),
         "ddpm_pa_loss": (
-            lambda t: tuple(
-                D.ddpm_pa_loss(sample.x_t, t, sample.eps_src, sample.noise, sample.a_t, sample.b_t,
-                               4.0, 3.0, 2.0, 0.7, "mean", backend="triton")
-            ),
+            lambda t: tuple(D.ddpm_pa_loss(*_with_eps_ada(sample, t), *weights, backend="triton")),
             sample.eps_ada,
         ),
     }
 
 
 @pytest.mark.parametrize("device", TRITON_DEVICES)
-@pytest.mark.parametrize("op", ["high_frequency", "haar_dwt2d", "haar_idwt2d", "pairwise_similarity_kl", "ddpm_pa_loss"])
+@pytest.mark.parametrize(
+    "op", ["high_frequency", "haar_dwt2d", "haar_idwt2d", "pairwise_similarity_kl", "ddpm_pa_loss"]
+)
 def test_gradcheck_float64(device, op):
     fn, x = _gradcheck_cases(device)[op]
-    assert torch.autograd.gradcheck(fn, (x.detach().clone().requires_grad_(),), eps=1e-6, atol=1e-7, rtol=1e-5)
+    assert torch.autograd.gradcheck(
+        fn, (x.detach().clone().requires_grad_(),), eps=1e-6, atol=1e-7, rtol=1e-5
+    )
 
 
 def _opcheck_samples(device):
@@ -343,16 +370,42 @@ def _opcheck_samples(device):
         (ops.haar_dwt2d_backward.default, (yl, yh, 5, 7, "periodization")),
         (ops.haar_idwt2d.default, (yl.requires_grad_(), yh.requires_grad_())),
         (ops.pairwise_similarity_kl.default, (src, ada.requires_grad_(), 0.7, "none")),
-        (ops.pairwise_similarity_kl_backward.default, (randn((), 45, torch.float32, device), ada, gram_src, gram_ada, 0.7, "sum")),
+        (
+            ops.pairwise_similarity_kl_backward.default,
+            (randn((), 45, torch.float32, device), ada, gram_src, gram_ada, 0.7, "sum"),
+        ),
         (
             ops.ddpm_pa_loss.default,
-            (sample.x_t, sample.eps_ada.requires_grad_(), sample.eps_src, sample.noise, sample.a_t, sample.b_t,
-             4.0, 3.0, 2.0, 0.7, "mean"),
+            (
+                sample.x_t,
+                sample.eps_ada.requires_grad_(),
+                sample.eps_src,
+                sample.noise,
+                sample.a_t,
+                sample.b_t,
+                4.0,
+                3.0,
+                2.0,
+                0.7,
+                "mean",
+            ),
         ),
         (
             ops.ddpm_pa_loss_backward.default,
-            (grad_terms, grams, sample.x_t, sample.eps_ada.detach(), sample.noise, sample.a_t, sample.b_t,
-             4.0, 3.0, 2.0, 0.7, "mean"),
+            (
+                grad_terms,
+                grams,
+                sample.x_t,
+                sample.eps_ada.detach(),
+                sample.noise,
+                sample.a_t,
+                sample.b_t,
+                4.0,
+                3.0,
+                2.0,
+                0.7,
+                "mean",
+            ),
         ),
     ]
 
@@ -423,5 +476,7 @@ def test_package_works_without_triton():
     )
     root = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
     env = dict(os.environ, PYTHONPATH=root + os.pathsep + os.environ.get("PYTHONPATH", ""))
-    result = subprocess.run([sys.executable, "-c", script], env=env, capture_output=True, text=True, timeout=120)
+    result = subprocess.run(
+        [sys.executable, "-c", script], env=env, capture_output=True, text=True, timeout=120
+    )
     assert result.returncode == 0, result.stderr
