@@ -191,6 +191,17 @@ def _idwt_reference(yl, *yh):
     return [reference.haar_idwt2d(yl, list(yh), DWT_MODE)]
 
 
+def reference_outputs(op: str, levels: int | None):
+    """The reference op as a provider function: positional arguments in, list of outputs out."""
+    if op == "ddpm_pa_loss":
+        return _loss_reference
+    if op == "haar_dwt2d":
+        return _dwt_reference(levels)
+    if op == "haar_idwt2d":
+        return _idwt_reference
+    return _list_output(getattr(reference, op))
+
+
 def build_cases(ops, quick: bool) -> list[Case]:
     image_sizes = QUICK_IMAGE_SIZES if quick else IMAGE_SIZES
     dwt_sizes = QUICK_DWT_SIZES if quick else DWT_SIZES
@@ -199,36 +210,35 @@ def build_cases(ops, quick: bool) -> list[Case]:
         if op == "ddpm_pa_loss":
             for shape in image_sizes:
                 cases.append(Case(
-                    op, size_label(shape), functools.partial(loss_inputs, shape), _loss_reference,
+                    op, size_label(shape), functools.partial(loss_inputs, shape), reference_outputs(op, None),
                     functools.partial(loss_traffic, shape), differentiable=[True, False, False, False, False],
+                    outputs_are_loss_terms=True,
                 ))
         elif op == "ddpm_pa_high_frequency":
             for shape in image_sizes:
                 cases.append(Case(
                     op, size_label(shape), functools.partial(image_inputs, shape),
-                    _list_output(reference.ddpm_pa_high_frequency),
-                    functools.partial(high_frequency_traffic, shape),
+                    reference_outputs(op, None), functools.partial(high_frequency_traffic, shape),
                 ))
         elif op == "pairwise_similarity_kl":
             for shape in image_sizes:
                 cases.append(Case(
                     op, size_label(shape), functools.partial(feature_inputs, shape),
-                    _list_output(reference.pairwise_similarity_kl),
-                    functools.partial(pairwise_traffic, shape),
+                    reference_outputs(op, None), functools.partial(pairwise_traffic, shape),
                 ))
         elif op == "haar_dwt2d":
             for shape in dwt_sizes:
                 for levels in DWT_LEVELS:
                     cases.append(Case(
                         op, size_label(shape, levels), functools.partial(image_inputs, shape),
-                        _dwt_reference(levels), functools.partial(dwt_traffic, shape, levels),
+                        reference_outputs(op, levels), functools.partial(dwt_traffic, shape, levels),
                     ))
         elif op == "haar_idwt2d":
             for shape in dwt_sizes:
                 for levels in DWT_LEVELS:
                     cases.append(Case(
                         op, size_label(shape, levels), functools.partial(coefficient_inputs, shape, levels),
-                        _idwt_reference, functools.partial(idwt_traffic, shape, levels),
+                        reference_outputs(op, levels), functools.partial(idwt_traffic, shape, levels),
                     ))
         else:
             raise ValueError(f"--ops: unknown op {op!r}; expected some of {', '.join(OPS)}")
@@ -302,20 +312,15 @@ def providers_for(case: Case, device: str, dtype: torch.dtype, selected) -> list
     """Every provider of the case's op, in table order; filtered by --providers ('ours' = our backends)."""
     op, levels = case.op, case_levels(case)
     providers = [_ours(op, backend, device, levels) for backend in OUR_BACKENDS[torch.device(device).type]]
-    reference_fn = {
-        "ddpm_pa_loss": _loss_reference,
-        "haar_dwt2d": _dwt_reference(levels) if levels else None,
-        "haar_idwt2d": _idwt_reference,
-    }.get(op) or _list_output(getattr(reference, op))
-    providers.append(Provider("torch", reference_fn))
+    providers.append(Provider("torch", reference_outputs(op, levels)))
     providers.append(_compile_provider(op, levels))
     providers.append(_authors_provider(op))
     if op == "ddpm_pa_high_frequency":
-        providers += peers.high_frequency_providers(device, dtype)
+        providers += peers.high_frequency_providers()
     elif op == "haar_dwt2d":
-        providers += peers.dwt_providers(levels, device, dtype)
+        providers += peers.dwt_providers(levels)
     elif op == "haar_idwt2d":
-        providers += peers.idwt_providers(levels, device, dtype)
+        providers += peers.idwt_providers(levels)
     ours = set(OUR_BACKENDS[torch.device(device).type])
     return [p for p in providers if p.name in selected or ("ours" in selected and p.name in ours)]
 
@@ -335,7 +340,8 @@ def package_version() -> str:
     return f"{ddpm_pa_fast.__version__}+g{commit}" if commit else ddpm_pa_fast.__version__
 
 
-def run(args) -> list:
+def run(args):
+    """Every case and provider; returns the rows and the measured bandwidth."""
     device, dtype = args.device, getattr(torch, args.dtype)
     config = (
         TimingConfig(warmup=1, min_repeats=3, max_repeats=20, min_time=0.05, slow_repeats=2,

@@ -6,13 +6,15 @@ high-frequency map is then band3 - band1 - band2, computed here from each librar
 - pytorch_wavelets: DWTForward/DWTInverse, yl and yh = [(N, C, 3, h, w)] finest first: ours;
 - ptwt: wavedec2/waverec2, [cA, (cH, cV, cD) coarsest, ..., finest], bands as separate tensors;
 - haar-pytorch: HaarForward/HaarInverse, one level, [ll, band1, band2, band3] concatenated on channels.
-Output layouts are converted for the correctness check only (untimed). Input layouts are converted inside
+pytorch_wavelets' modules are built once per device and dtype, outside the timed calls. Output layouts
+are converted for the correctness check only (untimed). Input layouts are converted inside
 the timed call where the library needs it (ptwt: unbinding views; haar-pytorch: a concatenation), as a
 user holding our layout would have to.
 """
 
 from __future__ import annotations
 
+import functools
 import importlib
 
 import torch
@@ -30,21 +32,28 @@ def _import_reason(module: str) -> str | None:
     return None
 
 
+@functools.cache
+def _wavelets_module(kind: str, levels: int, device: torch.device, dtype: torch.dtype):
+    """pytorch_wavelets' DWTForward (kind 'forward') or DWTInverse, built once per device and dtype."""
+    from pytorch_wavelets import DWTForward, DWTInverse
+
+    module = DWTForward(J=levels, wave="haar", mode="zero") if kind == "forward" else DWTInverse(
+        wave="haar", mode="zero"
+    )
+    return module.to(device=device, dtype=dtype)
+
+
 def _detail_sum(band1: torch.Tensor, band2: torch.Tensor, band3: torch.Tensor) -> torch.Tensor:
     return band3 - band1 - band2
 
 
-def high_frequency_providers(device: str, dtype: torch.dtype) -> list[Provider]:
+def high_frequency_providers() -> list[Provider]:
     """DDPM-PA's high-frequency map from each library's one-level bands."""
     providers = []
     reason = _import_reason("pytorch_wavelets")
     if reason is None:
-        from pytorch_wavelets import DWTForward
-
-        dwt = DWTForward(J=1, wave="haar", mode="zero").to(device=device, dtype=dtype)
-
         def pytorch_wavelets_hf(x):
-            yh = dwt(x)[1][0]
+            yh = _wavelets_module("forward", 1, x.device, x.dtype)(x)[1][0]
             return [_detail_sum(yh[:, :, 0], yh[:, :, 1], yh[:, :, 2])]
 
         providers.append(Provider("pytorch_wavelets", pytorch_wavelets_hf))
@@ -83,17 +92,13 @@ def _one_level_only(levels: int) -> str | None:
     return None if levels == 1 else f"unsupported: haar_pytorch has one level, not {levels}"
 
 
-def dwt_providers(levels: int, device: str, dtype: torch.dtype) -> list[Provider]:
+def dwt_providers(levels: int) -> list[Provider]:
     """Forward DWT, mode 'zero'; native outputs [yl, yh_1, ..., yh_J] or the library's own list."""
     providers = []
     reason = _import_reason("pytorch_wavelets")
     if reason is None:
-        from pytorch_wavelets import DWTForward
-
-        dwt = DWTForward(J=levels, wave="haar", mode="zero").to(device=device, dtype=dtype)
-
         def pytorch_wavelets_dwt(x):
-            yl, yh = dwt(x)
+            yl, yh = _wavelets_module("forward", levels, x.device, x.dtype)(x)
             return [yl, *yh]
 
         providers.append(Provider("pytorch_wavelets", pytorch_wavelets_dwt))
@@ -144,17 +149,13 @@ def dwt_providers(levels: int, device: str, dtype: torch.dtype) -> list[Provider
     return providers
 
 
-def idwt_providers(levels: int, device: str, dtype: torch.dtype) -> list[Provider]:
+def idwt_providers(levels: int) -> list[Provider]:
     """Inverse DWT from our layout (yl, yh_1, ..., yh_J), mode 'zero'; one output tensor."""
     providers = []
     reason = _import_reason("pytorch_wavelets")
     if reason is None:
-        from pytorch_wavelets import DWTInverse
-
-        idwt = DWTInverse(wave="haar", mode="zero").to(device=device, dtype=dtype)
-
         def pytorch_wavelets_idwt(yl, *yh):
-            return [idwt((yl, list(yh)))]
+            return [_wavelets_module("inverse", 0, yl.device, yl.dtype)((yl, list(yh)))]
 
         providers.append(Provider("pytorch_wavelets", pytorch_wavelets_idwt))
     else:

@@ -116,7 +116,9 @@ def markdown_tables(rows: list[Row], device: str) -> list[str]:
                 last = per_pass.get(passes[-1])
                 peak = None if last is None else last.peak_extra_bytes
                 cells.append("" if peak is None else f"{peak / 2**20:.1f}")
-                cells.append(statuses[0].replace("|", "/") if statuses else "ok")
+                checked = next((r.checked for r in per_pass.values() if r.checked), "")
+                status = statuses[0].replace("|", "/") if statuses else "ok"
+                cells.append(f"{status} (checked: {checked})" if checked and not statuses else status)
                 lines.append("| " + " | ".join(cells) + " |")
             for i, p in enumerate(passes):
                 r = next((x for x in op_rows if x.size == size and x.pass_ == p), any_row)
@@ -205,8 +207,8 @@ def write_markdown(path: str, rows: list[Row], bandwidth: Bandwidth, args) -> No
         "- peak extra MiB: bytes allocated during one call above those allocated before it (CPU:",
         "  torch.profiler memory events; CUDA: max_memory_allocated), including outputs and tensors saved",
         "  for backward.",
-        "- status: ok, or why a provider has no numbers (unavailable, unsupported, skipped, wrong, oom,",
-        "  error).",
+        "- status: ok (with the dtypes it was checked in against the float64 reference), or why a provider",
+        "  has no numbers (unavailable, unsupported, skipped, wrong, oom, error).",
         "",
         REGENERATE,
         *(targets_table(rows) if args.device == "cpu" else []),

@@ -79,10 +79,27 @@ def test_harness_accepts_and_times_the_reference_in_float32():
     rows = _measure(_case("pairwise_similarity_kl"), provider, passes=("fwd", "bwd", "fwd+bwd"), memory=True)
     for r in rows:
         assert r.status == "ok", r.status
+        assert r.checked == "float64 + float32"
         assert 0 < r.q20_ms <= r.median_ms <= r.q80_ms
         assert r.bound_ms > 0 and r.x_bound == pytest.approx(r.median_ms / r.bound_ms)
         # The forward's outputs and saved tensors are at least the (N, N - 1) similarity matrices.
         assert r.peak_extra_bytes > 0
+
+
+def test_a_provider_without_float64_is_checked_in_the_benchmarked_dtype_only():
+    def float32_only(x):
+        if x.dtype == torch.float64:
+            raise TypeError("float64 is not supported")
+        return [reference.ddpm_pa_high_frequency(x)]
+
+    def float32_only_and_wrong(x):
+        return [2 * y for y in float32_only(x)]
+
+    case = _case("ddpm_pa_high_frequency")
+    rows = _measure(case, Provider("f32", float32_only))
+    assert (rows[0].status, rows[0].checked) == ("ok", "not float64 (TypeError) + float32")
+    rows = _measure(case, Provider("f32-wrong", float32_only_and_wrong))
+    assert rows[0].status.startswith("wrong: float32 output 0")
 
 
 def test_unavailable_failing_and_out_of_memory_providers_become_rows():
@@ -141,7 +158,7 @@ def test_authors_pair_kl_and_high_frequency_equal_the_reference_in_float64():
 
 @pytest.mark.parametrize("peer", peers.PEERS)
 def test_peer_high_frequency_maps_equal_ours(peer):
-    provider = next(p for p in peers.high_frequency_providers("cpu", torch.float64) if p.name == peer)
+    provider = next(p for p in peers.high_frequency_providers() if p.name == peer)
     assert provider.unavailable is None, provider.unavailable
     x = torch.randn(3, 2, 8, 10, dtype=torch.float64)
     # pytorch_wavelets rounds its filters to float32.
@@ -158,8 +175,8 @@ def test_peer_dwt_providers_pass_the_gate_in_float64(levels):
         "haar_idwt2d", case.size, functools.partial(bench_ops.coefficient_inputs, (2, 2, 16, 16), levels),
         bench_ops._idwt_reference, functools.partial(bench_ops.idwt_traffic, (2, 2, 16, 16), levels),
     )
-    for c, providers in ((case, peers.dwt_providers(levels, "cpu", torch.float64)),
-                         (inverse, peers.idwt_providers(levels, "cpu", torch.float64))):
+    for c, providers in ((case, peers.dwt_providers(levels)),
+                         (inverse, peers.idwt_providers(levels))):
         for provider in providers:
             rows = _measure(c, provider, dtype=torch.float64, passes=("fwd",))
             expected = "ok" if provider.name != "haar_pytorch" or levels == 1 else "unsupported:"
