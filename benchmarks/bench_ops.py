@@ -308,7 +308,7 @@ def _authors_provider(op: str) -> Provider:
     return Provider("authors", unavailable="unsupported: the authors' code has no general DWT")
 
 
-def providers_for(case: Case, device: str, dtype: torch.dtype, selected) -> list[Provider]:
+def providers_for(case: Case, device: str, selected) -> list[Provider]:
     """Every provider of the case's op, in table order; filtered by --providers ('ours' = our backends)."""
     op, levels = case.op, case_levels(case)
     providers = [_ours(op, backend, device, levels) for backend in OUR_BACKENDS[torch.device(device).type]]
@@ -355,7 +355,7 @@ def run(args):
     rows = []
     for case in build_cases(args.ops, args.quick):
         expected = reference_expectation(case, dtype)
-        for provider in providers_for(case, device, dtype, selected):
+        for provider in providers_for(case, device, selected):
             print(f"{case.op} {case.size} {provider.name} ...", file=sys.stderr, flush=True)
             rows += measure(case, provider, expected, dtype, device, config, bandwidth,
                             passes=args.passes, memory=not args.no_memory, package_version=version)

@@ -24,7 +24,7 @@ from benchmarks.harness import (
     reference_expectation,
     write_csv,
 )
-from ddpm_pa_fast import reference
+from ddpm_pa_fast import BackendUnavailableError, reference
 from tests.common import assert_close, make_loss_sample, similar_features
 
 FAST = TimingConfig(warmup=1, min_repeats=2, max_repeats=3, min_time=0.0, slow_repeats=1)
@@ -119,12 +119,22 @@ def test_unavailable_failing_and_out_of_memory_providers_become_rows():
     assert rows[0].status == "oom"
 
 
-def test_our_backends_that_are_not_built_are_reported_not_raised():
+@pytest.mark.parametrize(
+    "error",
+    [BackendUnavailableError("backend 'cpu' is not available: not built"), ImportError("no triton_ops")],
+    ids=["not-built", "module-missing"],
+)
+def test_our_backends_that_cannot_run_are_reported_not_raised(monkeypatch, error):
+    def resolve_backend(name, device):
+        raise error
+
+    monkeypatch.setattr(bench_ops, "resolve_backend", resolve_backend)
     case = _case("ddpm_pa_loss")
-    providers = bench_ops.providers_for(case, "cpu", torch.float32, {"ours", "torch"})
+    providers = bench_ops.providers_for(case, "cpu", {"ours", "torch"})
     assert [p.name for p in providers] == ["cpu", "torch"]
-    cpu = providers[0]
-    assert cpu.unavailable is None or cpu.unavailable.startswith("unavailable:")
+    assert providers[0].unavailable == f"unavailable: {error}"
+    rows = _measure(case, providers[0], passes=("fwd", "bwd"))
+    assert [r.status for r in rows] == [f"unavailable: {error}"] * 2
 
 
 def test_authors_loss_equals_the_reference_in_float64_forward_and_backward():
