@@ -232,3 +232,14 @@ def test_on_paper_table(tmp_path):
     text = (tmp_path / "gpu_on_paper.md").read_text()
     # N=8, 3x256x256 fused loss forward in float32: 4 x 6 MiB = 24 MiB; at 3.35 TB/s that is 7.5 us.
     assert "| ddpm_pa_loss | 8x3x256x256 | fwd | 24.0 | 7.5 | 5.2 |" in text
+
+
+def test_plot_draws_from_the_csv(tmp_path):
+    from benchmarks import plot
+
+    case = _case("ddpm_pa_high_frequency")
+    rows = _measure(case, Provider("torch", bench_ops._list_output(reference.ddpm_pa_high_frequency)),
+                    passes=("fwd+bwd",))
+    write_csv(rows, str(tmp_path / "cpu.csv"))
+    plot.main([str(tmp_path / "cpu.csv")])
+    assert (tmp_path / "cpu.png").stat().st_size > 1000
