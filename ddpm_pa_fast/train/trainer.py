@@ -123,6 +123,17 @@ def _world() -> tuple[int, int, int]:
     return 0, 0, 1
 
 
+def _numpy_state_to_plain(state):
+    # Checkpoints load with weights_only=True, which refuses numpy arrays; a tensor and ints pass.
+    name, keys, pos, has_gauss, cached = state
+    return [name, torch.from_numpy(keys.astype(np.int64)), int(pos), int(has_gauss), float(cached)]
+
+
+def _numpy_state_from_plain(state):
+    name, keys, pos, has_gauss, cached = state
+    return name, keys.numpy().astype(np.uint32), pos, has_gauss, cached
+
+
 class Trainer:
     """Adapts the source model in config.model_dir to the images in config.data_dir. See the module doc."""
 
@@ -277,7 +288,7 @@ class Trainer:
         state = {
             "torch": torch.get_rng_state(),
             "python": random.getstate(),
-            "numpy": np.random.get_state(),
+            "numpy": _numpy_state_to_plain(np.random.get_state()),
             "noise_generator": self.noise_generator.get_state(),
             "pair_generator": self.pair_generator.get_state(),
             "batches": self.batches.state_dict(),
@@ -289,7 +300,7 @@ class Trainer:
     def _set_rng_state(self, state: dict) -> None:
         torch.set_rng_state(state["torch"])
         random.setstate(state["python"])
-        np.random.set_state(state["numpy"])
+        np.random.set_state(_numpy_state_from_plain(state["numpy"]))
         self.noise_generator.set_state(state["noise_generator"])
         self.pair_generator.set_state(state["pair_generator"])
         self.batches.load_state_dict(state["batches"])

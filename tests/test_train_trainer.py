@@ -1,0 +1,174 @@
+"""The trainer: the loss it optimises, frozen source, precisions, checkpoints and exact resume."""
+
+import dataclasses
+
+import pytest
+import torch
+
+pytest.importorskip("diffusers")
+
+from ddpm_pa_fast import reference as R  # noqa: E402
+from ddpm_pa_fast.train import checkpoint as C  # noqa: E402
+from ddpm_pa_fast.train import trainer as T  # noqa: E402
+from tests.test_train_common import tiny_config  # noqa: E402
+
+
+def _params(module):
+    return [p.detach().clone() for p in module.parameters()]
+
+
+def test_loss_is_the_authors_total_full_batch_mse_and_subset_pairs(tmp_path):
+    torch.manual_seed(0)
+    config = tiny_config(tmp_path, batch_size=5, pair_size=3, w_pair=2.0, w_hf_pair=3.0, w_hf_mse=0.5)
+    trainer = T.Trainer(config)
+    g = torch.Generator().manual_seed(5)
+    n = 5
+    x0 = torch.rand(n, 3, 8, 8, generator=g) * 2 - 1
+    noise, eps_src = torch.randn(n, 3, 8, 8, generator=g), torch.randn(n, 3, 8, 8, generator=g)
+    t = torch.tensor([3, 50, 99, 0, 20])
+    x_t = trainer.schedule.q_sample(x0, t, noise)
+    eps_ada = (noise + 0.3 * torch.randn(n, 3, 8, 8, generator=g)).requires_grad_(True)
+    pair_state = trainer.pair_generator.get_state()
+    terms = trainer._loss(x0, x_t, t, noise, eps_ada, eps_src, eps_ada)
+    (grad,) = torch.autograd.grad(terms["loss"], eps_ada)
+
+    subset = torch.randperm(n, generator=torch.Generator().set_state(pair_state))[:3]
+    a, b = (c.double().reshape(-1, 1, 1, 1) for c in trainer.schedule.x0_coefficients(t))
+    e = eps_ada.detach().double().requires_grad_(True)
+    x_t64, noise64, src64 = x_t.double(), noise.double(), eps_src.double()
+    x0_ada, x0_tgt, x0_src = a * x_t64 - b * e, a * x_t64 - b * noise64, a * x_t64 - b * src64
+    hf = R.ddpm_pa_high_frequency
+    expected = (
+        (noise64 - e).square().mean()
+        + 0.5 * (hf(x0_ada) - hf(x0_tgt)).square().mean()
+        + 2.0 * R.pairwise_similarity_kl(x0_src[subset], x0_ada[subset])
+        + 3.0 * R.pairwise_similarity_kl(hf(x0_src[subset]), hf(x0_ada[subset]))
+    )
+    (expected_grad,) = torch.autograd.grad(expected, e)
+    torch.testing.assert_close(terms["loss"].double(), expected, rtol=1e-5, atol=1e-6)
+    torch.testing.assert_close(grad.double(), expected_grad, rtol=1e-4, atol=1e-8)
+    torch.testing.assert_close(terms["mse"].double(), (noise64 - e).square().mean().detach(), rtol=1e-5, atol=0)
+
+
+def test_source_stays_frozen_and_outside_the_optimizer(tmp_path):
+    trainer = T.Trainer(tiny_config(tmp_path, steps=2))
+    before = _params(trainer.source)
+    trainer.train()
+    assert not trainer.source.training
+    assert all(not p.requires_grad for p in trainer.source.parameters())
+    assert all(torch.equal(a, b) for a, b in zip(before, trainer.source.parameters()))
+    optimized = {id(p) for group in trainer.optimizer.param_groups for p in group["params"]}
+    assert not optimized & {id(p) for p in trainer.source.parameters()}
+    assert any(not torch.equal(a, b) for a, b in zip(before, trainer.adapted.parameters()))
+
+
+def test_nvtx_ranges_of_a_step(tmp_path, monkeypatch):
+    names = []
+    real = T.annotate
+    monkeypatch.setattr(T, "annotate", lambda name: (names.append(name), real(name))[1])
+    T.Trainer(tiny_config(tmp_path, steps=1)).train()
+    assert names == ["train/source_forward", "train/adapted_forward", "train/loss", "train/backward",
+                     "train/optimizer_step"]
+
+
+@pytest.mark.parametrize("precision", ["fp16", "bf16"])
+def test_mixed_precision_keeps_fp32_master_weights(tmp_path, precision):
+    trainer = T.Trainer(tiny_config(tmp_path, precision=precision, steps=2))
+    summary = trainer.train()
+    assert all(torch.isfinite(torch.tensor(v)) for v in summary["final_terms"].values())
+    assert all(p.dtype == torch.float32 for p in trainer.adapted.parameters())
+    assert trainer.scaler.is_enabled() == (precision == "fp16")
+
+
+def test_learned_variance_model_adds_vlb(tmp_path):
+    trainer = T.Trainer(tiny_config(tmp_path, learned_variance=True, steps=2))
+    assert trainer.learned_variance
+    summary = trainer.train()
+    assert "vlb" in summary["final_terms"] and summary["final_terms"]["vlb"] > 0
+
+
+def test_finetune_method_runs_without_source_forward(tmp_path, monkeypatch):
+    trainer = T.Trainer(tiny_config(tmp_path, method="finetune", steps=2))
+    monkeypatch.setattr(trainer, "source_forward", None)
+    summary = trainer.train()
+    assert set(summary["final_terms"]) == {"mse", "loss"}
+
+
+def _all_state(trainer):
+    return _params(trainer.adapted), trainer.ema.shadow, trainer.optimizer.state_dict()["state"]
+
+
+def test_resume_is_bit_for_bit(tmp_path):
+    straight = T.Trainer(tiny_config(tmp_path, steps=6, output_dir=str(tmp_path / "a")))
+    straight.train()
+    first = T.Trainer(tiny_config(tmp_path, steps=3, checkpoint_every=3, output_dir=str(tmp_path / "b")))
+    first.train()
+    resumed = T.Trainer(tiny_config(tmp_path, steps=6, output_dir=str(tmp_path / "b"),
+                                    resume=str(tmp_path / "b" / "checkpoints")))
+    assert resumed.step == 3
+    resumed.train()
+    params_a, ema_a, opt_a = _all_state(straight)
+    params_b, ema_b, opt_b = _all_state(resumed)
+    assert all(torch.equal(x, y) for x, y in zip(params_a, params_b))
+    assert all(torch.equal(x, y) for x, y in zip(ema_a, ema_b))
+    assert all(torch.equal(opt_a[k]["exp_avg"], opt_b[k]["exp_avg"]) for k in opt_a)
+    assert straight.pair_generator.get_state().equal(resumed.pair_generator.get_state())
+
+
+def test_checkpoints_rotate_and_hold_the_full_state(tmp_path):
+    trainer = T.Trainer(tiny_config(tmp_path, steps=4, checkpoint_every=1, keep_checkpoints=2))
+    trainer.train()
+    files = C.list_checkpoints(tmp_path / "out" / "checkpoints")
+    assert [f.name for f in files] == ["checkpoint-00000003.pt", "checkpoint-00000004.pt"]
+    assert not list((tmp_path / "out" / "checkpoints").glob("*.tmp"))
+    state = C.load_checkpoint(files[-1])
+    assert state["step"] == 4 and set(C.REQUIRED_KEYS) <= set(state)
+    assert {"noise_generator", "pair_generator", "batches", "torch"} <= set(state["rng"][0])
+    assert not any(k.startswith(("_orig_mod.", "module.")) for k in state["model"])
+
+
+def test_compile_prefixes_are_stripped():
+    state = {"_orig_mod.conv.weight": 1, "module._orig_mod.out.bias": 2, "plain": 3}
+    assert C.clean_state_dict(state) == {"conv.weight": 1, "out.bias": 2, "plain": 3}
+
+
+def test_corrupt_checkpoint_is_reported_not_loaded(tmp_path):
+    trainer = T.Trainer(tiny_config(tmp_path, steps=2, checkpoint_every=2))
+    trainer.train()
+    path = C.list_checkpoints(tmp_path / "out" / "checkpoints")[-1]
+    data = path.read_bytes()
+    path.write_bytes(data[: len(data) // 2])
+    with pytest.raises(C.CheckpointError, match="corrupt"):
+        T.Trainer(tiny_config(tmp_path, steps=4, resume=str(path)))
+    torch.save({"step": 1}, path)
+    with pytest.raises(C.CheckpointError, match="incomplete"):
+        C.load_checkpoint(path)
+    with pytest.raises(C.CheckpointError, match="does not exist"):
+        C.load_checkpoint(tmp_path / "nope.pt")
+
+
+def test_samples_and_saved_model(tmp_path):
+    trainer = T.Trainer(tiny_config(tmp_path, steps=2, sample_every=2, save_model=True))
+    trainer.train()
+    assert (tmp_path / "out" / "samples" / "step-00000002.png").is_file()
+    from ddpm_pa_fast.train.sampling import load_model_folder
+
+    unet, _ = load_model_folder(tmp_path / "out" / "model")
+    for saved, shadow in zip(unet.parameters(), trainer.ema.shadow):
+        assert torch.equal(saved, shadow)
+
+
+@pytest.mark.parametrize(
+    "overrides, match",
+    [
+        (dict(pair_size=5, batch_size=4), "--pair-size"),
+        (dict(pair_size=1), "--pair-size"),
+        (dict(method="gan"), "--method"),
+        (dict(precision="fp8"), "--precision"),
+        (dict(steps=0), "--steps"),
+        (dict(ema_decay=1.0), "--ema-decay"),
+    ],
+)
+def test_bad_settings_are_named(tmp_path, overrides, match):
+    with pytest.raises(T.ConfigError, match=match):
+        T.Trainer(dataclasses.replace(tiny_config(tmp_path), **overrides))
