@@ -24,6 +24,20 @@
 #define DDPM_PA_PRAGMA(...) _Pragma(#__VA_ARGS__)
 #define DDPM_PA_SIMD DDPM_PA_PRAGMA(omp simd)
 
+// The build targets baseline x86-64 (SSE2, no FMA) so the wheel runs anywhere. The hot loops are
+// compiled twice more, for x86-64-v3 (AVX2 + FMA) and x86-64-v4 (AVX-512), and the loader picks the
+// best the CPU supports. Bodies they call are DDPM_PA_ALWAYS_INLINE so they are compiled per clone.
+#if defined(__x86_64__) && defined(__GNUC__) && !defined(__clang__) && defined(__linux__)
+#define DDPM_PA_MULTIVERSION __attribute__((target_clones("arch=x86-64-v4", "arch=x86-64-v3", "default")))
+#else
+#define DDPM_PA_MULTIVERSION
+#endif
+#if defined(__GNUC__)
+#define DDPM_PA_ALWAYS_INLINE __attribute__((always_inline)) inline
+#else
+#define DDPM_PA_ALWAYS_INLINE inline
+#endif
+
 namespace ddpm_pa {
 namespace cpu {
 
@@ -111,42 +125,50 @@ inline void sum_partials_in_order(const std::vector<double>& partials, int64_t c
 }
 
 template <typename T>
-inline T dot(const T* DDPM_PA_RESTRICT x, const T* DDPM_PA_RESTRICT y, int64_t len) {
+DDPM_PA_ALWAYS_INLINE T dot(const T* DDPM_PA_RESTRICT x, const T* DDPM_PA_RESTRICT y, int64_t len) {
   T s = T(0);
-DDPM_PA_PRAGMA(omp simd reduction(+ : s))
+  DDPM_PA_PRAGMA(omp simd reduction(+ : s))
   for (int64_t e = 0; e < len; ++e) s += x[e] * y[e];
   return s;
 }
 
 // gram[i][j] += <row_i, row_j> (j >= i only) for n rows of len values, row k at rows + k * stride.
-// The dot of one block runs in acc_t (vectorised); blocks are summed in double.
+// The length is walked in slices whose n rows fit in L1; each slice's dots run in acc_t (vectorised)
+// into `tile`, and the block's sums are added to the double gram.
 template <typename acc_t>
-void add_block_gram(const acc_t* rows, int64_t n, int64_t stride, int64_t len, double* gram) {
-  for (int64_t i = 0; i < n; ++i) {
-    const acc_t* ri = rows + i * stride;
-    int64_t j = i;
-    // Four dots per pass reuse each load of row i; each dot's value is that of dot() on its own.
-    for (; j + 4 <= n; j += 4) {
-      const acc_t* r0 = rows + j * stride;
-      const acc_t* r1 = r0 + stride;
-      const acc_t* r2 = r1 + stride;
-      const acc_t* r3 = r2 + stride;
-      acc_t s0 = 0, s1 = 0, s2 = 0, s3 = 0;
-DDPM_PA_PRAGMA(omp simd reduction(+ : s0, s1, s2, s3))
-      for (int64_t e = 0; e < len; ++e) {
-        const acc_t v = ri[e];
-        s0 += v * r0[e];
-        s1 += v * r1[e];
-        s2 += v * r2[e];
-        s3 += v * r3[e];
+DDPM_PA_ALWAYS_INLINE void add_block_gram_impl(const acc_t* rows, int64_t n, int64_t stride, int64_t len,
+                                               double* gram) {
+  const int64_t slice = std::max<int64_t>(64, (16384 / static_cast<int64_t>(sizeof(acc_t))) / n / 16 * 16);
+  std::vector<acc_t> tile(n * n, acc_t(0));
+  for (int64_t e0 = 0; e0 < len; e0 += slice) {
+    const int64_t count = std::min(slice, len - e0);
+    for (int64_t i = 0; i < n; ++i) {
+      const acc_t* DDPM_PA_RESTRICT ri = rows + i * stride + e0;
+      int64_t j = i;
+      // Four dots per pass reuse each load of row i.
+      for (; j + 4 <= n; j += 4) {
+        const acc_t* DDPM_PA_RESTRICT r0 = rows + j * stride + e0;
+        const acc_t* DDPM_PA_RESTRICT r1 = r0 + stride;
+        const acc_t* DDPM_PA_RESTRICT r2 = r1 + stride;
+        const acc_t* DDPM_PA_RESTRICT r3 = r2 + stride;
+        acc_t s0 = 0, s1 = 0, s2 = 0, s3 = 0;
+        DDPM_PA_PRAGMA(omp simd reduction(+ : s0, s1, s2, s3))
+        for (int64_t e = 0; e < count; ++e) {
+          const acc_t v = ri[e];
+          s0 += v * r0[e];
+          s1 += v * r1[e];
+          s2 += v * r2[e];
+          s3 += v * r3[e];
+        }
+        tile[i * n + j] += s0;
+        tile[i * n + j + 1] += s1;
+        tile[i * n + j + 2] += s2;
+        tile[i * n + j + 3] += s3;
       }
-      gram[i * n + j] += s0;
-      gram[i * n + j + 1] += s1;
-      gram[i * n + j + 2] += s2;
-      gram[i * n + j + 3] += s3;
+      for (; j < n; ++j) tile[i * n + j] += dot(ri, rows + j * stride + e0, count);
     }
-    for (; j < n; ++j) gram[i * n + j] += dot(ri, rows + j * stride, len);
   }
+  for (int64_t k = 0; k < n * n; ++k) gram[k] += static_cast<double>(tile[k]);
 }
 
 // The full symmetric Gram matrix from its accumulated upper triangle, in the output dtype.
@@ -163,19 +185,27 @@ void store_symmetric(const double* upper, int64_t n, acc_t* out) {
 // out[i][e] = sum_k m[i][k] rows[k][e] for n rows of len values; row k of rows at rows + k * stride,
 // row i of out at out + i * out_stride.
 template <typename acc_t>
-void apply_matrix_block(const acc_t* m, int64_t n, const acc_t* rows, int64_t stride, int64_t len,
-                        acc_t* DDPM_PA_RESTRICT out, int64_t out_stride) {
+DDPM_PA_ALWAYS_INLINE void apply_matrix_block_impl(const acc_t* m, int64_t n, const acc_t* rows, int64_t stride,
+                                                   int64_t len, acc_t* out, int64_t out_stride) {
   for (int64_t i = 0; i < n; ++i) {
     acc_t* DDPM_PA_RESTRICT o = out + i * out_stride;
     std::fill(o, o + len, acc_t(0));
     for (int64_t k = 0; k < n; ++k) {
       const acc_t w = m[i * n + k];
       const acc_t* DDPM_PA_RESTRICT r = rows + k * stride;
-DDPM_PA_SIMD
+      DDPM_PA_SIMD
       for (int64_t e = 0; e < len; ++e) o[e] += w * r[e];
     }
   }
 }
+
+// Multiversioned entry points (csrc/cpu/blocked_linear_algebra_cpu.cpp).
+void add_block_gram(const float* rows, int64_t n, int64_t stride, int64_t len, double* gram);
+void add_block_gram(const double* rows, int64_t n, int64_t stride, int64_t len, double* gram);
+void apply_matrix_block(const float* m, int64_t n, const float* rows, int64_t stride, int64_t len, float* out,
+                        int64_t out_stride);
+void apply_matrix_block(const double* m, int64_t n, const double* rows, int64_t stride, int64_t len, double* out,
+                        int64_t out_stride);
 
 // Per-row KL(P_src || P_ada) of the similarity softmaxes, from the two Gram matrices.
 template <typename acc_t>

@@ -17,7 +17,6 @@
 
 namespace ddpm_pa {
 namespace cpu {
-namespace {
 
 // The geometry of the blocked walk over one sample's (C, H, W) values.
 struct LossLayout {
@@ -45,6 +44,213 @@ struct LossLayout {
   int64_t unit_offset(int64_t u) const { return (u / row_pairs) * height * width + 2 * (u % row_pairs) * width; }
   int64_t unit_rows(int64_t u) const { return 2 * (u % row_pairs) + 1 < height ? 2 : 1; }
 };
+
+
+template <typename scalar_t>
+struct LossInputs {
+  const scalar_t* x_t;
+  const scalar_t* eps_ada;
+  const scalar_t* eps_src;  // unused by the backward
+  const scalar_t* noise;
+  const acc_type<scalar_t>* coef_a;
+  const acc_type<scalar_t>* coef_b;
+};
+
+// What the backward multiplies by: the two N x N similarity-gradient matrices and the mse factors.
+template <typename acc_t>
+struct BackwardFactors {
+  const acc_t* m_img;
+  const acc_t* m_hf;
+  acc_t mse;  // c_mse 2 / numel
+  acc_t hf;   // c_hf 2 / numel_hf
+};
+
+// Units [unit_begin, unit_end) of the forward: adds the chunk's four Gram upper triangles and two
+// squared-error sums to `partial` (layout: 4 N^2 values, then the two sums).
+template <typename scalar_t>
+DDPM_PA_ALWAYS_INLINE void loss_forward_chunk_impl(const LossLayout& layout, const LossInputs<scalar_t>& in,
+                                                   int64_t unit_begin, int64_t unit_end, double* partial) {
+  using acc_t = acc_type<scalar_t>;
+  const int64_t n = layout.n, width = layout.width, half_width = layout.half_width, nn = n * n;
+  const int64_t lmax = layout.values_per_block, hmax = layout.hf_values_per_block;
+  const scalar_t* xt = in.x_t;
+  const scalar_t* ea = in.eps_ada;
+  const scalar_t* es = in.eps_src;
+  const scalar_t* nz = in.noise;
+  const acc_t* coef_a = in.coef_a;
+  const acc_t* coef_b = in.coef_b;
+  std::vector<acc_t> x0_src(n * lmax), x0_ada(n * lmax), hf_src(n * hmax), hf_ada(n * hmax), diff(2 * width);
+  for (int64_t u0 = unit_begin; u0 < unit_end; u0 += layout.units_per_block) {
+    const int64_t u1 = std::min(unit_end, u0 + layout.units_per_block);
+    int64_t len = 0, hf_len = 0;
+    for (int64_t i = 0; i < n; ++i) {
+      const acc_t a = coef_a[i], b = coef_b[i];
+      acc_t* s_row = x0_src.data() + i * lmax;
+      acc_t* a_row = x0_ada.data() + i * lmax;
+      acc_t* hs_row = hf_src.data() + i * hmax;
+      acc_t* ha_row = hf_ada.data() + i * hmax;
+      acc_t sq = 0, hf_sq = 0;
+      int64_t pos = 0, hpos = 0;
+      for (int64_t u = u0; u < u1; ++u) {
+        const int64_t base = i * layout.sample_values() + layout.unit_offset(u);
+        const int64_t rows = layout.unit_rows(u);
+        for (int64_t row = 0; row < rows; ++row) {
+          const int64_t off = base + row * width;
+          const scalar_t* DDPM_PA_RESTRICT xr = xt + off;
+          const scalar_t* DDPM_PA_RESTRICT ear = ea + off;
+          const scalar_t* DDPM_PA_RESTRICT esr = es + off;
+          const scalar_t* DDPM_PA_RESTRICT nzr = nz + off;
+          acc_t* DDPM_PA_RESTRICT s_out = s_row + pos + row * width;
+          acc_t* DDPM_PA_RESTRICT a_out = a_row + pos + row * width;
+          acc_t* DDPM_PA_RESTRICT d_out = diff.data() + row * width;
+          DDPM_PA_PRAGMA(omp simd reduction(+ : sq))
+          for (int64_t w = 0; w < width; ++w) {
+            const acc_t x = xr[w], e = ear[w];
+            s_out[w] = predict_x0<acc_t>(a, x, b, esr[w]);
+            a_out[w] = predict_x0<acc_t>(a, x, b, e);
+            const acc_t dv = e - static_cast<acc_t>(nzr[w]);
+            d_out[w] = dv;
+            sq += dv * dv;
+          }
+        }
+        if (rows == 2) {
+          const acc_t* DDPM_PA_RESTRICT st = s_row + pos;
+          const acc_t* DDPM_PA_RESTRICT sb = st + width;
+          const acc_t* DDPM_PA_RESTRICT at = a_row + pos;
+          const acc_t* DDPM_PA_RESTRICT ab = at + width;
+          const acc_t* DDPM_PA_RESTRICT dt = diff.data();
+          const acc_t* DDPM_PA_RESTRICT db = dt + width;
+          acc_t* DDPM_PA_RESTRICT hs = hs_row + hpos;
+          acc_t* DDPM_PA_RESTRICT ha = ha_row + hpos;
+          DDPM_PA_PRAGMA(omp simd reduction(+ : hf_sq))
+          for (int64_t j = 0; j < half_width; ++j) {
+            hs[j] = high_frequency(st[2 * j], st[2 * j + 1], sb[2 * j], sb[2 * j + 1]);
+            ha[j] = high_frequency(at[2 * j], at[2 * j + 1], ab[2 * j], ab[2 * j + 1]);
+            const acc_t hd = high_frequency(dt[2 * j], dt[2 * j + 1], db[2 * j], db[2 * j + 1]);
+            hf_sq += hd * hd;
+          }
+          hpos += half_width;
+        }
+        pos += rows * width;
+      }
+      len = pos;
+      hf_len = hpos;
+      partial[4 * nn] += static_cast<double>(sq);
+      partial[4 * nn + 1] += static_cast<double>(b) * static_cast<double>(b) * static_cast<double>(hf_sq);
+    }
+    add_block_gram_impl(x0_src.data(), n, lmax, len, partial);
+    add_block_gram_impl(x0_ada.data(), n, lmax, len, partial + nn);
+    add_block_gram_impl(hf_src.data(), n, hmax, hf_len, partial + 2 * nn);
+    add_block_gram_impl(hf_ada.data(), n, hmax, hf_len, partial + 3 * nn);
+  }
+}
+
+// Units [unit_begin, unit_end) of the backward: writes grad_eps_ada there.
+template <typename scalar_t>
+DDPM_PA_ALWAYS_INLINE void loss_backward_chunk_impl(const LossLayout& layout, const LossInputs<scalar_t>& in,
+                                                    const BackwardFactors<acc_type<scalar_t>>& factors, int64_t unit_begin,
+                                                    int64_t unit_end, scalar_t* out) {
+  using acc_t = acc_type<scalar_t>;
+  const int64_t n = layout.n, width = layout.width, half_width = layout.half_width;
+  const int64_t lmax = layout.values_per_block, hmax = layout.hf_values_per_block;
+  const scalar_t* xt = in.x_t;
+  const scalar_t* ea = in.eps_ada;
+  const scalar_t* nz = in.noise;
+  const acc_t* coef_a = in.coef_a;
+  const acc_t* coef_b = in.coef_b;
+  std::vector<acc_t> x0_ada(n * lmax), diff(n * lmax), pair_img(n * lmax);
+  std::vector<acc_t> hf_ada(n * hmax), hf_diff(n * hmax), pair_hf(n * hmax), grad_rows(2 * width);
+  for (int64_t u0 = unit_begin; u0 < unit_end; u0 += layout.units_per_block) {
+    const int64_t u1 = std::min(unit_end, u0 + layout.units_per_block);
+    int64_t len = 0, hf_len = 0;
+    for (int64_t i = 0; i < n; ++i) {
+      const acc_t a = coef_a[i], b = coef_b[i];
+      int64_t pos = 0, hpos = 0;
+      for (int64_t u = u0; u < u1; ++u) {
+        const int64_t base = i * layout.sample_values() + layout.unit_offset(u);
+        const int64_t rows = layout.unit_rows(u);
+        const int64_t count = rows * width;
+        const scalar_t* DDPM_PA_RESTRICT xr = xt + base;
+        const scalar_t* DDPM_PA_RESTRICT ear = ea + base;
+        const scalar_t* DDPM_PA_RESTRICT nzr = nz + base;
+        acc_t* DDPM_PA_RESTRICT x0 = x0_ada.data() + i * lmax + pos;
+        acc_t* DDPM_PA_RESTRICT d = diff.data() + i * lmax + pos;
+        DDPM_PA_SIMD
+        for (int64_t k = 0; k < count; ++k) {
+          const acc_t e = ear[k];
+          x0[k] = predict_x0<acc_t>(a, xr[k], b, e);
+          d[k] = e - static_cast<acc_t>(nzr[k]);
+        }
+        if (rows == 2) {
+          acc_t* DDPM_PA_RESTRICT hx = hf_ada.data() + i * hmax + hpos;
+          acc_t* DDPM_PA_RESTRICT hd = hf_diff.data() + i * hmax + hpos;
+          DDPM_PA_SIMD
+          for (int64_t j = 0; j < half_width; ++j) {
+            hx[j] = high_frequency(x0[2 * j], x0[2 * j + 1], x0[width + 2 * j], x0[width + 2 * j + 1]);
+            hd[j] = high_frequency(d[2 * j], d[2 * j + 1], d[width + 2 * j], d[width + 2 * j + 1]);
+          }
+          hpos += half_width;
+        }
+        pos += count;
+      }
+      len = pos;
+      hf_len = hpos;
+    }
+    apply_matrix_block_impl(factors.m_img, n, x0_ada.data(), lmax, len, pair_img.data(), lmax);
+    apply_matrix_block_impl(factors.m_hf, n, hf_ada.data(), hmax, hf_len, pair_hf.data(), hmax);
+    for (int64_t i = 0; i < n; ++i) {
+      const acc_t b = coef_b[i], k_hf_b = factors.hf * b * b;
+      int64_t pos = 0, hpos = 0;
+      for (int64_t u = u0; u < u1; ++u) {
+        const int64_t base = i * layout.sample_values() + layout.unit_offset(u);
+        const int64_t rows = layout.unit_rows(u);
+        const int64_t count = rows * width;
+        const acc_t* DDPM_PA_RESTRICT d = diff.data() + i * lmax + pos;
+        const acc_t* DDPM_PA_RESTRICT p = pair_img.data() + i * lmax + pos;
+        acc_t* DDPM_PA_RESTRICT gr = grad_rows.data();
+        DDPM_PA_SIMD
+        for (int64_t k = 0; k < count; ++k) gr[k] = factors.mse * d[k] - b * p[k];
+        if (rows == 2) {
+          const acc_t* DDPM_PA_RESTRICT hd = hf_diff.data() + i * hmax + hpos;
+          const acc_t* DDPM_PA_RESTRICT ph = pair_hf.data() + i * hmax + hpos;
+          DDPM_PA_SIMD
+          for (int64_t j = 0; j < half_width; ++j) {
+            acc_t ga, gb, gc, gd;
+            high_frequency_adjoint<acc_t>(k_hf_b * hd[j] - b * ph[j], ga, gb, gc, gd);
+            gr[2 * j] += ga;
+            gr[2 * j + 1] += gb;
+            gr[width + 2 * j] += gc;
+            gr[width + 2 * j + 1] += gd;
+          }
+          hpos += half_width;
+        }
+        scalar_t* DDPM_PA_RESTRICT o = out + base;
+        DDPM_PA_SIMD
+        for (int64_t k = 0; k < count; ++k) o[k] = static_cast<scalar_t>(gr[k]);
+        pos += count;
+      }
+    }
+  }
+}
+
+// One compiled copy per dtype and instruction set (see DDPM_PA_MULTIVERSION).
+#define DDPM_PA_LOSS_CHUNKS(scalar_t)                                                                          \
+  DDPM_PA_MULTIVERSION void loss_forward_chunk(const LossLayout& layout, const LossInputs<scalar_t>& in,      \
+                                               int64_t unit_begin, int64_t unit_end, double* partial) {      \
+    loss_forward_chunk_impl(layout, in, unit_begin, unit_end, partial);                                      \
+  }                                                                                                          \
+  DDPM_PA_MULTIVERSION void loss_backward_chunk(const LossLayout& layout, const LossInputs<scalar_t>& in,     \
+                                                const BackwardFactors<acc_type<scalar_t>>& factors,          \
+                                                int64_t unit_begin, int64_t unit_end, scalar_t* out) {       \
+    loss_backward_chunk_impl(layout, in, factors, unit_begin, unit_end, out);                                      \
+  }
+DDPM_PA_LOSS_CHUNKS(float)
+DDPM_PA_LOSS_CHUNKS(double)
+DDPM_PA_LOSS_CHUNKS(c10::Half)
+DDPM_PA_LOSS_CHUNKS(c10::BFloat16)
+#undef DDPM_PA_LOSS_CHUNKS
+
+namespace {
 
 void check_loss_args(const at::Tensor& x_t, const at::Tensor& eps_ada, const at::Tensor& noise, const at::Tensor& a_t,
                      const at::Tensor& b_t, double tau) {
@@ -101,74 +307,10 @@ std::tuple<at::Tensor, at::Tensor, at::Tensor, at::Tensor, at::Tensor, at::Tenso
     const int64_t width_partial = 4 * nn + 2;
     const FixedPartition partition(layout.units, layout.units_per_block);
     std::vector<double> partials(partition.count * width_partial, 0.0);
-    const int64_t lmax = layout.values_per_block, hmax = layout.hf_values_per_block;
 
+    const LossInputs<scalar_t> in{xt, ea, es, nz, coef_a, coef_b};
     parallel_for_chunks(partition, [&](int64_t chunk, int64_t unit_begin, int64_t unit_end) {
-      double* partial = partials.data() + chunk * width_partial;
-      std::vector<acc_t> x0_src(n * lmax), x0_ada(n * lmax), hf_src(n * hmax), hf_ada(n * hmax), diff(2 * width);
-      for (int64_t u0 = unit_begin; u0 < unit_end; u0 += layout.units_per_block) {
-        const int64_t u1 = std::min(unit_end, u0 + layout.units_per_block);
-        int64_t len = 0, hf_len = 0;
-        for (int64_t i = 0; i < n; ++i) {
-          const acc_t a = coef_a[i], b = coef_b[i];
-          acc_t* s_row = x0_src.data() + i * lmax;
-          acc_t* a_row = x0_ada.data() + i * lmax;
-          acc_t* hs_row = hf_src.data() + i * hmax;
-          acc_t* ha_row = hf_ada.data() + i * hmax;
-          acc_t sq = 0, hf_sq = 0;
-          int64_t pos = 0, hpos = 0;
-          for (int64_t u = u0; u < u1; ++u) {
-            const int64_t base = i * layout.sample_values() + layout.unit_offset(u);
-            const int64_t rows = layout.unit_rows(u);
-            for (int64_t row = 0; row < rows; ++row) {
-              const int64_t off = base + row * width;
-              const scalar_t* DDPM_PA_RESTRICT xr = xt + off;
-              const scalar_t* DDPM_PA_RESTRICT ear = ea + off;
-              const scalar_t* DDPM_PA_RESTRICT esr = es + off;
-              const scalar_t* DDPM_PA_RESTRICT nzr = nz + off;
-              acc_t* DDPM_PA_RESTRICT s_out = s_row + pos + row * width;
-              acc_t* DDPM_PA_RESTRICT a_out = a_row + pos + row * width;
-              acc_t* DDPM_PA_RESTRICT d_out = diff.data() + row * width;
-DDPM_PA_PRAGMA(omp simd reduction(+ : sq))
-              for (int64_t w = 0; w < width; ++w) {
-                const acc_t x = xr[w], e = ear[w];
-                s_out[w] = predict_x0<acc_t>(a, x, b, esr[w]);
-                a_out[w] = predict_x0<acc_t>(a, x, b, e);
-                const acc_t dv = e - static_cast<acc_t>(nzr[w]);
-                d_out[w] = dv;
-                sq += dv * dv;
-              }
-            }
-            if (rows == 2) {
-              const acc_t* DDPM_PA_RESTRICT st = s_row + pos;
-              const acc_t* DDPM_PA_RESTRICT sb = st + width;
-              const acc_t* DDPM_PA_RESTRICT at = a_row + pos;
-              const acc_t* DDPM_PA_RESTRICT ab = at + width;
-              const acc_t* DDPM_PA_RESTRICT dt = diff.data();
-              const acc_t* DDPM_PA_RESTRICT db = dt + width;
-              acc_t* DDPM_PA_RESTRICT hs = hs_row + hpos;
-              acc_t* DDPM_PA_RESTRICT ha = ha_row + hpos;
-DDPM_PA_PRAGMA(omp simd reduction(+ : hf_sq))
-              for (int64_t j = 0; j < half_width; ++j) {
-                hs[j] = high_frequency(st[2 * j], st[2 * j + 1], sb[2 * j], sb[2 * j + 1]);
-                ha[j] = high_frequency(at[2 * j], at[2 * j + 1], ab[2 * j], ab[2 * j + 1]);
-                const acc_t hd = high_frequency(dt[2 * j], dt[2 * j + 1], db[2 * j], db[2 * j + 1]);
-                hf_sq += hd * hd;
-              }
-              hpos += half_width;
-            }
-            pos += rows * width;
-          }
-          len = pos;
-          hf_len = hpos;
-          partial[4 * nn] += static_cast<double>(sq);
-          partial[4 * nn + 1] += static_cast<double>(b) * static_cast<double>(b) * static_cast<double>(hf_sq);
-        }
-        add_block_gram(x0_src.data(), n, lmax, len, partial);
-        add_block_gram(x0_ada.data(), n, lmax, len, partial + nn);
-        add_block_gram(hf_src.data(), n, hmax, hf_len, partial + 2 * nn);
-        add_block_gram(hf_ada.data(), n, hmax, hf_len, partial + 3 * nn);
-      }
+      loss_forward_chunk(layout, in, unit_begin, unit_end, partials.data() + chunk * width_partial);
     });
 
     std::vector<double> total(width_partial);
@@ -231,83 +373,12 @@ at::Tensor ddpm_pa_loss_backward_cpu(const at::Tensor& grad_terms, const at::Ten
     const acc_t* coef_a = a_c.const_data_ptr<acc_t>();
     const acc_t* coef_b = b_c.const_data_ptr<acc_t>();
     scalar_t* out = grad.mutable_data_ptr<scalar_t>();
-    const int64_t lmax = layout.values_per_block, hmax = layout.hf_values_per_block;
     const FixedPartition partition(layout.units, layout.units_per_block);
 
+    const LossInputs<scalar_t> in{xt, ea, nullptr, nz, coef_a, coef_b};
+    const BackwardFactors<acc_t> factors{m_img.data(), m_hf.data(), k_mse, k_hf};
     parallel_for_chunks(partition, [&](int64_t, int64_t unit_begin, int64_t unit_end) {
-      std::vector<acc_t> x0_ada(n * lmax), diff(n * lmax), pair_img(n * lmax);
-      std::vector<acc_t> hf_ada(n * hmax), hf_diff(n * hmax), pair_hf(n * hmax), grad_rows(2 * width);
-      for (int64_t u0 = unit_begin; u0 < unit_end; u0 += layout.units_per_block) {
-        const int64_t u1 = std::min(unit_end, u0 + layout.units_per_block);
-        int64_t len = 0, hf_len = 0;
-        for (int64_t i = 0; i < n; ++i) {
-          const acc_t a = coef_a[i], b = coef_b[i];
-          int64_t pos = 0, hpos = 0;
-          for (int64_t u = u0; u < u1; ++u) {
-            const int64_t base = i * layout.sample_values() + layout.unit_offset(u);
-            const int64_t rows = layout.unit_rows(u);
-            const int64_t count = rows * width;
-            const scalar_t* DDPM_PA_RESTRICT xr = xt + base;
-            const scalar_t* DDPM_PA_RESTRICT ear = ea + base;
-            const scalar_t* DDPM_PA_RESTRICT nzr = nz + base;
-            acc_t* DDPM_PA_RESTRICT x0 = x0_ada.data() + i * lmax + pos;
-            acc_t* DDPM_PA_RESTRICT d = diff.data() + i * lmax + pos;
-DDPM_PA_SIMD
-            for (int64_t k = 0; k < count; ++k) {
-              const acc_t e = ear[k];
-              x0[k] = predict_x0<acc_t>(a, xr[k], b, e);
-              d[k] = e - static_cast<acc_t>(nzr[k]);
-            }
-            if (rows == 2) {
-              acc_t* DDPM_PA_RESTRICT hx = hf_ada.data() + i * hmax + hpos;
-              acc_t* DDPM_PA_RESTRICT hd = hf_diff.data() + i * hmax + hpos;
-DDPM_PA_SIMD
-              for (int64_t j = 0; j < half_width; ++j) {
-                hx[j] = high_frequency(x0[2 * j], x0[2 * j + 1], x0[width + 2 * j], x0[width + 2 * j + 1]);
-                hd[j] = high_frequency(d[2 * j], d[2 * j + 1], d[width + 2 * j], d[width + 2 * j + 1]);
-              }
-              hpos += half_width;
-            }
-            pos += count;
-          }
-          len = pos;
-          hf_len = hpos;
-        }
-        apply_matrix_block(m_img.data(), n, x0_ada.data(), lmax, len, pair_img.data(), lmax);
-        apply_matrix_block(m_hf.data(), n, hf_ada.data(), hmax, hf_len, pair_hf.data(), hmax);
-        for (int64_t i = 0; i < n; ++i) {
-          const acc_t b = coef_b[i], k_hf_b = k_hf * b * b;
-          int64_t pos = 0, hpos = 0;
-          for (int64_t u = u0; u < u1; ++u) {
-            const int64_t base = i * layout.sample_values() + layout.unit_offset(u);
-            const int64_t rows = layout.unit_rows(u);
-            const int64_t count = rows * width;
-            const acc_t* DDPM_PA_RESTRICT d = diff.data() + i * lmax + pos;
-            const acc_t* DDPM_PA_RESTRICT p = pair_img.data() + i * lmax + pos;
-            acc_t* DDPM_PA_RESTRICT gr = grad_rows.data();
-DDPM_PA_SIMD
-            for (int64_t k = 0; k < count; ++k) gr[k] = k_mse * d[k] - b * p[k];
-            if (rows == 2) {
-              const acc_t* DDPM_PA_RESTRICT hd = hf_diff.data() + i * hmax + hpos;
-              const acc_t* DDPM_PA_RESTRICT ph = pair_hf.data() + i * hmax + hpos;
-DDPM_PA_SIMD
-              for (int64_t j = 0; j < half_width; ++j) {
-                acc_t ga, gb, gc, gd;
-                high_frequency_adjoint<acc_t>(k_hf_b * hd[j] - b * ph[j], ga, gb, gc, gd);
-                gr[2 * j] += ga;
-                gr[2 * j + 1] += gb;
-                gr[width + 2 * j] += gc;
-                gr[width + 2 * j + 1] += gd;
-              }
-              hpos += half_width;
-            }
-            scalar_t* DDPM_PA_RESTRICT o = out + base;
-DDPM_PA_SIMD
-            for (int64_t k = 0; k < count; ++k) o[k] = static_cast<scalar_t>(gr[k]);
-            pos += count;
-          }
-        }
-      }
+      loss_backward_chunk(layout, in, factors, unit_begin, unit_end, out);
     });
   });
   return grad;

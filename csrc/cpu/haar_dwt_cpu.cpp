@@ -37,7 +37,7 @@ std::tuple<at::Tensor, at::Tensor> haar_dwt2d_cpu(const at::Tensor& x, c10::stri
         scalar_t* DDPM_PA_RESTRICT b1 = bands_out + (plane * 3 * h + i) * w;
         scalar_t* DDPM_PA_RESTRICT b2 = b1 + h * w;
         scalar_t* DDPM_PA_RESTRICT b3 = b2 + h * w;
-DDPM_PA_SIMD
+        DDPM_PA_SIMD
         for (int64_t j = 0; j < full_w; ++j) {
           acc_t v0, v1, v2, v3;
           haar_analysis<acc_t>(top[2 * j], top[2 * j + 1], bottom[2 * j], bottom[2 * j + 1], v0, v1, v2, v3);
@@ -97,7 +97,7 @@ at::Tensor haar_dwt2d_backward_cpu(const at::Tensor& grad_yl, const at::Tensor& 
         const scalar_t* DDPM_PA_RESTRICT b2 = b1 + h * w;
         const scalar_t* DDPM_PA_RESTRICT b3 = b2 + h * w;
         if (has_bottom) {
-DDPM_PA_SIMD
+          DDPM_PA_SIMD
           for (int64_t j = 0; j < full_w; ++j) {
             acc_t ga, gb, gc, gd;
             haar_synthesis<acc_t>(ll[j], b1[j], b2[j], b3[j], ga, gb, gc, gd);
@@ -107,7 +107,7 @@ DDPM_PA_SIMD
             bottom[2 * j + 1] = static_cast<scalar_t>(gd);
           }
         } else {
-DDPM_PA_SIMD
+          DDPM_PA_SIMD
           for (int64_t j = 0; j < full_w; ++j) {
             acc_t ga, gb, gc, gd;
             haar_synthesis<acc_t>(ll[j], b1[j], b2[j], b3[j], ga, gb, gc, gd);
@@ -159,7 +159,7 @@ at::Tensor haar_idwt2d_cpu(const at::Tensor& yl, const at::Tensor& yh) {
         const scalar_t* DDPM_PA_RESTRICT b1 = bands_all + (plane * 3 * h + i) * w;
         const scalar_t* DDPM_PA_RESTRICT b2 = b1 + h * w;
         const scalar_t* DDPM_PA_RESTRICT b3 = b2 + h * w;
-DDPM_PA_SIMD
+        DDPM_PA_SIMD
         for (int64_t j = 0; j < w; ++j) {
           acc_t a, b, c, d;
           haar_synthesis<acc_t>(ll[j], b1[j], b2[j], b3[j], a, b, c, d);

@@ -27,7 +27,7 @@ at::Tensor high_frequency_cpu(const at::Tensor& x) {
         const scalar_t* DDPM_PA_RESTRICT top = in + (r / h) * height * width + 2 * (r % h) * width;
         const scalar_t* DDPM_PA_RESTRICT bottom = top + width;
         scalar_t* DDPM_PA_RESTRICT dst = hf + r * w;
-DDPM_PA_SIMD
+        DDPM_PA_SIMD
         for (int64_t j = 0; j < w; ++j) {
           dst[j] = static_cast<scalar_t>(high_frequency<acc_t>(top[2 * j], top[2 * j + 1], bottom[2 * j],
                                                                bottom[2 * j + 1]));
@@ -63,7 +63,7 @@ at::Tensor high_frequency_backward_cpu(const at::Tensor& grad_hf, int64_t height
         }
         scalar_t* DDPM_PA_RESTRICT bottom = top + width;
         const scalar_t* DDPM_PA_RESTRICT src = g + (plane * h + i) * w;
-DDPM_PA_SIMD
+        DDPM_PA_SIMD
         for (int64_t j = 0; j < w; ++j) {
           acc_t ga, gb, gc, gd;
           high_frequency_adjoint<acc_t>(src[j], ga, gb, gc, gd);

@@ -25,7 +25,7 @@ const acc_t* block_rows(const scalar_t* data, int64_t n, int64_t d, int64_t begi
     for (int64_t i = 0; i < n; ++i) {
       const scalar_t* DDPM_PA_RESTRICT src = data + i * d + begin;
       acc_t* DDPM_PA_RESTRICT dst = buffer.data() + i * len;
-DDPM_PA_SIMD
+      DDPM_PA_SIMD
       for (int64_t e = 0; e < len; ++e) dst[e] = static_cast<acc_t>(src[e]);
     }
     stride = len;
@@ -142,7 +142,7 @@ at::Tensor pairwise_similarity_kl_backward_cpu(const at::Tensor& grad_loss, cons
           for (int64_t i = 0; i < n; ++i) {
             const acc_t* DDPM_PA_RESTRICT src = out_buffer.data() + i * len;
             scalar_t* DDPM_PA_RESTRICT dst = out + i * d + b;
-DDPM_PA_SIMD
+            DDPM_PA_SIMD
             for (int64_t k = 0; k < len; ++k) dst[k] = static_cast<scalar_t>(src[k]);
           }
         }

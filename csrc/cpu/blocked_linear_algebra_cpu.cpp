@@ -1,0 +1,27 @@
+// The compute-bound loops of the Gram and matrix-apply passes, compiled per instruction set
+// (DDPM_PA_MULTIVERSION): one definition of the maths in cpu_kernel_utils.h, several machine codes.
+#include "cpu_kernel_utils.h"
+
+namespace ddpm_pa {
+namespace cpu {
+
+DDPM_PA_MULTIVERSION void add_block_gram(const float* rows, int64_t n, int64_t stride, int64_t len, double* gram) {
+  add_block_gram_impl(rows, n, stride, len, gram);
+}
+
+DDPM_PA_MULTIVERSION void add_block_gram(const double* rows, int64_t n, int64_t stride, int64_t len, double* gram) {
+  add_block_gram_impl(rows, n, stride, len, gram);
+}
+
+DDPM_PA_MULTIVERSION void apply_matrix_block(const float* m, int64_t n, const float* rows, int64_t stride, int64_t len,
+                                             float* out, int64_t out_stride) {
+  apply_matrix_block_impl(m, n, rows, stride, len, out, out_stride);
+}
+
+DDPM_PA_MULTIVERSION void apply_matrix_block(const double* m, int64_t n, const double* rows, int64_t stride,
+                                             int64_t len, double* out, int64_t out_stride) {
+  apply_matrix_block_impl(m, n, rows, stride, len, out, out_stride);
+}
+
+}  // namespace cpu
+}  // namespace ddpm_pa
