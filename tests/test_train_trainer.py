@@ -17,9 +17,11 @@ def _params(module):
     return [p.detach().clone() for p in module.parameters()]
 
 
-def test_loss_is_the_authors_total_full_batch_mse_and_subset_pairs(tmp_path):
+@pytest.mark.parametrize("backend", ["torch", "auto"])
+def test_loss_is_the_authors_total_full_batch_mse_and_subset_pairs(tmp_path, backend):
     torch.manual_seed(0)
-    config = tiny_config(tmp_path, batch_size=5, pair_size=3, w_pair=2.0, w_hf_pair=3.0, w_hf_mse=0.5)
+    config = tiny_config(tmp_path, batch_size=5, pair_size=3, w_pair=2.0, w_hf_pair=3.0, w_hf_mse=0.5,
+                         backend=backend)
     trainer = T.Trainer(config)
     g = torch.Generator().manual_seed(5)
     n = 5
@@ -172,3 +174,11 @@ def test_samples_and_saved_model(tmp_path):
 def test_bad_settings_are_named(tmp_path, overrides, match):
     with pytest.raises(T.ConfigError, match=match):
         T.Trainer(dataclasses.replace(tiny_config(tmp_path), **overrides))
+
+
+def test_half_precision_source_keeps_the_adapted_model_fp32(tmp_path):
+    trainer = T.Trainer(tiny_config(tmp_path, source_precision="bf16", steps=2))
+    assert all(p.dtype == torch.bfloat16 for p in trainer.source.parameters())
+    assert all(p.dtype == torch.float32 for p in trainer.adapted.parameters())
+    summary = trainer.train()
+    assert all(torch.isfinite(torch.tensor(v)) for v in summary["final_terms"].values())

@@ -41,6 +41,8 @@ def _add_training_options(p: argparse.ArgumentParser, demo: bool = False) -> Non
     g = p.add_argument_group("execution")
     g.add_argument("--precision", default=defaults["precision"], choices=tuple(PRECISIONS),
                    help="fp16: autocast + GradScaler with fp32 master weights")
+    g.add_argument("--source-precision", default="same", choices=("same", "fp16", "bf16"),
+                   help="run the frozen source in half precision (same: follow --precision)")
     g.add_argument("--compile", action="store_true", help="torch.compile the source and adapted models")
     g.add_argument("--device", default=defaults["device"], help="cpu, cuda, cuda:N (default %(default)s)")
     g.add_argument("--sample-steps", type=int, default=defaults["sample_steps"], help="DDIM steps when sampling")
