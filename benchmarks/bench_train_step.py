@@ -1,6 +1,7 @@
 """Time of one training step: DDPM-PA against plain fine-tuning of the same model, side by side.
 
-    python benchmarks/bench_train_step.py [--rounds 10] [--threads 2] [--compile] [--out benchmarks/results/train_step.md]
+    python benchmarks/bench_train_step.py [--rounds 10] [--threads 2] [--compile]
+        [--out benchmarks/results/train_step.md]
 
 Setting of the issue's figures: a 6.5 M-parameter UNet2DModel (block_out_channels (64, 128, 128), two
 layers per block, attention at the lowest resolution), batch 8x3x32x32, fp32, AdamW, on CPU. Cases,
@@ -52,7 +53,9 @@ def make_setting(folder: Path, batch: int) -> tuple[str, str]:
 
     torch.manual_seed(0)
     unet = UNet2DModel(
-        sample_size=32, block_out_channels=(64, 128, 128), layers_per_block=2,
+        sample_size=32,
+        block_out_channels=(64, 128, 128),
+        layers_per_block=2,
         down_block_types=("DownBlock2D", "DownBlock2D", "AttnDownBlock2D"),
         up_block_types=("AttnUpBlock2D", "UpBlock2D", "UpBlock2D"),
     )
@@ -76,12 +79,16 @@ def machine() -> str:
     except OSError:
         pass
     load = os.getloadavg() if hasattr(os, "getloadavg") else ("?",) * 3
-    return (f"{cpu}, {os.cpu_count()} logical cores, torch {torch.__version__}, "
-            f"{torch.get_num_threads()} threads, load average at start {load[0]:.2f}")
+    return (
+        f"{cpu}, {os.cpu_count()} logical cores, torch {torch.__version__}, "
+        f"{torch.get_num_threads()} threads, load average at start {load[0]:.2f}"
+    )
 
 
 def main(argv=None) -> None:
-    parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
+    parser = argparse.ArgumentParser(
+        description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter
+    )
     parser.add_argument("--rounds", type=int, default=10, help="timed steps per case")
     parser.add_argument("--warmup", type=int, default=2)
     parser.add_argument("--batch", type=int, default=8)
@@ -94,16 +101,28 @@ def main(argv=None) -> None:
 
     with tempfile.TemporaryDirectory() as tmp:
         model_dir, data_dir = make_setting(Path(tmp), args.batch)
-        base = TrainConfig(model_dir, data_dir, str(Path(tmp) / "out"), batch_size=args.batch, progress=False,
-                           save_model=False, compile=args.compile, steps=10**9)
+        base = TrainConfig(
+            model_dir,
+            data_dir,
+            str(Path(tmp) / "out"),
+            batch_size=args.batch,
+            progress=False,
+            save_model=False,
+            compile=args.compile,
+            steps=10**9,
+        )
         cases = {
             "finetune": Trainer(dataclasses.replace(base, method="finetune")),
-            "authors' way (source with grad, train mode; unfused loss)":
-                AuthorsWayTrainer(dataclasses.replace(base, backend="torch")),
-            "frozen source + unfused loss (backend torch)": Trainer(dataclasses.replace(base, backend="torch")),
+            "authors' way (source with grad, train mode; unfused loss)": AuthorsWayTrainer(
+                dataclasses.replace(base, backend="torch")
+            ),
+            "frozen source + unfused loss (backend torch)": Trainer(
+                dataclasses.replace(base, backend="torch")
+            ),
             "frozen source + fused loss (backend auto)": Trainer(dataclasses.replace(base, backend="auto")),
-            "frozen bf16 source + fused loss (backend auto)":
-                Trainer(dataclasses.replace(base, backend="auto", source_precision="bf16")),
+            "frozen bf16 source + fused loss (backend auto)": Trainer(
+                dataclasses.replace(base, backend="auto", source_precision="bf16")
+            ),
         }
         n_params = sum(p.numel() for p in cases["finetune"].adapted.parameters())
         times = {name: [] for name in cases}
@@ -123,22 +142,26 @@ def main(argv=None) -> None:
         q = np.quantile(values, [0.2, 0.8]) * 1e3
         median = statistics.median(values)
         backend = "-" if name == "finetune" else cases[name].loss_backend
-        rows.append(f"| {name} | {backend} | {median * 1e3:.0f} | {q[0]:.0f}-{q[1]:.0f} | "
-                    f"{median / plain:.2f}x |")
-    report = "\n".join([
-        "# One training step: DDPM-PA vs plain fine-tuning",
-        "",
-        f"UNet2DModel with {n_params / 1e6:.2f} M parameters, batch {args.batch}x3x32x32, fp32, AdamW, "
-        f"compile={args.compile}; {args.rounds} timed steps per case after {args.warmup} warm-up, interleaved.",
-        f"Machine: {description}.",
-        "Command: `python benchmarks/bench_train_step.py "
-        f"--rounds {args.rounds} --threads {args.threads}{' --compile' if args.compile else ''}`",
-        "",
-        *rows,
-        "",
-        "Target: DDPM-PA (frozen source + fused loss) at most 1.15x plain.",
-        "",
-    ])
+        rows.append(
+            f"| {name} | {backend} | {median * 1e3:.0f} | {q[0]:.0f}-{q[1]:.0f} | {median / plain:.2f}x |"
+        )
+    report = "\n".join(
+        [
+            "# One training step: DDPM-PA vs plain fine-tuning",
+            "",
+            f"UNet2DModel with {n_params / 1e6:.2f} M parameters, batch {args.batch}x3x32x32, fp32, AdamW, "
+            f"compile={args.compile}; {args.rounds} timed steps per case after {args.warmup} warm-up, "
+            "interleaved.",
+            f"Machine: {description}.",
+            "Command: `python benchmarks/bench_train_step.py "
+            f"--rounds {args.rounds} --threads {args.threads}{' --compile' if args.compile else ''}`",
+            "",
+            *rows,
+            "",
+            "Target: DDPM-PA (frozen source + fused loss) at most 1.15x plain.",
+            "",
+        ]
+    )
     args.out.parent.mkdir(parents=True, exist_ok=True)
     args.out.write_text(report)
     print(report)

@@ -164,18 +164,24 @@ def pretrain_source(out_dir: Path, seed: int, steps: int, batch_size: int, lr: f
 
 
 def main(argv=None) -> None:
-    parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
+    parser = argparse.ArgumentParser(
+        description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter
+    )
     parser.add_argument("--out", type=Path, default=REPO / "assets", help="output folder (default: assets/)")
     parser.add_argument("--seed", type=int, default=0)
     parser.add_argument("--steps", type=int, default=2000, help="pretraining steps of the source model")
     parser.add_argument("--batch-size", type=int, default=16)
     parser.add_argument("--lr", type=float, default=5e-4)
-    parser.add_argument("--threads", type=int, default=2, help="torch threads (fixes the float summation order)")
+    parser.add_argument(
+        "--threads", type=int, default=2, help="torch threads (fixes the float summation order)"
+    )
     parser.add_argument("--only-target", action="store_true", help="write the target set only")
     args = parser.parse_args(argv)
     write_target_set(args.out / "target_10shot", args.seed)
     if not args.only_target:
-        pretrain_source(args.out / "source_model", args.seed, args.steps, args.batch_size, args.lr, args.threads)
+        pretrain_source(
+            args.out / "source_model", args.seed, args.steps, args.batch_size, args.lr, args.threads
+        )
 
 
 if __name__ == "__main__":

@@ -11,14 +11,19 @@ TINY_SIZE = 8
 
 
 def write_tiny_model(folder: Path, learned_variance: bool = False, num_timesteps: int = 100) -> Path:
-    """A ~10k-parameter UNet2DModel (8x8, channels (8, 16)) and a DDPMScheduler, saved with save_pretrained."""
+    """A ~10k-parameter UNet2DModel (8x8, channels (8, 16)) and a DDPMScheduler, via save_pretrained."""
     from diffusers import DDPMScheduler, UNet2DModel
 
     torch.manual_seed(0)
     unet = UNet2DModel(
-        sample_size=TINY_SIZE, in_channels=3, out_channels=6 if learned_variance else 3, layers_per_block=1,
-        block_out_channels=(8, 16), down_block_types=("DownBlock2D", "DownBlock2D"),
-        up_block_types=("UpBlock2D", "UpBlock2D"), norm_num_groups=4,
+        sample_size=TINY_SIZE,
+        in_channels=3,
+        out_channels=6 if learned_variance else 3,
+        layers_per_block=1,
+        block_out_channels=(8, 16),
+        down_block_types=("DownBlock2D", "DownBlock2D"),
+        up_block_types=("UpBlock2D", "UpBlock2D"),
+        norm_num_groups=4,
     )
     scheduler = DDPMScheduler(
         num_train_timesteps=num_timesteps,
@@ -49,8 +54,17 @@ def tiny_config(tmp_path: Path, learned_variance: bool = False, **overrides):
     if not data.exists():
         write_images(data)
     values = dict(
-        model_dir=str(model), data_dir=str(data), output_dir=str(tmp_path / "out"), steps=3, batch_size=4,
-        lr=1e-3, backend="torch", progress=False, save_model=False, sample_steps=3, num_samples=4,
+        model_dir=str(model),
+        data_dir=str(data),
+        output_dir=str(tmp_path / "out"),
+        steps=3,
+        batch_size=4,
+        lr=1e-3,
+        backend="torch",
+        progress=False,
+        save_model=False,
+        sample_steps=3,
+        num_samples=4,
     )
     values.update(overrides)
     return TrainConfig(**values)

@@ -58,8 +58,18 @@ def test_bad_data_stops_before_training(tmp_path, monkeypatch, kind):
 def test_cli_reports_bad_data_without_traceback(tmp_path, monkeypatch, capsys):
     _no_step_taken(tmp_path, monkeypatch)
     config = tiny_config(tmp_path)
-    code = cli.main(["train", "--model-dir", config.model_dir, "--data-dir", str(tmp_path / "missing"),
-                     "--output-dir", str(tmp_path / "o"), "--no-progress"])
+    code = cli.main(
+        [
+            "train",
+            "--model-dir",
+            config.model_dir,
+            "--data-dir",
+            str(tmp_path / "missing"),
+            "--output-dir",
+            str(tmp_path / "o"),
+            "--no-progress",
+        ]
+    )
     assert code == 2
     assert "does not exist" in capsys.readouterr().err
 

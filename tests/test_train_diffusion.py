@@ -47,7 +47,9 @@ def test_q_sample_and_x0_coefficients_invert():
     abar = scheduler.alphas_cumprod[t].reshape(-1, 1, 1, 1)
     torch.testing.assert_close(x_t, abar.sqrt() * x0 + (1 - abar).sqrt() * noise)
     a, b = s.x0_coefficients(t)
-    torch.testing.assert_close(a[:, None, None, None] * x_t - b[:, None, None, None] * noise, x0, atol=2e-3, rtol=0)
+    torch.testing.assert_close(
+        a[:, None, None, None] * x_t - b[:, None, None, None] * noise, x0, atol=2e-3, rtol=0
+    )
 
 
 def test_vlb_is_zero_for_the_true_mean_and_posterior_variance():
@@ -76,7 +78,7 @@ def test_vlb_variance_matches_diffusers_learned_range():
 def test_vlb_at_t0_is_the_decoder_nll_and_gradient_reaches_only_the_variance():
     _, s = _schedule()
     g = torch.Generator().manual_seed(3)
-    x0 = (torch.randint(0, 256, (2, 3, 4, 4), generator=g).float() / 127.5 - 1)
+    x0 = torch.randint(0, 256, (2, 3, 4, 4), generator=g).float() / 127.5 - 1
     noise = torch.randn(2, 3, 4, 4, generator=g)
     t = torch.tensor([0, 0])
     x_t = s.q_sample(x0, t, noise)
@@ -85,8 +87,11 @@ def test_vlb_at_t0_is_the_decoder_nll_and_gradient_reaches_only_the_variance():
     eps_leaf = eps.clone().requires_grad_(True)
     vb = s.vb_terms_bpd(eps_leaf.detach(), var_values, x0, x_t, t)
     a, b = s.x0_coefficients(t)
-    mean = (s.posterior_mean_coef1[t].reshape(-1, 1, 1, 1) * (a.reshape(-1, 1, 1, 1) * x_t - b.reshape(-1, 1, 1, 1) * eps)
-            + s.posterior_mean_coef2[t].reshape(-1, 1, 1, 1) * x_t)
+    mean = (
+        s.posterior_mean_coef1[t].reshape(-1, 1, 1, 1)
+        * (a.reshape(-1, 1, 1, 1) * x_t - b.reshape(-1, 1, 1, 1) * eps)
+        + s.posterior_mean_coef2[t].reshape(-1, 1, 1, 1) * x_t
+    )
     log_var = 0.5 * (s.log_betas[0] + s.posterior_log_variance_clipped[0])
     nll = -Dif.discretized_gaussian_log_likelihood(x0, mean, 0.5 * log_var.expand_as(x0))
     torch.testing.assert_close(vb, nll.flatten(1).mean(1) / math.log(2.0))

@@ -20,8 +20,9 @@ def _params(module):
 @pytest.mark.parametrize("backend", ["torch", "auto"])
 def test_loss_is_the_authors_total_full_batch_mse_and_subset_pairs(tmp_path, backend):
     torch.manual_seed(0)
-    config = tiny_config(tmp_path, batch_size=5, pair_size=3, w_pair=2.0, w_hf_pair=3.0, w_hf_mse=0.5,
-                         backend=backend)
+    config = tiny_config(
+        tmp_path, batch_size=5, pair_size=3, w_pair=2.0, w_hf_pair=3.0, w_hf_mse=0.5, backend=backend
+    )
     trainer = T.Trainer(config)
     g = torch.Generator().manual_seed(5)
     n = 5
@@ -49,7 +50,9 @@ def test_loss_is_the_authors_total_full_batch_mse_and_subset_pairs(tmp_path, bac
     (expected_grad,) = torch.autograd.grad(expected, e)
     torch.testing.assert_close(terms["loss"].double(), expected, rtol=1e-5, atol=1e-6)
     torch.testing.assert_close(grad.double(), expected_grad, rtol=1e-4, atol=1e-8)
-    torch.testing.assert_close(terms["mse"].double(), (noise64 - e).square().mean().detach(), rtol=1e-5, atol=0)
+    torch.testing.assert_close(
+        terms["mse"].double(), (noise64 - e).square().mean().detach(), rtol=1e-5, atol=0
+    )
 
 
 def test_source_stays_frozen_and_outside_the_optimizer(tmp_path):
@@ -58,10 +61,10 @@ def test_source_stays_frozen_and_outside_the_optimizer(tmp_path):
     trainer.train()
     assert not trainer.source.training
     assert all(not p.requires_grad for p in trainer.source.parameters())
-    assert all(torch.equal(a, b) for a, b in zip(before, trainer.source.parameters()))
+    assert all(torch.equal(a, b) for a, b in zip(before, trainer.source.parameters(), strict=True))
     optimized = {id(p) for group in trainer.optimizer.param_groups for p in group["params"]}
     assert not optimized & {id(p) for p in trainer.source.parameters()}
-    assert any(not torch.equal(a, b) for a, b in zip(before, trainer.adapted.parameters()))
+    assert any(not torch.equal(a, b) for a, b in zip(before, trainer.adapted.parameters(), strict=True))
 
 
 def test_nvtx_ranges_of_a_step(tmp_path, monkeypatch):
@@ -69,8 +72,13 @@ def test_nvtx_ranges_of_a_step(tmp_path, monkeypatch):
     real = T.annotate
     monkeypatch.setattr(T, "annotate", lambda name: (names.append(name), real(name))[1])
     T.Trainer(tiny_config(tmp_path, steps=1)).train()
-    assert names == ["train/source_forward", "train/adapted_forward", "train/loss", "train/backward",
-                     "train/optimizer_step"]
+    assert names == [
+        "train/source_forward",
+        "train/adapted_forward",
+        "train/loss",
+        "train/backward",
+        "train/optimizer_step",
+    ]
 
 
 @pytest.mark.parametrize("precision", ["fp16", "bf16"])
@@ -105,14 +113,17 @@ def test_resume_is_bit_for_bit(tmp_path):
     straight.train()
     first = T.Trainer(tiny_config(tmp_path, steps=3, checkpoint_every=3, output_dir=str(tmp_path / "b")))
     first.train()
-    resumed = T.Trainer(tiny_config(tmp_path, steps=6, output_dir=str(tmp_path / "b"),
-                                    resume=str(tmp_path / "b" / "checkpoints")))
+    resumed = T.Trainer(
+        tiny_config(
+            tmp_path, steps=6, output_dir=str(tmp_path / "b"), resume=str(tmp_path / "b" / "checkpoints")
+        )
+    )
     assert resumed.step == 3
     resumed.train()
     params_a, ema_a, opt_a = _all_state(straight)
     params_b, ema_b, opt_b = _all_state(resumed)
-    assert all(torch.equal(x, y) for x, y in zip(params_a, params_b))
-    assert all(torch.equal(x, y) for x, y in zip(ema_a, ema_b))
+    assert all(torch.equal(x, y) for x, y in zip(params_a, params_b, strict=True))
+    assert all(torch.equal(x, y) for x, y in zip(ema_a, ema_b, strict=True))
     assert all(torch.equal(opt_a[k]["exp_avg"], opt_b[k]["exp_avg"]) for k in opt_a)
     assert straight.pair_generator.get_state().equal(resumed.pair_generator.get_state())
 
@@ -156,7 +167,7 @@ def test_samples_and_saved_model(tmp_path):
     from ddpm_pa_fast.train.sampling import load_model_folder
 
     unet, _ = load_model_folder(tmp_path / "out" / "model")
-    for saved, shadow in zip(unet.parameters(), trainer.ema.shadow):
+    for saved, shadow in zip(unet.parameters(), trainer.ema.shadow, strict=True):
         assert torch.equal(saved, shadow)
 
 

@@ -28,7 +28,7 @@ def clean_state_dict(state: dict) -> dict:
             stripped = False
             for prefix in _WRAPPER_PREFIXES:
                 if key.startswith(prefix):
-                    key, stripped = key[len(prefix):], True
+                    key, stripped = key[len(prefix) :], True
         cleaned[key] = value
     return cleaned
 
@@ -81,11 +81,14 @@ def load_checkpoint(path: str | Path, map_location="cpu") -> dict:
         state = torch.load(path, map_location=map_location, weights_only=True)
     except Exception as error:  # torch raises several types for damaged zip archives and pickles.
         raise CheckpointError(
-            f"checkpoint {str(path)!r} is corrupt or unreadable and was not loaded: {type(error).__name__}: {error}"
+            f"checkpoint {str(path)!r} is corrupt or unreadable and was not loaded: "
+            f"{type(error).__name__}: {error}"
         ) from error
     if not isinstance(state, dict) or any(k not in state for k in REQUIRED_KEYS):
         missing = [k for k in REQUIRED_KEYS if not isinstance(state, dict) or k not in state]
-        raise CheckpointError(f"checkpoint {str(path)!r} is incomplete (missing {missing}) and was not loaded")
+        raise CheckpointError(
+            f"checkpoint {str(path)!r} is incomplete (missing {missing}) and was not loaded"
+        )
     if state["format_version"] != FORMAT_VERSION:
         raise CheckpointError(
             f"checkpoint {str(path)!r} has format version {state['format_version']}, this trainer reads "

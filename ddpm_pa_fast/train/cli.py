@@ -16,36 +16,84 @@ DEMO_DEFAULTS = dict(steps=150, batch_size=8, lr=2e-4, w_hf_mse=0.05, ema_decay=
 
 def _add_training_options(p: argparse.ArgumentParser, demo: bool = False) -> None:
     d = TrainConfig("", "", "")
-    defaults = {**{f.name: getattr(d, f.name) for f in d.__dataclass_fields__.values()}, **(DEMO_DEFAULTS if demo else {})}
+    defaults = {
+        **{f.name: getattr(d, f.name) for f in d.__dataclass_fields__.values()},
+        **(DEMO_DEFAULTS if demo else {}),
+    }
     g = p.add_argument_group("optimisation")
-    g.add_argument("--steps", type=int, default=defaults["steps"], help="total optimizer steps (default %(default)s)")
-    g.add_argument("--batch-size", type=int, default=defaults["batch_size"], help="images per step per process")
-    g.add_argument("--lr", type=float, default=defaults["lr"], help="AdamW learning rate (default %(default)s)")
+    g.add_argument(
+        "--steps", type=int, default=defaults["steps"], help="total optimizer steps (default %(default)s)"
+    )
+    g.add_argument(
+        "--batch-size", type=int, default=defaults["batch_size"], help="images per step per process"
+    )
+    g.add_argument(
+        "--lr", type=float, default=defaults["lr"], help="AdamW learning rate (default %(default)s)"
+    )
     g.add_argument("--weight-decay", type=float, default=defaults["weight_decay"])
-    g.add_argument("--warmup-steps", type=int, default=defaults["warmup_steps"], help="linear LR warm-up steps")
+    g.add_argument(
+        "--warmup-steps", type=int, default=defaults["warmup_steps"], help="linear LR warm-up steps"
+    )
     g.add_argument("--grad-clip", type=float, default=defaults["grad_clip"], help="max grad norm, 0 = off")
-    g.add_argument("--ema-decay", type=float, default=defaults["ema_decay"], help="EMA decay (default %(default)s)")
+    g.add_argument(
+        "--ema-decay", type=float, default=defaults["ema_decay"], help="EMA decay (default %(default)s)"
+    )
     g.add_argument("--seed", type=int, default=defaults["seed"])
     g = p.add_argument_group("DDPM-PA loss")
-    g.add_argument("--w-pair", type=float, default=defaults["w_pair"], help="weight of pair_img (default %(default)s)")
-    g.add_argument("--w-hf-pair", type=float, default=defaults["w_hf_pair"], help="weight of pair_hf (default %(default)s)")
-    g.add_argument("--w-hf-mse", type=float, default=defaults["w_hf_mse"], help="weight of hf_mse (default %(default)s)")
-    g.add_argument("--w-vlb", type=float, default=defaults["w_vlb"], help="weight of L_vlb for learned-variance models")
-    g.add_argument("--tau", type=float, default=defaults["tau"], help="softmax temperature of the similarities")
-    g.add_argument("--reduction", default=defaults["reduction"], choices=("mean", "batchmean", "sum"),
-                   help="reduction of the pair KL terms ('mean' is the authors' nn.KLDivLoss())")
-    g.add_argument("--pair-size", type=int, default=defaults["pair_size"],
-                   help="samples of each batch in the pairwise terms (the authors' sim_size, default %(default)s)")
-    g.add_argument("--backend", default=defaults["backend"], choices=("auto", "torch", "cpu", "cuda", "triton"),
-                   help="loss implementation ('auto': the fastest built one)")
+    g.add_argument(
+        "--w-pair", type=float, default=defaults["w_pair"], help="weight of pair_img (default %(default)s)"
+    )
+    g.add_argument(
+        "--w-hf-pair",
+        type=float,
+        default=defaults["w_hf_pair"],
+        help="weight of pair_hf (default %(default)s)",
+    )
+    g.add_argument(
+        "--w-hf-mse", type=float, default=defaults["w_hf_mse"], help="weight of hf_mse (default %(default)s)"
+    )
+    g.add_argument(
+        "--w-vlb", type=float, default=defaults["w_vlb"], help="weight of L_vlb for learned-variance models"
+    )
+    g.add_argument(
+        "--tau", type=float, default=defaults["tau"], help="softmax temperature of the similarities"
+    )
+    g.add_argument(
+        "--reduction",
+        default=defaults["reduction"],
+        choices=("mean", "batchmean", "sum"),
+        help="reduction of the pair KL terms ('mean' is the authors' nn.KLDivLoss())",
+    )
+    g.add_argument(
+        "--pair-size",
+        type=int,
+        default=defaults["pair_size"],
+        help="samples of each batch in the pairwise terms (the authors' sim_size, default %(default)s)",
+    )
+    g.add_argument(
+        "--backend",
+        default=defaults["backend"],
+        choices=("auto", "torch", "cpu", "cuda", "triton"),
+        help="loss implementation ('auto': the fastest built one)",
+    )
     g = p.add_argument_group("execution")
-    g.add_argument("--precision", default=defaults["precision"], choices=tuple(PRECISIONS),
-                   help="fp16: autocast + GradScaler with fp32 master weights")
-    g.add_argument("--source-precision", default="same", choices=("same", "fp16", "bf16"),
-                   help="run the frozen source in half precision (same: follow --precision)")
+    g.add_argument(
+        "--precision",
+        default=defaults["precision"],
+        choices=tuple(PRECISIONS),
+        help="fp16: autocast + GradScaler with fp32 master weights",
+    )
+    g.add_argument(
+        "--source-precision",
+        default="same",
+        choices=("same", "fp16", "bf16"),
+        help="run the frozen source in half precision (same: follow --precision)",
+    )
     g.add_argument("--compile", action="store_true", help="torch.compile the source and adapted models")
     g.add_argument("--device", default=defaults["device"], help="cpu, cuda, cuda:N (default %(default)s)")
-    g.add_argument("--sample-steps", type=int, default=defaults["sample_steps"], help="DDIM steps when sampling")
+    g.add_argument(
+        "--sample-steps", type=int, default=defaults["sample_steps"], help="DDIM steps when sampling"
+    )
     g.add_argument("--no-progress", action="store_true", help="no tqdm bar")
 
 
@@ -64,23 +112,31 @@ def build_parser() -> argparse.ArgumentParser:
     )
     sub = parser.add_subparsers(dest="command", required=True, metavar="{train,sample,evaluate,demo}")
 
-    p = sub.add_parser("train", help="adapt a source model to a few images",
-                       description="Adapt a diffusers UNet2DModel + DDPMScheduler folder to an image folder. "
-                                   "Launch with torchrun for several processes.")
+    p = sub.add_parser(
+        "train",
+        help="adapt a source model to a few images",
+        description="Adapt a diffusers UNet2DModel + DDPMScheduler folder to an image folder. "
+        "Launch with torchrun for several processes.",
+    )
     p.add_argument("--model-dir", required=True, help="folder with the source UNet2DModel and DDPMScheduler")
     p.add_argument("--data-dir", required=True, help="folder of target images (all one size)")
     p.add_argument("--output-dir", required=True, help="checkpoints/, samples/ and the final model/ go here")
     p.add_argument("--method", default="ddpm-pa", choices=METHODS, help="ddpm-pa or plain finetune")
     _add_training_options(p)
     g = p.add_argument_group("checkpoints and samples")
-    g.add_argument("--checkpoint-every", type=int, default=100, help="steps between checkpoints, 0 = end only")
+    g.add_argument(
+        "--checkpoint-every", type=int, default=100, help="steps between checkpoints, 0 = end only"
+    )
     g.add_argument("--keep-checkpoints", type=int, default=2, help="checkpoints kept (older ones deleted)")
     g.add_argument("--resume", help="checkpoint file, or a checkpoints folder (its newest file)")
     g.add_argument("--sample-every", type=int, default=0, help="steps between PNG sample grids, 0 = never")
     g.add_argument("--num-samples", type=int, default=16, help="images per sample grid")
 
-    p = sub.add_parser("sample", help="sample images from a model folder",
-                       description="Sample with deterministic DDIM from a model folder (a trained model/).")
+    p = sub.add_parser(
+        "sample",
+        help="sample images from a model folder",
+        description="Sample with deterministic DDIM from a model folder (a trained model/).",
+    )
     p.add_argument("--model-dir", required=True)
     p.add_argument("--num-images", type=int, default=16)
     p.add_argument("--sample-steps", type=int, default=25, help="DDIM steps")
@@ -89,18 +145,28 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--grid", required=True, help="PNG grid to write")
     p.add_argument("--images-dir", help="also write every image here (for `evaluate`)")
 
-    p = sub.add_parser("evaluate", help="diversity and memorisation metrics of samples",
-                       description="Intra-cluster diversity and mean nearest-training-image distance of a "
-                                   "folder of samples against the training images.")
+    p = sub.add_parser(
+        "evaluate",
+        help="diversity and memorisation metrics of samples",
+        description="Intra-cluster diversity and mean nearest-training-image distance of a "
+        "folder of samples against the training images.",
+    )
     p.add_argument("--samples", required=True, help="folder of generated images")
     p.add_argument("--data-dir", required=True, help="folder of training images")
-    p.add_argument("--distance", default="auto", choices=("auto", "lpips", "haar"),
-                   help="auto: LPIPS if its weights are on disk, else the multi-scale Haar distance")
+    p.add_argument(
+        "--distance",
+        default="auto",
+        choices=("auto", "lpips", "haar"),
+        help="auto: LPIPS if its weights are on disk, else the multi-scale Haar distance",
+    )
     p.add_argument("--json", help="also write the metrics here")
 
-    p = sub.add_parser("demo", help="the embedded default: DDPM-PA vs fine-tuning on bundled data",
-                       description="Adapt the bundled 32x32 source model to the bundled 10-shot textured target "
-                                   "set with DDPM-PA and with plain fine-tuning; sample, evaluate, print a table.")
+    p = sub.add_parser(
+        "demo",
+        help="the embedded default: DDPM-PA vs fine-tuning on bundled data",
+        description="Adapt the bundled 32x32 source model to the bundled 10-shot textured target "
+        "set with DDPM-PA and with plain fine-tuning; sample, evaluate, print a table.",
+    )
     from .demo import DEFAULT_DATA_DIR, DEFAULT_MODEL_DIR
 
     p.add_argument("--model-dir", default=str(DEFAULT_MODEL_DIR))
@@ -124,7 +190,9 @@ def main(argv=None) -> int:
             from .sampling import load_model_folder, sample_images, save_grid, save_images
 
             unet, scheduler = load_model_folder(args.model_dir)
-            images = sample_images(unet.to(args.device), scheduler, args.num_images, args.sample_steps, args.seed)
+            images = sample_images(
+                unet.to(args.device), scheduler, args.num_images, args.sample_steps, args.seed
+            )
             print(f"wrote {save_grid(images, args.grid)}")
             if args.images_dir:
                 print(f"wrote {len(images)} images to {save_images(images, args.images_dir)}")
@@ -132,7 +200,9 @@ def main(argv=None) -> int:
             from .data import load_images
             from .evaluate import evaluate_samples, get_distance
 
-            metrics = evaluate_samples(load_images(args.samples), load_images(args.data_dir), get_distance(args.distance))
+            metrics = evaluate_samples(
+                load_images(args.samples), load_images(args.data_dir), get_distance(args.distance)
+            )
             print(json.dumps(metrics, indent=2))
             if args.json:
                 Path(args.json).write_text(json.dumps(metrics, indent=2))

@@ -61,8 +61,11 @@ def load_images(
                 f"images must all have one size: {files[0].name} is {first_size[0]}x{first_size[1]}, "
                 f"{path.name} is {image.size[0]}x{image.size[1]} (width x height)"
             )
-        arrays.append(torch.frombuffer(bytearray(image.tobytes()), dtype=torch.uint8).reshape(
-            image.size[1], image.size[0], channels))
+        arrays.append(
+            torch.frombuffer(bytearray(image.tobytes()), dtype=torch.uint8).reshape(
+                image.size[1], image.size[0], channels
+            )
+        )
     if size is not None and first_size != (size, size):
         raise DataError(
             f"the model's sample_size is {size}x{size}, the images in {str(folder)!r} are "
@@ -86,7 +89,7 @@ class BatchStream:
         while self.order.numel() < needed:
             self.order = torch.cat([self.order, torch.randperm(self.count, generator=self.generator)])
         global_batch, self.order = self.order[:needed], self.order[needed:]
-        return global_batch[self.rank * self.batch_size:(self.rank + 1) * self.batch_size]
+        return global_batch[self.rank * self.batch_size : (self.rank + 1) * self.batch_size]
 
     def state_dict(self) -> dict:
         return {"generator": self.generator.get_state(), "order": self.order.clone()}

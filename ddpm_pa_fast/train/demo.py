@@ -12,7 +12,6 @@ import json
 import time
 from pathlib import Path
 
-
 from .data import load_images
 from .evaluate import evaluate_samples, get_distance, hf_energy
 from .sampling import load_model_folder, sample_images, save_grid, save_images
@@ -23,7 +22,9 @@ DEFAULT_MODEL_DIR = REPO / "assets" / "source_model"
 DEFAULT_DATA_DIR = REPO / "assets" / "target_10shot"
 
 
-def run_demo(base: TrainConfig, num_samples: int, sample_seed: int = 1234, distance_kind: str = "auto") -> dict:
+def run_demo(
+    base: TrainConfig, num_samples: int, sample_seed: int = 1234, distance_kind: str = "auto"
+) -> dict:
     out = Path(base.output_dir)
     out.mkdir(parents=True, exist_ok=True)
     start = time.perf_counter()
@@ -70,7 +71,8 @@ def format_table(metrics: dict) -> str:
     lines = [
         f"distance: {metrics['distance']}; {metrics['num_samples']} samples per model; "
         f"target set HF energy {metrics['target_hf_energy']:.4f}",
-        f"{'model':<10} {'intra-cluster div.':>18} {'nearest-train dist.':>19} {'HF energy':>10} {'train s':>8}",
+        f"{'model':<10} {'intra-cluster div.':>18} {'nearest-train dist.':>19} {'HF energy':>10} "
+        f"{'train s':>8}",
     ]
     for name, r in metrics["results"].items():
         lines.append(

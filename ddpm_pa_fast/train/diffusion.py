@@ -30,7 +30,9 @@ class NoiseSchedule:
         self.variance_type = scheduler.config.variance_type
         posterior_variance = betas * (1.0 - abar_prev) / (1.0 - abar)
         # The posterior variance is 0 at t = 0; improved-diffusion clips its log to the t = 1 value.
-        posterior_log_variance_clipped = torch.log(torch.cat([posterior_variance[1:2], posterior_variance[1:]]))
+        posterior_log_variance_clipped = torch.log(
+            torch.cat([posterior_variance[1:2], posterior_variance[1:]])
+        )
         table = {
             "sqrt_abar": abar.sqrt(),
             "sqrt_one_minus_abar": (1.0 - abar).sqrt(),
@@ -53,7 +55,12 @@ class NoiseSchedule:
         return self.sqrt_recip_abar[t], self.sqrt_recipm1_abar[t]
 
     def vb_terms_bpd(
-        self, eps: torch.Tensor, var_values: torch.Tensor, x0: torch.Tensor, x_t: torch.Tensor, t: torch.Tensor
+        self,
+        eps: torch.Tensor,
+        var_values: torch.Tensor,
+        x0: torch.Tensor,
+        x_t: torch.Tensor,
+        t: torch.Tensor,
     ) -> torch.Tensor:
         """improved-DDPM's L_vlb per sample, in bits: KL(q(x_{t-1}|x_t,x0) || p(x_{t-1}|x_t)), and at t = 0
         the decoder's discretized Gaussian negative log-likelihood of x0.
@@ -78,7 +85,9 @@ class NoiseSchedule:
 
 def normal_kl(mean1, logvar1, mean2, logvar2) -> torch.Tensor:
     """KL(N(mean1, exp(logvar1)) || N(mean2, exp(logvar2))), elementwise, in nats."""
-    return 0.5 * (-1.0 + logvar2 - logvar1 + torch.exp(logvar1 - logvar2) + (mean1 - mean2) ** 2 * torch.exp(-logvar2))
+    return 0.5 * (
+        -1.0 + logvar2 - logvar1 + torch.exp(logvar1 - logvar2) + (mean1 - mean2) ** 2 * torch.exp(-logvar2)
+    )
 
 
 def approx_standard_normal_cdf(x: torch.Tensor) -> torch.Tensor:
@@ -86,7 +95,9 @@ def approx_standard_normal_cdf(x: torch.Tensor) -> torch.Tensor:
     return 0.5 * (1.0 + torch.tanh(math.sqrt(2.0 / math.pi) * (x + 0.044715 * torch.pow(x, 3))))
 
 
-def discretized_gaussian_log_likelihood(x: torch.Tensor, means: torch.Tensor, log_scales: torch.Tensor) -> torch.Tensor:
+def discretized_gaussian_log_likelihood(
+    x: torch.Tensor, means: torch.Tensor, log_scales: torch.Tensor
+) -> torch.Tensor:
     """Log-likelihood of images x in [-1, 1] quantised to 256 levels under N(means, exp(log_scales)^2),
     elementwise, in nats; the end bins extend to +-infinity."""
     centered_x = x - means

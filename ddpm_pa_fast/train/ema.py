@@ -33,7 +33,7 @@ class EMA:
 
     @torch.no_grad()
     def copy_to(self, model: nn.Module) -> None:
-        for shadow, p in zip(self.shadow, model.parameters()):
+        for shadow, p in zip(self.shadow, model.parameters(), strict=True):
             p.copy_(shadow)
 
     @torch.no_grad()
@@ -45,12 +45,16 @@ class EMA:
     def restore(self, model: nn.Module) -> None:
         if self._stored is None:
             raise RuntimeError("EMA.restore() called without a preceding store()")
-        for stored, p in zip(self._stored, model.parameters()):
+        for stored, p in zip(self._stored, model.parameters(), strict=True):
             p.copy_(stored)
         self._stored = None
 
     def state_dict(self) -> dict:
-        return {"decay": self.decay, "num_updates": self.num_updates, "shadow": [s.clone() for s in self.shadow]}
+        return {
+            "decay": self.decay,
+            "num_updates": self.num_updates,
+            "shadow": [s.clone() for s in self.shadow],
+        }
 
     def load_state_dict(self, state: dict) -> None:
         if len(state["shadow"]) != len(self.shadow):
@@ -59,5 +63,5 @@ class EMA:
             )
         self.decay = state["decay"]
         self.num_updates = state["num_updates"]
-        for dst, src in zip(self.shadow, state["shadow"]):
+        for dst, src in zip(self.shadow, state["shadow"], strict=True):
             dst.copy_(src)

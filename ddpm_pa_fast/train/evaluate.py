@@ -41,7 +41,10 @@ class HaarMultiscaleDistance:
 
     def matrix(self, a: torch.Tensor, b: torch.Tensor) -> torch.Tensor:
         """(len(a), len(b)) distances."""
-        groups = [torch.cdist(fa, fb) / math.sqrt(fa.shape[1]) for fa, fb in zip(self.features(a), self.features(b))]
+        groups = [
+            torch.cdist(fa, fb) / math.sqrt(fa.shape[1])
+            for fa, fb in zip(self.features(a), self.features(b), strict=True)
+        ]
         return torch.stack(groups).mean(0)
 
 

@@ -77,7 +77,7 @@ def save_grid(images: torch.Tensor, path: str | Path, columns: int | None = None
     grid = torch.full((rows * (h + 2) + 2, columns * (w + 2) + 2, c), 255, dtype=torch.uint8)
     for i in range(n):
         r, col = divmod(i, columns)
-        grid[2 + r * (h + 2):2 + r * (h + 2) + h, 2 + col * (w + 2):2 + col * (w + 2) + w] = pixels[i]
+        grid[2 + r * (h + 2) : 2 + r * (h + 2) + h, 2 + col * (w + 2) : 2 + col * (w + 2) + w] = pixels[i]
     array = grid.numpy() if c != 1 else grid[..., 0].numpy()
     image = Image.fromarray(array)
     if scale > 1:

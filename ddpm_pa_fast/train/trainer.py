@@ -87,7 +87,9 @@ class TrainConfig:
         def positive_int(name, minimum=1):
             value = getattr(self, name)
             if isinstance(value, bool) or not isinstance(value, int) or value < minimum:
-                raise ConfigError(f"--{name.replace('_', '-')} must be an integer >= {minimum}, got {value!r}")
+                raise ConfigError(
+                    f"--{name.replace('_', '-')} must be an integer >= {minimum}, got {value!r}"
+                )
 
         if self.method not in METHODS:
             raise ConfigError(f"--method must be one of {', '.join(METHODS)}, got {self.method!r}")
@@ -119,7 +121,11 @@ def _world() -> tuple[int, int, int]:
     """(rank, local_rank, world_size), initialising torch.distributed when launched by torchrun."""
     world_size = int(os.environ.get("WORLD_SIZE", "1"))
     if world_size > 1 and not dist.is_initialized():
-        backend = "nccl" if torch.cuda.is_available() and os.environ.get("DDPM_PA_DIST_BACKEND") != "gloo" else "gloo"
+        backend = (
+            "nccl"
+            if torch.cuda.is_available() and os.environ.get("DDPM_PA_DIST_BACKEND") != "gloo"
+            else "gloo"
+        )
         dist.init_process_group(backend)
     if dist.is_initialized():
         return dist.get_rank(), int(os.environ.get("LOCAL_RANK", dist.get_rank())), dist.get_world_size()
@@ -156,7 +162,9 @@ class Trainer:
         self.learned_variance = self._check_variance(self.source, scheduler)
         min_count = c.pair_size if c.method == "ddpm-pa" else 1
         # Bad data stops here, before any model is copied or any step is taken.
-        self.images = load_images(c.data_dir, self.channels, self.source.config.sample_size, min_count).to(device)
+        self.images = load_images(c.data_dir, self.channels, self.source.config.sample_size, min_count).to(
+            device
+        )
 
         torch.manual_seed(c.seed + self.rank)
         self.source.to(device).eval().requires_grad_(False)
@@ -226,7 +234,9 @@ class Trainer:
         c = self.config
         x0 = self.images[self.batches.next_indices().to(self.device)]
         n = x0.shape[0]
-        t = torch.randint(0, self.schedule.num_timesteps, (n,), generator=self.noise_generator).to(self.device)
+        t = torch.randint(0, self.schedule.num_timesteps, (n,), generator=self.noise_generator).to(
+            self.device
+        )
         noise = torch.randn(x0.shape, generator=self.noise_generator).to(self.device)
         x_t = self.schedule.q_sample(x0, t, noise)
 
@@ -293,7 +303,7 @@ class Trainer:
             terms.update(mse=mse, hf_mse=hf_mse, pair_img=pa.pair_img, pair_hf=pa.pair_hf)
         if self.learned_variance:
             # improved-DDPM's RESCALED_MSE weighting (T / 1000), as the authors' code uses.
-            vb = self.schedule.vb_terms_bpd(eps_ada.detach(), output[:, self.channels:], x0, x_t, t).mean()
+            vb = self.schedule.vb_terms_bpd(eps_ada.detach(), output[:, self.channels :], x0, x_t, t).mean()
             terms["vlb"] = vb
             total = total + c.w_vlb * self.schedule.num_timesteps / 1000.0 * vb
         terms["loss"] = total
@@ -305,7 +315,7 @@ class Trainer:
         state = {
             "torch": torch.get_rng_state(),
             "python": random.getstate(),
-            "numpy": _numpy_state_to_plain(np.random.get_state()),
+            "numpy": _numpy_state_to_plain(np.random.get_state()),  # noqa: NPY002 (the global RNG is what we restore)
             "noise_generator": self.noise_generator.get_state(),
             "pair_generator": self.pair_generator.get_state(),
             "batches": self.batches.state_dict(),
@@ -317,7 +327,7 @@ class Trainer:
     def _set_rng_state(self, state: dict) -> None:
         torch.set_rng_state(state["torch"])
         random.setstate(state["python"])
-        np.random.set_state(_numpy_state_from_plain(state["numpy"]))
+        np.random.set_state(_numpy_state_from_plain(state["numpy"]))  # noqa: NPY002
         self.noise_generator.set_state(state["noise_generator"])
         self.pair_generator.set_state(state["pair_generator"])
         self.batches.load_state_dict(state["batches"])
@@ -360,7 +370,9 @@ class Trainer:
         state = self.state_dict()  # a collective under DDP: every rank takes part
         if not self.is_main:
             return None
-        return ckpt.save_checkpoint(state, self.output_dir / "checkpoints", self.step, self.config.keep_checkpoints)
+        return ckpt.save_checkpoint(
+            state, self.output_dir / "checkpoints", self.step, self.config.keep_checkpoints
+        )
 
     @contextlib.contextmanager
     def ema_weights(self):
@@ -392,8 +404,12 @@ class Trainer:
 
         c = self.config
         bar = tqdm(
-            total=c.steps, initial=self.step, unit="step", disable=not (c.progress and self.is_main),
-            desc=f"{c.method} ({self.loss_backend} loss)", dynamic_ncols=True,
+            total=c.steps,
+            initial=self.step,
+            unit="step",
+            disable=not (c.progress and self.is_main),
+            desc=f"{c.method} ({self.loss_backend} loss)",
+            dynamic_ncols=True,
         )
         start, first_step, terms = time.perf_counter(), self.step, {}
         try:
@@ -406,7 +422,9 @@ class Trainer:
                 if c.checkpoint_every and self.step % c.checkpoint_every == 0:
                     self.save_checkpoint()
                 if c.sample_every and self.step % c.sample_every == 0 and self.is_main:
-                    save_grid(self.sample(c.num_samples), self.output_dir / "samples" / f"step-{self.step:08d}.png")
+                    save_grid(
+                        self.sample(c.num_samples), self.output_dir / "samples" / f"step-{self.step:08d}.png"
+                    )
         finally:
             bar.close()
         elapsed = time.perf_counter() - start
