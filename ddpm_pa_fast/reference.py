@@ -12,6 +12,7 @@ from typing import NamedTuple
 import torch
 
 from . import _validation as V
+from ._haar_levels import analysis_levels, synthesis_levels
 
 # Clamp on |F_i| * |F_j| in the cosine similarity, as torch.nn.CosineSimilarity's default eps.
 SIMILARITY_EPS = 1e-8
@@ -78,7 +79,9 @@ def _haar_synthesis(ll: torch.Tensor, yh: torch.Tensor) -> torch.Tensor:
     return torch.stack([top, bottom], dim=-3).reshape(n, ch, 2 * h, 2 * w)
 
 
-def haar_dwt2d(x: torch.Tensor, levels: int = 1, mode: str = "zero") -> tuple[torch.Tensor, list[torch.Tensor]]:
+def haar_dwt2d(
+    x: torch.Tensor, levels: int = 1, mode: str = "zero"
+) -> tuple[torch.Tensor, list[torch.Tensor]]:
     """Multi-level 2D Haar DWT in pytorch_wavelets' layout (DWTForward(J=levels, wave='haar', mode)).
 
     Returns yl (N, C, h, w) and yh, a list finest level first of (N, C, 3, h_j, w_j). Per 2x2 block
@@ -87,12 +90,7 @@ def haar_dwt2d(x: torch.Tensor, levels: int = 1, mode: str = "zero") -> tuple[to
     V.check_images(x, "x")
     V.check_levels(levels)
     V.check_choice(mode, "mode", V.DWT_MODES)
-    yh = []
-    yl = x
-    for _ in range(levels):
-        yl, band = _haar_analysis(yl, mode)
-        yh.append(band)
-    return yl, yh
+    return analysis_levels(_haar_analysis, x, levels, mode)
 
 
 def haar_idwt2d(yl: torch.Tensor, yh, mode: str = "zero") -> torch.Tensor:
@@ -104,19 +102,7 @@ def haar_idwt2d(yl: torch.Tensor, yh, mode: str = "zero") -> torch.Tensor:
     """
     V.check_dwt_coefficients(yl, yh)
     V.check_choice(mode, "mode", V.DWT_MODES)
-    ll = yl
-    for j in range(len(yh) - 1, -1, -1):
-        band = yh[j]
-        if band is None:
-            band = ll.new_zeros(ll.shape[0], ll.shape[1], 3, ll.shape[2], ll.shape[3])
-        h, w = band.shape[-2:]
-        if ll.shape[-2] not in (h, h + 1) or ll.shape[-1] not in (w, w + 1):
-            raise ValueError(
-                f"yh[{j}] has spatial size {(h, w)}, which does not fit the coarser level's "
-                f"reconstruction of size {tuple(ll.shape[-2:])}"
-            )
-        ll = _haar_synthesis(ll[..., :h, :w], band)
-    return ll
+    return synthesis_levels(_haar_synthesis, yl, yh)
 
 
 def similarity_logits(features: torch.Tensor) -> torch.Tensor:
