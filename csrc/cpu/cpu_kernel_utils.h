@@ -26,8 +26,9 @@
 
 // The build targets baseline x86-64 (SSE2, no FMA) so the wheel runs anywhere. The hot loops are
 // compiled twice more, for x86-64-v3 (AVX2 + FMA) and x86-64-v4 (AVX-512), and the loader picks the
-// best the CPU supports. Bodies they call are DDPM_PA_ALWAYS_INLINE so they are compiled per clone.
-#if defined(__x86_64__) && defined(__GNUC__) && !defined(__clang__) && defined(__linux__)
+// best the CPU supports (GCC >= 12 on x86-64 Linux; elsewhere baseline only). Bodies they call are
+// DDPM_PA_ALWAYS_INLINE so they are compiled per clone.
+#if defined(__x86_64__) && defined(__GNUC__) && __GNUC__ >= 12 && !defined(__clang__) && defined(__linux__)
 #define DDPM_PA_MULTIVERSION __attribute__((target_clones("arch=x86-64-v4", "arch=x86-64-v3", "default")))
 #else
 #define DDPM_PA_MULTIVERSION
