@@ -9,7 +9,7 @@ from __future__ import annotations
 import torch
 
 from ._nvtx import annotate
-from .reference import DDPMPALossOutput
+from ._op_backend import OpBackend
 
 BUILD_HINT = (
     "build it from the repository root with `pip install --no-build-isolation -e .` "
@@ -203,61 +203,6 @@ if _LOAD_ERROR is None:
 
 
 # ---------------------------------------------------------------------------------------------
-# Backend "cpu" / "cuda": the reference's functions and positional signatures, on the ops above.
-# Arguments arrive validated by ddpm_pa_fast.functional.
-
-
-def ddpm_pa_high_frequency(x: torch.Tensor) -> torch.Tensor:
-    return torch.ops.ddpm_pa_fast.ddpm_pa_high_frequency(x)
-
-
-def haar_dwt2d(x: torch.Tensor, levels: int = 1, mode: str = "zero") -> tuple[torch.Tensor, list[torch.Tensor]]:
-    yl, yh = x, []
-    for _ in range(levels):
-        yl, band = torch.ops.ddpm_pa_fast.haar_dwt2d(yl, mode)
-        yh.append(band)
-    return yl, yh
-
-
-def haar_idwt2d(yl: torch.Tensor, yh, mode: str = "zero") -> torch.Tensor:
-    """As reference.haar_idwt2d: None bands are zeros, and a reconstruction one row/column larger than
-    the next finer level's bands is cropped. mode does not change the Haar synthesis."""
-    ll = yl
-    for j in range(len(yh) - 1, -1, -1):
-        band = yh[j]
-        if band is None:
-            band = ll.new_zeros(ll.shape[0], ll.shape[1], 3, ll.shape[2], ll.shape[3])
-        h, w = band.shape[-2:]
-        if ll.shape[-2] not in (h, h + 1) or ll.shape[-1] not in (w, w + 1):
-            raise ValueError(
-                f"yh[{j}] has spatial size {(h, w)}, which does not fit the coarser level's "
-                f"reconstruction of size {tuple(ll.shape[-2:])}"
-            )
-        ll = torch.ops.ddpm_pa_fast.haar_idwt2d(ll[..., :h, :w], band)
-    return ll
-
-
-def pairwise_similarity_kl(src: torch.Tensor, ada: torch.Tensor, tau: float = 1.0, reduction: str = "mean"):
-    loss, _, _ = torch.ops.ddpm_pa_fast.pairwise_similarity_kl(src.detach(), ada, tau, reduction)
-    return loss
-
-
-def ddpm_pa_loss(
-    x_t: torch.Tensor,
-    eps_ada: torch.Tensor,
-    eps_src: torch.Tensor,
-    noise: torch.Tensor,
-    a_t: torch.Tensor,
-    b_t: torch.Tensor,
-    w_pair: float = 4.0,
-    w_hf_pair: float = 4.0,
-    w_hf_mse: float = 1.0,
-    tau: float = 1.0,
-    reduction: str = "mean",
-) -> DDPMPALossOutput:
-    # Only eps_ada gets a gradient (the spec); the rest enter as constants, as in the reference.
-    x_t, eps_src, noise, a_t, b_t = (t.detach() for t in (x_t, eps_src, noise, a_t, b_t))
-    *terms, _ = torch.ops.ddpm_pa_fast.ddpm_pa_loss(
-        x_t, eps_ada, eps_src, noise, a_t, b_t, w_pair, w_hf_pair, w_hf_mse, tau, reduction
-    )
-    return DDPMPALossOutput(*terms)
+# Backend "cpu" / "cuda": the reference's five functions on the ops above (the dispatcher picks the
+# device's kernels).
+OpBackend(lambda: torch.ops.ddpm_pa_fast).export(globals())
