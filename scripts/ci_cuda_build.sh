@@ -54,11 +54,20 @@ log "torch $("$VENV/bin/python" -c 'import torch; print(torch.__version__, "CUDA
 
 # --- 2. Build in a scratch copy -----------------------------------------------------------------
 # The sources are what git would commit (tracked + untracked, minus ignored build outputs). build/ is
-# kept between runs so that an unchanged file is not recompiled; everything else is copied anew.
-mkdir -p "$BUILD_DIR"
-find "$BUILD_DIR" -mindepth 1 -maxdepth 1 ! -name build -exec rm -rf {} +
+# kept between runs for ninja; a source is copied only when its content changed, and the copy gets the
+# current time, so ninja recompiles exactly what changed (preserving the work tree's times could leave
+# an object newer than an edit made while it was being built).
+STAGE="$BUILD_DIR.staging"
+rm -rf "$STAGE" && mkdir -p "$STAGE" "$BUILD_DIR"
 (cd "$REPO" && git ls-files -z --cached --others --exclude-standard \
-  | tar --null --no-recursion --ignore-failed-read -T - -cf - 2>/dev/null) | tar -xf - -C "$BUILD_DIR"
+  | tar --null --no-recursion --ignore-failed-read -T - -cf - 2>/dev/null) | tar -xf - -C "$STAGE"
+(cd "$BUILD_DIR" && find . -type f ! -path './build/*' ! -name '*.so' ! -name build.log) | while IFS= read -r f; do
+  [ -e "$STAGE/$f" ] || rm -f "$BUILD_DIR/$f"
+done
+(cd "$STAGE" && find . -type f) | while IFS= read -r f; do
+  cmp -s "$STAGE/$f" "$BUILD_DIR/$f" || { mkdir -p "$(dirname "$BUILD_DIR/$f")" && cp "$STAGE/$f" "$BUILD_DIR/$f"; }
+done
+rm -rf "$STAGE"
 # torch's CUDA 13 headers include cuBLAS, cuSPARSE, ... headers that the system toolkit does not ship;
 # the venv's nvidia wheels do.
 export CPATH="$SITE/nvidia/cu13/include${CPATH:+:$CPATH}"
@@ -70,10 +79,12 @@ log "build done in $(( $(date +%s) - build_start ))s"
 grep -E "\[ddpm_pa_fast setup\]" "$BUILD_DIR/build.log" || true
 SO="$(ls "$BUILD_DIR"/ddpm_pa_fast/_C*.so 2>/dev/null | head -n 1)"
 [ -n "$SO" ] || fail "no ddpm_pa_fast/_C*.so in $BUILD_DIR after the build"
-# The toolkit here ships no cuobjdump, so the nvcc command lines in the log show what was compiled.
+# The toolkit here ships no cuobjdump; the nvcc flags in the build.ninja that torch wrote for this
+# build show the architectures (ninja recompiles an object whenever its command line changes).
+NINJA_FILE="$(ls "$BUILD_DIR"/build/temp.*/build.ninja | head -n 1)"
 for arch in $(echo "$TORCH_CUDA_ARCH_LIST" | tr ';' ' ' | sed 's/+PTX//g; s/\.//g'); do
-  grep -q "code=sm_$arch" "$BUILD_DIR/build.log" || fail "nvcc never compiled for sm_$arch (see $BUILD_DIR/build.log)"
-  log "compiled for sm_$arch: $(grep -c "code=sm_$arch" "$BUILD_DIR/build.log") nvcc invocations"
+  grep -q "code=sm_$arch" "$NINJA_FILE" || fail "the build does not compile for sm_$arch (see $NINJA_FILE)"
+  log "CUDA objects are compiled for sm_$arch"
 done
 
 # --- 3. Import and check ------------------------------------------------------------------------

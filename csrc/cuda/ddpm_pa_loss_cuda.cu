@@ -1,6 +1,7 @@
 // CUDA kernels of the fused ddpm_pa_loss and its backward: checks, parameter structs, launches.
 #include <torch/library.h>
 
+#include <cmath>
 #include <string>
 #include <tuple>
 
@@ -38,7 +39,7 @@ std::tuple<at::Tensor, at::Tensor, at::Tensor, at::Tensor, at::Tensor, at::Tenso
     c10::string_view reduction) {
   const char* op = kForwardOp;
   check_images(x_t, {{&eps_ada, "eps_ada"}, {&eps_src, "eps_src"}, {&noise, "noise"}}, op);
-  TORCH_CHECK(tau > 0, op, ": tau must be positive, got ", tau);
+  TORCH_CHECK(tau > 0 && std::isfinite(tau), op, ": tau must be a finite number > 0, got ", tau);
   const int reduce = parse_reduction(std::string(reduction), /*allow_none=*/false, op);
   const c10::cuda::CUDAGuard device_guard(x_t.device());
   const at::ScalarType acc_dtype = accumulation_dtype(x_t.scalar_type());
@@ -91,7 +92,7 @@ at::Tensor loss_backward_cuda(const at::Tensor& grad_terms, const at::Tensor& gr
                               c10::string_view reduction) {
   const char* op = kBackwardOp;
   check_images(x_t, {{&eps_ada, "eps_ada"}, {&noise, "noise"}}, op);
-  TORCH_CHECK(tau > 0, op, ": tau must be positive, got ", tau);
+  TORCH_CHECK(tau > 0 && std::isfinite(tau), op, ": tau must be a finite number > 0, got ", tau);
   const int reduce = parse_reduction(std::string(reduction), /*allow_none=*/false, op);
   const at::ScalarType acc_dtype = accumulation_dtype(x_t.scalar_type());
   const int64_t n = x_t.size(0);

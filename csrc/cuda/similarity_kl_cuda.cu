@@ -1,6 +1,7 @@
 // CUDA kernels of pairwise_similarity_kl and its backward: checks, parameter structs, launches.
 #include <torch/library.h>
 
+#include <cmath>
 #include <string>
 #include <tuple>
 
@@ -26,7 +27,7 @@ std::tuple<at::Tensor, at::Tensor, at::Tensor> similarity_kl_forward_cuda(const 
   check_features(src, op, "src");
   check_same_device_dtype(src, "src", ada, op, "ada");
   check_same_shape(src, "src", ada, op, "ada");
-  TORCH_CHECK(tau > 0, op, ": tau must be positive, got ", tau);
+  TORCH_CHECK(tau > 0 && std::isfinite(tau), op, ": tau must be a finite number > 0, got ", tau);
   const int reduce = parse_reduction(std::string(reduction), /*allow_none=*/true, op);
   const c10::cuda::CUDAGuard device_guard(src.device());
   const at::ScalarType acc_dtype = accumulation_dtype(src.scalar_type());
@@ -66,7 +67,7 @@ at::Tensor similarity_kl_backward_cuda(const at::Tensor& grad_loss, const at::Te
                                        const at::Tensor& gram_ada, double tau, c10::string_view reduction) {
   constexpr const char* op = "pairwise_similarity_kl_backward";
   check_features(ada, op, "ada");
-  TORCH_CHECK(tau > 0, op, ": tau must be positive, got ", tau);
+  TORCH_CHECK(tau > 0 && std::isfinite(tau), op, ": tau must be a finite number > 0, got ", tau);
   const int reduce = parse_reduction(std::string(reduction), /*allow_none=*/true, op);
   const int64_t n = ada.size(0);
   const at::ScalarType acc_dtype = accumulation_dtype(ada.scalar_type());
@@ -79,9 +80,10 @@ at::Tensor similarity_kl_backward_cuda(const at::Tensor& grad_loss, const at::Te
                 ", got ", gram.scalar_type());
     TORCH_CHECK(gram.device() == ada.device(), op, ": ", arg, " must be on ada's device ", ada.device());
   }
-  check_cuda_tensor(grad_loss, op, "grad_loss", reduce == kReduceNone ? 1 : 0);
-  TORCH_CHECK(reduce != kReduceNone || grad_loss.size(0) == n, op, ": grad_loss must have shape (", n,
-              ",) for reduction 'none', got ", grad_loss.sizes());
+  check_cuda_tensor(grad_loss, op, "grad_loss", -1);
+  TORCH_CHECK(grad_loss.numel() == (reduce == kReduceNone ? n : 1), op, ": grad_loss must hold ",
+              reduce == kReduceNone ? n : 1, " value(s) for reduction '", std::string(reduction), "', got shape ",
+              grad_loss.sizes());
   TORCH_CHECK(grad_loss.device() == ada.device(), op, ": grad_loss must be on ada's device ", ada.device());
   const c10::cuda::CUDAGuard device_guard(ada.device());
   const at::TensorOptions acc_options = ada.options().dtype(acc_dtype);
