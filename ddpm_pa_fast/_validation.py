@@ -48,14 +48,16 @@ def check_batch_for_pairs(x, name: str) -> None:
         )
 
 
-def check_same_layout(reference: torch.Tensor, ref_name: str, other: torch.Tensor, name: str) -> None:
-    """other must be a float tensor matching reference in shape, dtype and device."""
+def check_same_layout(
+    reference: torch.Tensor, ref_name: str, other: torch.Tensor, name: str, *, same_dtype: bool = True
+) -> None:
+    """other must be a float tensor matching reference in shape and device (and dtype if same_dtype)."""
     check_tensor(other, name)
     if other.shape != reference.shape:
         raise ValueError(
             f"{name} must have the shape of {ref_name} {tuple(reference.shape)}, got {tuple(other.shape)}"
         )
-    if other.dtype != reference.dtype:
+    if same_dtype and other.dtype != reference.dtype:
         raise TypeError(f"{name} must have the dtype of {ref_name} ({reference.dtype}), got {other.dtype}")
     check_same_device(reference, ref_name, other, name)
 

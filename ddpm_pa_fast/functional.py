@@ -72,7 +72,7 @@ def ddpm_pa_loss(
     backend: str = "auto",
 ) -> DDPMPALossOutput:
     """The DDPM-PA loss and its terms (loss, mse, hf_mse, pair_img, pair_hf); see reference.ddpm_pa_loss."""
-    w_pair, w_hf_pair, w_hf_mse, tau = check_loss_inputs(
+    (x_t, eps_ada, eps_src, noise), (w_pair, w_hf_pair, w_hf_mse, tau) = check_loss_inputs(
         x_t, eps_ada, eps_src, noise, a_t, b_t, w_pair, w_hf_pair, w_hf_mse, tau, reduction
     )
     impl = resolve_backend(backend, x_t.device)

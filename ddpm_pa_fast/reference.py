@@ -7,6 +7,7 @@ It computes in the dtype it is given; tests call it in float64 to get the truth 
 
 from __future__ import annotations
 
+import functools
 from typing import NamedTuple
 
 import torch
@@ -152,21 +153,28 @@ def _per_sample(coef: torch.Tensor, like: torch.Tensor) -> torch.Tensor:
 
 
 def check_loss_inputs(x_t, eps_ada, eps_src, noise, a_t, b_t, w_pair, w_hf_pair, w_hf_mse, tau, reduction):
-    """Validates ddpm_pa_loss's arguments for every backend; returns the scalars as floats."""
+    """Validates ddpm_pa_loss's arguments for every backend.
+
+    Returns (x_t, eps_ada, eps_src, noise) in their common dtype and the four scalars as floats. The
+    images' float dtypes may differ: under autocast the model's eps_ada is float16/bfloat16 while x_t and
+    noise stay float32, and the loss then runs in the promoted dtype, as torch's own losses do.
+    """
     V.check_images(x_t, "x_t", min_size=2)
     V.check_batch_for_pairs(x_t, "x_t")
-    V.check_same_layout(x_t, "x_t", eps_ada, "eps_ada")
-    V.check_same_layout(x_t, "x_t", eps_src, "eps_src")
-    V.check_same_layout(x_t, "x_t", noise, "noise")
+    images = {"x_t": x_t, "eps_ada": eps_ada, "eps_src": eps_src, "noise": noise}
+    for name, image in list(images.items())[1:]:
+        V.check_same_layout(x_t, "x_t", image, name, same_dtype=False)
     V.check_per_sample(a_t, "a_t", x_t, "x_t")
     V.check_per_sample(b_t, "b_t", x_t, "x_t")
     V.check_choice(reduction, "reduction", V.LOSS_REDUCTIONS)
-    return (
+    dtype = functools.reduce(torch.promote_types, (image.dtype for image in images.values()))
+    scalars = (
         V.check_weight(w_pair, "w_pair"),
         V.check_weight(w_hf_pair, "w_hf_pair"),
         V.check_weight(w_hf_mse, "w_hf_mse"),
         V.check_positive(tau, "tau"),
     )
+    return tuple(image.to(dtype) for image in images.values()), scalars
 
 
 def ddpm_pa_loss(
@@ -189,7 +197,7 @@ def ddpm_pa_loss(
     a_t = sqrt(1 / abar_t), b_t = sqrt(1 / abar_t - 1), one per sample. reduction applies to the two
     pairwise KL terms ('mean' is the authors' nn.KLDivLoss() default).
     """
-    w_pair, w_hf_pair, w_hf_mse, tau = check_loss_inputs(
+    (x_t, eps_ada, eps_src, noise), (w_pair, w_hf_pair, w_hf_mse, tau) = check_loss_inputs(
         x_t, eps_ada, eps_src, noise, a_t, b_t, w_pair, w_hf_pair, w_hf_mse, tau, reduction
     )
     x_t, eps_src, noise = x_t.detach(), eps_src.detach(), noise.detach()

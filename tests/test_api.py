@@ -86,7 +86,6 @@ def _loss(**changes):
     [
         (dict(x_t=S.x_t[0]), ValueError, r"x_t must be a 4-D tensor"),
         (dict(eps_ada=S.eps_ada[:, :2]), ValueError, r"eps_ada must have the shape of x_t"),
-        (dict(noise=S.noise.float()), TypeError, r"noise must have the dtype of x_t"),
         (dict(eps_src=S.eps_src.to(torch.int64)), TypeError, r"eps_src must have a floating dtype"),
         (dict(x_t=S.x_t[:1], eps_ada=S.eps_ada[:1], eps_src=S.eps_src[:1], noise=S.noise[:1],
               a_t=S.a_t[:1], b_t=S.b_t[:1]), ValueError, r"x_t must hold at least 2 samples"),
@@ -164,3 +163,18 @@ def test_haar_functions_reject_bad_input():
         D.DWTForward(J=0)
     with pytest.raises(ValueError, match=r"coeffs must be a pair \(yl, yh\)"):
         D.DWTInverse()(yl)
+
+
+@pytest.mark.parametrize("backend", ["torch", "auto"])
+def test_loss_promotes_mixed_float_dtypes_as_under_autocast(backend):
+    """Under autocast the model's eps_ada is bfloat16 while x_t, eps_src and noise stay float32: the loss
+    runs in float32 and the gradient reaches eps_ada in its own dtype."""
+    s = make_loss_sample((3, 3, 8, 8), dtype=torch.float32)
+    eps_ada = s.eps_ada.to(torch.bfloat16).requires_grad_(True)
+    out = D.ddpm_pa_loss(s.x_t, eps_ada, s.eps_src, s.noise, s.a_t, s.b_t, backend=backend)
+    assert out.loss.dtype == torch.float32
+    truth = R.ddpm_pa_loss(s.x_t.double(), eps_ada.detach().double(), s.eps_src.double(), s.noise.double(),
+                           s.a_t, s.b_t)
+    torch.testing.assert_close(out.loss.double(), truth.loss, rtol=1e-4, atol=1e-6)
+    out.loss.backward()
+    assert eps_ada.grad.dtype == torch.bfloat16 and torch.isfinite(eps_ada.grad).all()
