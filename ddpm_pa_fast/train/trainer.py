@@ -408,7 +408,7 @@ class Trainer:
             initial=self.step,
             unit="step",
             disable=not (c.progress and self.is_main),
-            desc=f"{c.method} ({self.loss_backend} loss)",
+            desc=c.method if c.method == "finetune" else f"{c.method} ({self.loss_backend} loss)",
             dynamic_ncols=True,
         )
         start, first_step, terms = time.perf_counter(), self.step, {}
