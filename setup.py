@@ -54,7 +54,9 @@ def _extensions():
         extension = cpp_extension.CUDAExtension
         define_macros.append(("DDPM_PA_WITH_CUDA", "1"))
         extra_compile_args["nvcc"] = ["-O3", "--expt-relaxed-constexpr", "-lineinfo"]
-        _log(f"building CPU + CUDA kernels ({why}); TORCH_CUDA_ARCH_LIST={os.environ['TORCH_CUDA_ARCH_LIST']}")
+        _log(
+            f"building CPU + CUDA kernels ({why}); TORCH_CUDA_ARCH_LIST={os.environ['TORCH_CUDA_ARCH_LIST']}"
+        )
     else:
         _log(f"building CPU kernels only ({why}); set FORCE_CUDA=1 to build the CUDA kernels")
     return [

@@ -13,7 +13,11 @@ from .reference import DDPMPALossOutput
 
 # What every backend module provides (ddpm_pa_fast.backends calls these by name).
 BACKEND_FUNCTIONS = (
-    "ddpm_pa_high_frequency", "haar_dwt2d", "haar_idwt2d", "pairwise_similarity_kl", "ddpm_pa_loss",
+    "ddpm_pa_high_frequency",
+    "haar_dwt2d",
+    "haar_idwt2d",
+    "pairwise_similarity_kl",
+    "ddpm_pa_loss",
 )
 
 
@@ -40,8 +44,18 @@ class OpBackend:
         return loss
 
     def ddpm_pa_loss(
-        self, x_t, eps_ada, eps_src, noise, a_t, b_t,
-        w_pair=4.0, w_hf_pair=4.0, w_hf_mse=1.0, tau=1.0, reduction="mean",
+        self,
+        x_t,
+        eps_ada,
+        eps_src,
+        noise,
+        a_t,
+        b_t,
+        w_pair=4.0,
+        w_hf_pair=4.0,
+        w_hf_mse=1.0,
+        tau=1.0,
+        reduction="mean",
     ) -> DDPMPALossOutput:
         # Only eps_ada gets a gradient (the spec); the rest enter as constants, as in the reference.
         x_t, eps_src, noise, a_t, b_t = (t.detach() for t in (x_t, eps_src, noise, a_t, b_t))

@@ -43,8 +43,7 @@ def check_images(x, name: str, *, min_size: int = 1) -> None:
 def check_batch_for_pairs(x, name: str) -> None:
     if x.shape[0] < 2:
         raise ValueError(
-            f"{name} must hold at least 2 samples (pairwise similarities need N >= 2), "
-            f"got N={x.shape[0]}"
+            f"{name} must hold at least 2 samples (pairwise similarities need N >= 2), got N={x.shape[0]}"
         )
 
 

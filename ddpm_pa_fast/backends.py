@@ -53,7 +53,7 @@ def _unavailable_reason(name: str, device_type: str) -> str | None:
     return triton_ops.unavailable_reason(device_type)
 
 
-@functools.lru_cache(maxsize=None)
+@functools.cache
 def _resolve(name: str, device_type: str):
     if name == "auto":
         for candidate in AUTO_PREFERENCE.get(device_type, ("torch",)):

@@ -77,4 +77,6 @@ def ddpm_pa_loss(
     )
     impl = resolve_backend(backend, x_t.device)
     with annotate("ddpm_pa_loss"):
-        return impl.ddpm_pa_loss(x_t, eps_ada, eps_src, noise, a_t, b_t, w_pair, w_hf_pair, w_hf_mse, tau, reduction)
+        return impl.ddpm_pa_loss(
+            x_t, eps_ada, eps_src, noise, a_t, b_t, w_pair, w_hf_pair, w_hf_mse, tau, reduction
+        )

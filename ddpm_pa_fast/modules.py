@@ -23,7 +23,9 @@ def _check_backend(backend: str) -> str:
 
 def _check_wave(wave) -> str:
     if wave not in HAAR_NAMES:
-        raise ValueError(f"wave must be 'haar' (or its alias 'db1'); only the Haar wavelet is implemented, got {wave!r}")
+        raise ValueError(
+            f"wave must be 'haar' (or its alias 'db1'); only the Haar wavelet is implemented, got {wave!r}"
+        )
     return wave
 
 
@@ -53,8 +55,17 @@ class DDPMPALoss(nn.Module):
 
     def forward(self, x_t, eps_ada, eps_src, noise, a_t, b_t) -> DDPMPALossOutput:
         return F.ddpm_pa_loss(
-            x_t, eps_ada, eps_src, noise, a_t, b_t,
-            self.w_pair, self.w_hf_pair, self.w_hf_mse, self.tau, self.reduction,
+            x_t,
+            eps_ada,
+            eps_src,
+            noise,
+            a_t,
+            b_t,
+            self.w_pair,
+            self.w_hf_pair,
+            self.w_hf_mse,
+            self.tau,
+            self.reduction,
             backend=self.backend,
         )
 

@@ -50,7 +50,9 @@ def _accumulation_dtype(dtype: torch.dtype) -> torch.dtype:
 
 
 def _check_images(x: torch.Tensor, name: str) -> None:
-    torch._check(x.dim() == 4, lambda: f"{name} must be a 4-D (N, C, H, W) tensor, got shape {tuple(x.shape)}")
+    torch._check(
+        x.dim() == 4, lambda: f"{name} must be a 4-D (N, C, H, W) tensor, got shape {tuple(x.shape)}"
+    )
 
 
 # ---------------------------------------------------------------------------------------------
@@ -69,8 +71,10 @@ def _register_fakes() -> None:
     @register_fake("ddpm_pa_fast::ddpm_pa_high_frequency_backward")
     def _(grad_hf, height, width):
         _check_images(grad_hf, "grad_hf")
-        torch._check(grad_hf.shape[2] == height // 2 and grad_hf.shape[3] == width // 2,
-                     lambda: f"grad_hf must have spatial size (height // 2, width // 2), got {tuple(grad_hf.shape)}")
+        torch._check(
+            grad_hf.shape[2] == height // 2 and grad_hf.shape[3] == width // 2,
+            lambda: f"grad_hf must have spatial size (height // 2, width // 2), got {tuple(grad_hf.shape)}",
+        )
         return grad_hf.new_empty(grad_hf.shape[0], grad_hf.shape[1], height, width)
 
     @register_fake("ddpm_pa_fast::haar_dwt2d")
@@ -82,23 +86,34 @@ def _register_fakes() -> None:
     @register_fake("ddpm_pa_fast::haar_dwt2d_backward")
     def _(grad_yl, grad_yh, height, width, mode):
         _check_images(grad_yl, "grad_yl")
-        torch._check(grad_yl.shape[2] == (height + 1) // 2 and grad_yl.shape[3] == (width + 1) // 2,
-                     lambda: f"grad_yl must have spatial size (ceil(height / 2), ceil(width / 2)), got {tuple(grad_yl.shape)}")
-        torch._check(grad_yh.dim() == 5 and grad_yh.shape[2] == 3,
-                     lambda: f"grad_yh must have shape (N, C, 3, h, w), got {tuple(grad_yh.shape)}")
+        torch._check(
+            grad_yl.shape[2] == (height + 1) // 2 and grad_yl.shape[3] == (width + 1) // 2,
+            lambda: (
+                "grad_yl must have spatial size (ceil(height / 2), ceil(width / 2)), "
+                f"got {tuple(grad_yl.shape)}"
+            ),
+        )
+        torch._check(
+            grad_yh.dim() == 5 and grad_yh.shape[2] == 3,
+            lambda: f"grad_yh must have shape (N, C, 3, h, w), got {tuple(grad_yh.shape)}",
+        )
         return grad_yl.new_empty(grad_yl.shape[0], grad_yl.shape[1], height, width)
 
     @register_fake("ddpm_pa_fast::haar_idwt2d")
     def _(yl, yh):
         _check_images(yl, "yl")
-        torch._check(yh.dim() == 5 and yh.shape[2] == 3 and yh.shape[3:] == yl.shape[2:],
-                     lambda: f"yh must have shape (N, C, 3, h, w) matching yl, got {tuple(yh.shape)}")
+        torch._check(
+            yh.dim() == 5 and yh.shape[2] == 3 and yh.shape[3:] == yl.shape[2:],
+            lambda: f"yh must have shape (N, C, 3, h, w) matching yl, got {tuple(yh.shape)}",
+        )
         n, c, h, w = yl.shape
         return yl.new_empty(n, c, 2 * h, 2 * w)
 
     @register_fake("ddpm_pa_fast::pairwise_similarity_kl")
     def _(src, ada, tau, reduction):
-        torch._check(src.dim() >= 2, lambda: f"src must have at least 2 dimensions, got shape {tuple(src.shape)}")
+        torch._check(
+            src.dim() >= 2, lambda: f"src must have at least 2 dimensions, got shape {tuple(src.shape)}"
+        )
         torch._check(src.shape == ada.shape, lambda: f"ada must have the shape of src {tuple(src.shape)}")
         torch._check(src.shape[0] >= 2, lambda: "src must hold at least 2 samples")
         n = src.shape[0]
@@ -109,14 +124,19 @@ def _register_fakes() -> None:
     @register_fake("ddpm_pa_fast::pairwise_similarity_kl_backward")
     def _(grad_loss, ada, gram_src, gram_ada, tau, reduction):
         n = ada.shape[0]
-        torch._check(gram_src.shape == (n, n) and gram_ada.shape == (n, n), lambda: f"grams must have shape ({n}, {n})")
+        torch._check(
+            gram_src.shape == (n, n) and gram_ada.shape == (n, n), lambda: f"grams must have shape ({n}, {n})"
+        )
         return ada.new_empty(ada.shape)
 
     @register_fake("ddpm_pa_fast::ddpm_pa_loss")
     def _(x_t, eps_ada, eps_src, noise, a_t, b_t, w_pair, w_hf_pair, w_hf_mse, tau, reduction):
         _check_images(x_t, "x_t")
         for name, t in (("eps_ada", eps_ada), ("eps_src", eps_src), ("noise", noise)):
-            torch._check(t.shape == x_t.shape, lambda: f"{name} must have the shape of x_t {tuple(x_t.shape)}")
+            torch._check(
+                t.shape == x_t.shape,
+                lambda name=name: f"{name} must have the shape of x_t {tuple(x_t.shape)}",
+            )
         n = x_t.shape[0]
         torch._check(n >= 2, lambda: "x_t must hold at least 2 samples")
         torch._check(a_t.numel() == n and b_t.numel() == n, lambda: f"a_t and b_t must hold {n} values")
@@ -163,7 +183,9 @@ def _register_autograd() -> None:
         with annotate("haar_idwt2d.backward"):
             return ops.haar_dwt2d(grad_x, "zero")
 
-    register_autograd("ddpm_pa_fast::haar_idwt2d", idwt_backward, setup_context=lambda ctx, inputs, output: None)
+    register_autograd(
+        "ddpm_pa_fast::haar_idwt2d", idwt_backward, setup_context=lambda ctx, inputs, output: None
+    )
 
     def kl_setup(ctx, inputs, output):
         _, ada, ctx.tau, ctx.reduction = inputs
@@ -175,7 +197,9 @@ def _register_autograd() -> None:
         # The source features are a constant of the loss (the frozen model): no gradient for src.
         ada, gram_src, gram_ada = ctx.saved_tensors
         with annotate("pairwise_similarity_kl.backward"):
-            grad_ada = ops.pairwise_similarity_kl_backward(grad_loss, ada, gram_src, gram_ada, ctx.tau, ctx.reduction)
+            grad_ada = ops.pairwise_similarity_kl_backward(
+                grad_loss, ada, gram_src, gram_ada, ctx.tau, ctx.reduction
+            )
         return None, grad_ada, None, None
 
     register_autograd("ddpm_pa_fast::pairwise_similarity_kl", kl_backward, setup_context=kl_setup)
@@ -191,7 +215,9 @@ def _register_autograd() -> None:
         with annotate("ddpm_pa_loss.backward"):
             upstream = (grad_loss, grad_mse, grad_hf_mse, grad_pair_img, grad_pair_hf)
             grad_terms = torch.stack([g.reshape(()).to(grams.dtype) for g in upstream])
-            grad_eps_ada = ops.ddpm_pa_loss_backward(grad_terms, grams, x_t, eps_ada, noise, a_t, b_t, *ctx.scalars)
+            grad_eps_ada = ops.ddpm_pa_loss_backward(
+                grad_terms, grams, x_t, eps_ada, noise, a_t, b_t, *ctx.scalars
+            )
         return (None, grad_eps_ada) + (None,) * 9
 
     register_autograd("ddpm_pa_fast::ddpm_pa_loss", loss_backward, setup_context=loss_setup)

@@ -60,12 +60,18 @@ class LossSample:
             return t.to(device=device, dtype=t.dtype if is_coef else (dtype or t.dtype))
 
         return LossSample(
-            move(self.x_t), move(self.eps_ada), move(self.eps_src), move(self.noise),
-            move(self.a_t, True), move(self.b_t, True),
+            move(self.x_t),
+            move(self.eps_ada),
+            move(self.eps_src),
+            move(self.noise),
+            move(self.a_t, True),
+            move(self.b_t, True),
         )
 
 
-def make_loss_sample(shape, seed: int = 0, dtype=torch.float64, device="cpu", coef_shape="flat") -> LossSample:
+def make_loss_sample(
+    shape, seed: int = 0, dtype=torch.float64, device="cpu", coef_shape="flat"
+) -> LossSample:
     """A DDPM-like batch: x_t from x0 and noise at random timesteps; eps_ada, eps_src near the noise."""
     g = torch.Generator().manual_seed(seed)
     n = shape[0]

@@ -12,13 +12,15 @@ pytorch_wavelets = pytest.importorskip("pytorch_wavelets")
 
 def test_functions_with_torch_backend_are_the_reference():
     s = make_loss_sample((3, 3, 9, 8))
-    for ours, ref in zip(D.ddpm_pa_loss(*s.args(), backend="torch"), R.ddpm_pa_loss(*s.args())):
+    for ours, ref in zip(D.ddpm_pa_loss(*s.args(), backend="torch"), R.ddpm_pa_loss(*s.args()), strict=True):
         torch.testing.assert_close(ours, ref, rtol=0, atol=0)
     x = randn((2, 3, 9, 8))
     torch.testing.assert_close(D.ddpm_pa_high_frequency(x, backend="torch"), R.ddpm_pa_high_frequency(x))
     src, ada = similar_features((4, 10))
-    torch.testing.assert_close(D.pairwise_similarity_kl(src, ada, 0.5, "sum", backend="torch"),
-                               R.pairwise_similarity_kl(src, ada, 0.5, "sum"))
+    torch.testing.assert_close(
+        D.pairwise_similarity_kl(src, ada, 0.5, "sum", backend="torch"),
+        R.pairwise_similarity_kl(src, ada, 0.5, "sum"),
+    )
 
 
 @pytest.mark.parametrize("mode", ["zero", "symmetric", "periodization"])
@@ -38,13 +40,19 @@ def test_dwt_modules_drop_in_for_pytorch_wavelets(J, mode):
 
 def test_modules_match_functions():
     s = make_loss_sample((4, 3, 8, 8))
-    module = D.DDPMPALoss(w_pair=1.0, w_hf_pair=2.0, w_hf_mse=3.0, tau=0.5, reduction="batchmean", backend="torch")
-    for a, b in zip(module(*s.args()), R.ddpm_pa_loss(*s.args(), 1.0, 2.0, 3.0, 0.5, "batchmean")):
+    module = D.DDPMPALoss(
+        w_pair=1.0, w_hf_pair=2.0, w_hf_mse=3.0, tau=0.5, reduction="batchmean", backend="torch"
+    )
+    for a, b in zip(
+        module(*s.args()), R.ddpm_pa_loss(*s.args(), 1.0, 2.0, 3.0, 0.5, "batchmean"), strict=True
+    ):
         torch.testing.assert_close(a, b)
     assert isinstance(module(*s.args()), D.DDPMPALossOutput)
     src, ada = similar_features((3, 6))
-    torch.testing.assert_close(D.PairwiseSimilarityKL(tau=2.0, reduction="none")(src, ada),
-                               R.pairwise_similarity_kl(src, ada, 2.0, "none"))
+    torch.testing.assert_close(
+        D.PairwiseSimilarityKL(tau=2.0, reduction="none")(src, ada),
+        R.pairwise_similarity_kl(src, ada, 2.0, "none"),
+    )
     x = randn((2, 1, 6, 6))
     torch.testing.assert_close(D.DDPMPAHighFrequency()(x), R.ddpm_pa_high_frequency(x))
     assert "w_pair=1.0" in repr(module)
@@ -87,15 +95,33 @@ def _loss(**changes):
         (dict(x_t=S.x_t[0]), ValueError, r"x_t must be a 4-D tensor"),
         (dict(eps_ada=S.eps_ada[:, :2]), ValueError, r"eps_ada must have the shape of x_t"),
         (dict(eps_src=S.eps_src.to(torch.int64)), TypeError, r"eps_src must have a floating dtype"),
-        (dict(x_t=S.x_t[:1], eps_ada=S.eps_ada[:1], eps_src=S.eps_src[:1], noise=S.noise[:1],
-              a_t=S.a_t[:1], b_t=S.b_t[:1]), ValueError, r"x_t must hold at least 2 samples"),
+        (
+            dict(
+                x_t=S.x_t[:1],
+                eps_ada=S.eps_ada[:1],
+                eps_src=S.eps_src[:1],
+                noise=S.noise[:1],
+                a_t=S.a_t[:1],
+                b_t=S.b_t[:1],
+            ),
+            ValueError,
+            r"x_t must hold at least 2 samples",
+        ),
         (dict(a_t=S.a_t[:2]), ValueError, r"a_t must hold one value per sample"),
         (dict(b_t=S.b_t.view(3, 1)), ValueError, r"b_t must hold one value per sample"),
         (dict(b_t=S.b_t.to("meta")), ValueError, r"b_t must be on the device of x_t"),
         (dict(noise=S.noise.to("meta")), ValueError, r"noise must be on the device of x_t"),
         (dict(eps_ada=[1.0]), TypeError, r"eps_ada must be a torch.Tensor"),
-        (dict(x_t=S.x_t[..., :1, :], eps_ada=S.eps_ada[..., :1, :], eps_src=S.eps_src[..., :1, :],
-              noise=S.noise[..., :1, :]), ValueError, r"x_t must have height and width of at least 2"),
+        (
+            dict(
+                x_t=S.x_t[..., :1, :],
+                eps_ada=S.eps_ada[..., :1, :],
+                eps_src=S.eps_src[..., :1, :],
+                noise=S.noise[..., :1, :],
+            ),
+            ValueError,
+            r"x_t must have height and width of at least 2",
+        ),
     ],
 )
 def test_loss_rejects_bad_tensors(changes, error, pattern):
@@ -173,8 +199,9 @@ def test_loss_promotes_mixed_float_dtypes_as_under_autocast(backend):
     eps_ada = s.eps_ada.to(torch.bfloat16).requires_grad_(True)
     out = D.ddpm_pa_loss(s.x_t, eps_ada, s.eps_src, s.noise, s.a_t, s.b_t, backend=backend)
     assert out.loss.dtype == torch.float32
-    truth = R.ddpm_pa_loss(s.x_t.double(), eps_ada.detach().double(), s.eps_src.double(), s.noise.double(),
-                           s.a_t, s.b_t)
+    truth = R.ddpm_pa_loss(
+        s.x_t.double(), eps_ada.detach().double(), s.eps_src.double(), s.noise.double(), s.a_t, s.b_t
+    )
     torch.testing.assert_close(out.loss.double(), truth.loss, rtol=1e-4, atol=1e-6)
     out.loss.backward()
     assert eps_ada.grad.dtype == torch.bfloat16 and torch.isfinite(eps_ada.grad).all()

@@ -37,9 +37,9 @@ def authors_pairwise_kl(src, ada, tau=1.0, reduction="mean"):
     def similarities(f):
         rows = []
         for i in range(n):
-            rows.append(torch.stack([
-                sim(f[i].reshape(1, -1), f[j].reshape(1, -1))[0] for j in range(n) if j != i
-            ]))
+            rows.append(
+                torch.stack([sim(f[i].reshape(1, -1), f[j].reshape(1, -1))[0] for j in range(n) if j != i])
+            )
         return torch.stack(rows)
 
     p_src = F.softmax(similarities(src.detach()) / tau, dim=1)
@@ -74,7 +74,7 @@ def test_dwt_matches_pytorch_wavelets(shape, levels, mode):
     # pytorch_wavelets keeps its filters rounded to float32 (1/sqrt2 to ~3e-8), hence the tolerance.
     torch.testing.assert_close(yl, ref_yl, rtol=1e-6, atol=1e-6)
     assert len(yh) == len(ref_yh) == levels
-    for ours, theirs in zip(yh, ref_yh):
+    for ours, theirs in zip(yh, ref_yh, strict=True):
         torch.testing.assert_close(ours, theirs, rtol=1e-6, atol=1e-6)
     inverse = pytorch_wavelets.DWTInverse(wave="haar", mode=mode).double()((ref_yl, ref_yh))
     torch.testing.assert_close(R.haar_idwt2d(yl, yh, mode), inverse, rtol=1e-6, atol=1e-6)
@@ -153,9 +153,11 @@ def test_loss_matches_term_by_term_composition(shape, reduction):
     mse = F.mse_loss(eps_ada, s.noise)
     hf_mse = F.mse_loss(authors_high_frequency(x0_ada), authors_high_frequency(x0_tgt))
     pair_img = authors_pairwise_kl(x0_src, x0_ada, 0.8, reduction)
-    pair_hf = authors_pairwise_kl(authors_high_frequency(x0_src), authors_high_frequency(x0_ada), 0.8, reduction)
+    pair_hf = authors_pairwise_kl(
+        authors_high_frequency(x0_src), authors_high_frequency(x0_ada), 0.8, reduction
+    )
     loss = mse + 2.5 * pair_img + 0.7 * pair_hf + 1.3 * hf_mse
-    for ours, theirs in zip(out, (loss, mse, hf_mse, pair_img, pair_hf)):
+    for ours, theirs in zip(out, (loss, mse, hf_mse, pair_img, pair_hf), strict=True):
         torch.testing.assert_close(ours, theirs, rtol=1e-10, atol=1e-13)
     (g_ours,) = torch.autograd.grad(out.loss, eps_ada)
     (g_theirs,) = torch.autograd.grad(loss, eps_ada)
@@ -171,7 +173,7 @@ def test_loss_default_weights_are_the_authors():
 def test_loss_accepts_4d_coefficients():
     flat = make_loss_sample((3, 3, 8, 8), seed=2)
     four_d = make_loss_sample((3, 3, 8, 8), seed=2, coef_shape="4d")
-    for x, y in zip(R.ddpm_pa_loss(*flat.args()), R.ddpm_pa_loss(*four_d.args())):
+    for x, y in zip(R.ddpm_pa_loss(*flat.args()), R.ddpm_pa_loss(*four_d.args()), strict=True):
         torch.testing.assert_close(x, y)
 
 
@@ -195,11 +197,13 @@ def test_gradcheck_high_frequency():
 @pytest.mark.parametrize("mode", DWT_MODES)
 def test_gradcheck_dwt_and_idwt(mode):
     x = randn((1, 2, 5, 6)).requires_grad_(True)
-    assert torch.autograd.gradcheck(lambda t: torch.cat([c.flatten() for c in
-                                    (lambda yl, yh: [yl, *yh])(*R.haar_dwt2d(t, 2, mode))]), (x,))
+    assert torch.autograd.gradcheck(
+        lambda t: torch.cat([c.flatten() for c in (lambda yl, yh: [yl, *yh])(*R.haar_dwt2d(t, 2, mode))]),
+        (x,),
+    )
     yl, yh = R.haar_dwt2d(x.detach(), 2, mode)
     leaves = [yl.requires_grad_(True)] + [h.requires_grad_(True) for h in yh]
-    assert torch.autograd.gradcheck(lambda l, h0, h1: R.haar_idwt2d(l, [h0, h1], mode), tuple(leaves))
+    assert torch.autograd.gradcheck(lambda low, h0, h1: R.haar_idwt2d(low, [h0, h1], mode), tuple(leaves))
 
 
 @pytest.mark.parametrize("reduction", KL_REDUCTIONS)
@@ -236,7 +240,9 @@ def test_all_zero_images_give_finite_loss_and_gradient():
     shape = (3, 4, 8, 8)  # a 4-channel latent batch
     zeros = torch.zeros(shape, dtype=torch.float64)
     eps_ada = zeros.clone().requires_grad_(True)
-    out = R.ddpm_pa_loss(zeros, eps_ada, zeros, zeros, torch.ones(3, dtype=torch.float64), torch.zeros(3, dtype=torch.float64))
+    out = R.ddpm_pa_loss(
+        zeros, eps_ada, zeros, zeros, torch.ones(3, dtype=torch.float64), torch.zeros(3, dtype=torch.float64)
+    )
     out.loss.backward()
     assert all(torch.isfinite(t) for t in out)
     assert torch.isfinite(eps_ada.grad).all()
@@ -274,5 +280,7 @@ def test_inputs_are_never_modified():
     yh_before = [h.clone() for h in yh]
     R.haar_idwt2d(yl, yh)
     R.ddpm_pa_high_frequency(x)
-    for t, b in itertools.chain(zip(s.args(), before), [(x, x_before)], zip(yh, yh_before)):
+    for t, b in itertools.chain(
+        zip(s.args(), before, strict=True), [(x, x_before)], zip(yh, yh_before, strict=True)
+    ):
         assert torch.equal(t.detach(), b)
