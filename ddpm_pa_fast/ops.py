@@ -6,8 +6,11 @@ csrc/cuda/. The dispatcher picks the device, so backends "cpu" and "cuda" both c
 
 from __future__ import annotations
 
+import warnings
+
 import torch
 
+from ._cuda_check import CUDAVersionMismatchError, check_extension_cuda_version
 from ._nvtx import annotate
 from ._op_backend import OpBackend
 
@@ -17,9 +20,14 @@ BUILD_HINT = (
 )
 
 try:
-    from . import _C  # noqa: F401  (loading registers the ops with the dispatcher)
+    from . import _C  # loading registers the ops with the dispatcher
 
+    check_extension_cuda_version(_C)
     _LOAD_ERROR = None
+except CUDAVersionMismatchError as error:
+    # Said once, at import: the kernels are there but built for another CUDA than torch's.
+    warnings.warn(str(error), stacklevel=2)
+    _LOAD_ERROR = error
 except ImportError as error:  # the package stays usable with backend="torch"
     _LOAD_ERROR = error
 
