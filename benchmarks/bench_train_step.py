@@ -36,15 +36,16 @@ ROOT = Path(__file__).resolve().parents[1]
 
 
 class AuthorsWayTrainer(Trainer):
-    """The source forward as published: train mode and autograd on (its output is detached by the loss)."""
+    """The source forward as published: on the whole batch, in train mode, with autograd on (its output
+    is detached by the loss); the pair rows are taken from it afterwards."""
 
     def __init__(self, config):
         super().__init__(config)
         self.source.train().requires_grad_(True)
 
-    def source_eps(self, x_t, t):
+    def source_eps(self, x_t, t, rows):
         with self._autocast():
-            return self.source_forward(x_t, t).sample[:, : self.channels].float()
+            return self.source_forward(x_t, t).sample[:, : self.channels].float()[rows]
 
 
 def make_setting(folder: Path, batch: int) -> tuple[str, str]:

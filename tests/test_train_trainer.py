@@ -32,7 +32,8 @@ def test_loss_is_the_authors_total_full_batch_mse_and_subset_pairs(tmp_path, bac
     x_t = trainer.schedule.q_sample(x0, t, noise)
     eps_ada = (noise + 0.3 * torch.randn(n, 3, 8, 8, generator=g)).requires_grad_(True)
     pair_state = trainer.pair_generator.get_state()
-    terms = trainer._loss(x0, x_t, t, noise, eps_ada, eps_src, eps_ada)
+    pair, rest = trainer._draw_pairs(n)
+    terms = trainer._loss(x0, x_t, t, noise, eps_ada, eps_src[pair], eps_ada, pair, rest)
     (grad,) = torch.autograd.grad(terms["loss"], eps_ada)
 
     subset = torch.randperm(n, generator=torch.Generator().set_state(pair_state))[:3]

@@ -240,17 +240,18 @@ class Trainer:
         noise = torch.randn(x0.shape, generator=self.noise_generator).to(self.device)
         x_t = self.schedule.q_sample(x0, t, noise)
 
-        eps_src = None
+        eps_src = pair = rest = None
         if c.method == "ddpm-pa":
+            pair, rest = self._draw_pairs(n)
             with annotate("train/source_forward"):
-                eps_src = self.source_eps(x_t, t)
+                eps_src = self.source_eps(x_t, t, pair)
         with annotate("train/adapted_forward"), self._autocast():
             output = self.adapted_forward(x_t, t).sample
         output = output.float()
         eps_ada = output[:, : self.channels]
 
         with annotate("train/loss"):
-            terms = self._loss(x0, x_t, t, noise, eps_ada, eps_src, output)
+            terms = self._loss(x0, x_t, t, noise, eps_ada, eps_src, output, pair, rest)
         with annotate("train/backward"):
             self.optimizer.zero_grad(set_to_none=True)
             self.scaler.scale(terms["loss"]).backward()
@@ -265,9 +266,19 @@ class Trainer:
         self.step += 1
         return {name: value.item() for name, value in terms.items()}
 
-    def source_eps(self, x_t: torch.Tensor, t: torch.Tensor) -> torch.Tensor:
-        """The frozen source's noise prediction, kept lean: inference mode, the run's autocast or the
-        source's own half precision (--source-precision)."""
+    def _draw_pairs(self, n: int) -> tuple[torch.Tensor, torch.Tensor]:
+        """The pair subset (--pair-size samples of the batch, from the seeded pair generator) and the rest."""
+        order = torch.randperm(n, generator=self.pair_generator).to(self.device)
+        return order[: self.config.pair_size], order[self.config.pair_size :]
+
+    def source_eps(self, x_t: torch.Tensor, t: torch.Tensor, rows: torch.Tensor) -> torch.Tensor:
+        """The frozen source's noise prediction for the batch rows `rows`, kept lean.
+
+        Only the pair terms read eps_src, and only on the pair subset, so the source runs on those rows
+        alone (in eval mode a sample's prediction does not depend on the rest of its batch): k of N
+        forwards instead of N. Inference mode, and the run's autocast or the source's own half precision
+        (--source-precision)."""
+        x_t, t = x_t[rows], t[rows]
         if self.config.source_precision != "same":
             with torch.inference_mode():
                 dtype = PRECISIONS[self.config.source_precision]
@@ -278,18 +289,17 @@ class Trainer:
         # Out of inference mode so that a fused loss may save it for backward.
         return eps_src.float().clone()
 
-    def _loss(self, x0, x_t, t, noise, eps_ada, eps_src, output) -> dict[str, torch.Tensor]:
+    def _loss(self, x0, x_t, t, noise, eps_ada, eps_src, output, pair, rest) -> dict[str, torch.Tensor]:
+        """The step's loss terms. For DDPM-PA, eps_src holds the source's prediction of the `pair` rows."""
         c = self.config
         terms: dict[str, torch.Tensor] = {}
         if c.method == "finetune":
             terms["mse"] = (noise - eps_ada).square().mean()
             total = terms["mse"]
         else:
-            n, k = x0.shape[0], c.pair_size
+            n, k = x0.shape[0], pair.numel()
             a_t, b_t = self.schedule.x0_coefficients(t)
-            order = torch.randperm(n, generator=self.pair_generator).to(self.device)
-            pair, rest = order[:k], order[k:]
-            pa = self.pa_loss(x_t[pair], eps_ada[pair], eps_src[pair], noise[pair], a_t[pair], b_t[pair])
+            pa = self.pa_loss(x_t[pair], eps_ada[pair], eps_src, noise[pair], a_t[pair], b_t[pair])
             total = (k / n) * pa.loss
             mse, hf_mse = (k / n) * pa.mse, (k / n) * pa.hf_mse
             if rest.numel():
