@@ -39,6 +39,11 @@ REDUCTION_CODES = {"mean": 0, "batchmean": 1, "sum": 2, "none": 3}
 DWT_MODE_ZERO = "zero"
 
 
+def elementwise_grid(numel: int) -> tuple[int]:
+    """The launch grid of an elementwise kernel: one program per ELEMENTWISE_BLOCK elements."""
+    return (triton.cdiv(numel, ELEMENTWISE_BLOCK),)
+
+
 def accumulation_dtype(dtype: torch.dtype) -> torch.dtype:
     """float32 for float16/bfloat16/float32 inputs, float64 for float64 (as the C++ kernels)."""
     return torch.float64 if dtype == torch.float64 else torch.float32

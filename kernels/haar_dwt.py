@@ -17,7 +17,14 @@ from torch.library import triton_op, wrap_triton
 
 from ddpm_pa_fast._nvtx import annotate
 
-from ._common import DWT_MODE_ZERO, ELEMENTWISE_BLOCK, ELEMENTWISE_WARPS, accumulation_dtype, tl_dtype
+from ._common import (
+    DWT_MODE_ZERO,
+    ELEMENTWISE_BLOCK,
+    ELEMENTWISE_WARPS,
+    accumulation_dtype,
+    elementwise_grid,
+    tl_dtype,
+)
 
 
 @triton.jit
@@ -156,10 +163,6 @@ def _haar_idwt2d_forward_kernel(
     tl.store(x_ptr + offs, x.to(x_ptr.dtype.element_ty), mask=mask)
 
 
-def _elementwise_grid(numel: int):
-    return (triton.cdiv(numel, ELEMENTWISE_BLOCK),)
-
-
 @triton_op("ddpm_pa_fast_triton::haar_dwt2d", mutates_args={})
 def haar_dwt2d_forward_triton(x: torch.Tensor, mode: str) -> tuple[torch.Tensor, torch.Tensor]:
     x = x.contiguous()
@@ -168,7 +171,7 @@ def haar_dwt2d_forward_triton(x: torch.Tensor, mode: str) -> tuple[torch.Tensor,
     yl = x.new_empty((n, c, out_h, out_w))
     yh = x.new_empty((n, c, 3, out_h, out_w))
     if yl.numel() > 0:
-        wrap_triton(_haar_dwt2d_forward_kernel)[_elementwise_grid(yl.numel())](
+        wrap_triton(_haar_dwt2d_forward_kernel)[elementwise_grid(yl.numel())](
             x,
             yl,
             yh,
@@ -190,7 +193,7 @@ def haar_dwt2d_backward_triton(
     grad_yl, grad_yh = grad_yl.contiguous(), grad_yh.contiguous()
     grad_x = grad_yl.new_empty((grad_yl.shape[0], grad_yl.shape[1], height, width))
     if grad_x.numel() > 0:
-        wrap_triton(_haar_dwt2d_backward_kernel)[_elementwise_grid(grad_x.numel())](
+        wrap_triton(_haar_dwt2d_backward_kernel)[elementwise_grid(grad_x.numel())](
             grad_yl,
             grad_yh,
             grad_x,
@@ -213,7 +216,7 @@ def haar_idwt2d_forward_triton(yl: torch.Tensor, yh: torch.Tensor) -> torch.Tens
     n, c, h, w = yl.shape
     x = yl.new_empty((n, c, 2 * h, 2 * w))
     if x.numel() > 0:
-        wrap_triton(_haar_idwt2d_forward_kernel)[_elementwise_grid(x.numel())](
+        wrap_triton(_haar_idwt2d_forward_kernel)[elementwise_grid(x.numel())](
             yl,
             yh,
             x,

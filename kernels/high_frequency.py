@@ -14,7 +14,7 @@ from torch.library import triton_op, wrap_triton
 
 from ddpm_pa_fast._nvtx import annotate
 
-from ._common import ELEMENTWISE_BLOCK, ELEMENTWISE_WARPS, accumulation_dtype, tl_dtype
+from ._common import ELEMENTWISE_BLOCK, ELEMENTWISE_WARPS, accumulation_dtype, elementwise_grid, tl_dtype
 
 
 @triton.jit
@@ -81,7 +81,7 @@ def high_frequency_forward_triton(x: torch.Tensor) -> torch.Tensor:
     n, c, h, w = x.shape
     hf = x.new_empty((n, c, h // 2, w // 2))
     if hf.numel() > 0:
-        wrap_triton(_high_frequency_forward_kernel)[(triton.cdiv(hf.numel(), ELEMENTWISE_BLOCK),)](
+        wrap_triton(_high_frequency_forward_kernel)[elementwise_grid(hf.numel())](
             x,
             hf,
             h,
@@ -100,7 +100,7 @@ def high_frequency_backward_triton(grad_hf: torch.Tensor, height: int, width: in
     n, c = grad_hf.shape[:2]
     grad_x = grad_hf.new_empty((n, c, height, width))
     if grad_x.numel() > 0:
-        wrap_triton(_high_frequency_backward_kernel)[(triton.cdiv(grad_x.numel(), ELEMENTWISE_BLOCK),)](
+        wrap_triton(_high_frequency_backward_kernel)[elementwise_grid(grad_x.numel())](
             grad_hf,
             grad_x,
             height,
