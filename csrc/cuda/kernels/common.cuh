@@ -85,6 +85,16 @@ __device__ __forceinline__ int64_t offset4d(const Strides4d& s, int64_t n, int64
   return n * s.n + c * s.c + h * s.h + w * s.w;
 }
 
+// The (n, c, row, col) of element idx of a contiguous (N, C, height, width) tensor: how the elementwise
+// kernels, which write their contiguous output in flat order, find the inputs of each element.
+struct Nchw {
+  int64_t n, c, row, col;
+};
+
+__device__ __forceinline__ Nchw unflatten_nchw(int64_t idx, int64_t c, int64_t height, int64_t width) {
+  return {idx / (width * height * c), (idx / (width * height)) % c, (idx / width) % height, idx % width};
+}
+
 // ---------------------------------------------------------------------------------------------
 // Deterministic sums: a fixed butterfly inside a warp, then a fixed tree over the block's warps.
 

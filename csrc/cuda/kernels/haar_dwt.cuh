@@ -98,10 +98,7 @@ __global__ void haar_dwt_backward_kernel(HaarDwtBackwardParams p) {
   const int64_t numel = p.n * p.c * p.height * p.width;
   for (int64_t idx = blockIdx.x * int64_t(blockDim.x) + threadIdx.x; idx < numel;
        idx += int64_t(gridDim.x) * blockDim.x) {
-    const int64_t col = idx % p.width;
-    const int64_t row = (idx / p.width) % p.height;
-    const int64_t ch = (idx / (p.width * p.height)) % p.c;
-    const int64_t n = idx / (p.width * p.height * p.c);
+    const auto [n, ch, row, col] = unflatten_nchw(idx, p.c, p.height, p.width);
     const int64_t i = row / 2, j = col / 2;
     const acc_t g_ll = to_acc(grad_yl[offset4d(p.grad_yl_strides, n, ch, i, j)]);
     const acc_t g_1 = to_acc(grad_yh[band_offset(p.grad_yh_strides, n, ch, 0, i, j)]);
@@ -148,10 +145,7 @@ __global__ void haar_idwt_kernel(HaarIdwtParams p) {
   const int64_t numel = p.n * p.c * out_h * out_w;
   for (int64_t idx = blockIdx.x * int64_t(blockDim.x) + threadIdx.x; idx < numel;
        idx += int64_t(gridDim.x) * blockDim.x) {
-    const int64_t col = idx % out_w;
-    const int64_t row = (idx / out_w) % out_h;
-    const int64_t ch = (idx / (out_w * out_h)) % p.c;
-    const int64_t n = idx / (out_w * out_h * p.c);
+    const auto [n, ch, row, col] = unflatten_nchw(idx, p.c, out_h, out_w);
     const int64_t i = row / 2, j = col / 2;
     const acc_t ll = to_acc(yl[offset4d(p.yl_strides, n, ch, i, j)]);
     const acc_t band1 = to_acc(yh[band_offset(p.yh_strides, n, ch, 0, i, j)]);

@@ -22,10 +22,7 @@ __global__ void high_frequency_forward_kernel(HighFrequencyForwardParams p) {
   const int64_t numel = p.n * p.c * out_h * out_w;
   for (int64_t idx = blockIdx.x * int64_t(blockDim.x) + threadIdx.x; idx < numel;
        idx += int64_t(gridDim.x) * blockDim.x) {
-    const int64_t j = idx % out_w;
-    const int64_t i = (idx / out_w) % out_h;
-    const int64_t ch = (idx / (out_w * out_h)) % p.c;
-    const int64_t n = idx / (out_w * out_h * p.c);
+    const auto [n, ch, i, j] = unflatten_nchw(idx, p.c, out_h, out_w);
     const acc_t a = to_acc(x[offset4d(p.x_strides, n, ch, 2 * i, 2 * j)]);
     const acc_t b = to_acc(x[offset4d(p.x_strides, n, ch, 2 * i, 2 * j + 1)]);
     const acc_t c = to_acc(x[offset4d(p.x_strides, n, ch, 2 * i + 1, 2 * j)]);
@@ -57,10 +54,7 @@ __global__ void high_frequency_backward_kernel(HighFrequencyBackwardParams p) {
   const int64_t numel = p.n * p.c * p.height * p.width;
   for (int64_t idx = blockIdx.x * int64_t(blockDim.x) + threadIdx.x; idx < numel;
        idx += int64_t(gridDim.x) * blockDim.x) {
-    const int64_t col = idx % p.width;
-    const int64_t row = (idx / p.width) % p.height;
-    const int64_t ch = (idx / (p.width * p.height)) % p.c;
-    const int64_t n = idx / (p.width * p.height * p.c);
+    const auto [n, ch, row, col] = unflatten_nchw(idx, p.c, p.height, p.width);
     const int64_t i = row / 2, j = col / 2;
     acc_t value = acc_t(0);
     if (i < out_h && j < out_w) {
