@@ -8,6 +8,9 @@
 #include <ATen/Parallel.h>
 
 #include <algorithm>
+#include <cstdint>
+#include <cstring>
+#include <memory>
 #include <string>
 #include <vector>
 
@@ -108,11 +111,49 @@ inline int64_t block_values_per_sample(int64_t n) {
   return std::min<int64_t>(4096, std::max<int64_t>(256, 32768 / std::max<int64_t>(1, n)));
 }
 
+// A thread's scratch for one blocked pass: `buffers` arrays of `rows` rows of up to `row_values` values,
+// carved from one allocation. Rows and arrays start on staggered cache lines: separate allocations
+// of this size are page-aligned, so rows walked side by side would sit at equal offsets modulo 4 KiB,
+// share L1 sets and stall loads on unrelated stores (4K aliasing). That cost the fused loss a third
+// of its time.
+template <typename T>
+class StaggeredScratch {
+ public:
+  StaggeredScratch(int64_t buffers, int64_t rows, int64_t row_values)
+      : stride_((row_values + kLine - 1) / kLine * kLine + kLine),
+        buffer_values_(rows * stride_ + 3 * kLine),
+        data_(new T[buffers * buffer_values_ + kLine]) {}  // uninitialised: every pass writes before it reads
+  // Row stride, in values, of every array.
+  int64_t stride() const { return stride_; }
+  T* buffer(int64_t k) { return aligned_start() + k * buffer_values_; }
+
+ private:
+  static constexpr int64_t kLine = 64 / static_cast<int64_t>(sizeof(T));
+  T* aligned_start() {
+    const auto address = reinterpret_cast<std::uintptr_t>(data_.get());
+    return data_.get() + ((64 - address % 64) % 64) / sizeof(T);
+  }
+  int64_t stride_;
+  int64_t buffer_values_;
+  std::unique_ptr<T[]> data_;
+};
+
 // Calls body(chunk, begin, end) for every chunk, in parallel. Chunks are independent.
 template <typename Body>
 void parallel_for_chunks(const FixedPartition& partition, const Body& body) {
   at::parallel_for(0, partition.count, 1, [&](int64_t first, int64_t last) {
     for (int64_t chunk = first; chunk < last; ++chunk) body(chunk, partition.begin(chunk), partition.end(chunk));
+  });
+}
+
+// As above, with state made once per thread by make_state() and passed to each of its chunks as
+// body(state, chunk, begin, end): scratch buffers are allocated per thread, not per chunk.
+template <typename MakeState, typename Body>
+void parallel_for_chunks(const FixedPartition& partition, const MakeState& make_state, const Body& body) {
+  at::parallel_for(0, partition.count, 1, [&](int64_t first, int64_t last) {
+    auto state = make_state();
+    for (int64_t chunk = first; chunk < last; ++chunk)
+      body(state, chunk, partition.begin(chunk), partition.end(chunk));
   });
 }
 
@@ -125,51 +166,94 @@ inline void sum_partials_in_order(const std::vector<double>& partials, int64_t c
   }
 }
 
+// The Gram and matrix-apply loops below are register-blocked micro-kernels over 4 x 4 row tiles,
+// written with GCC's generic vectors of 64 bytes: one AVX-512 register on x86-64-v4, split into two
+// AVX2 or four SSE registers by the compiler on the other clones. A 4 x 4 tile makes 16 multiply-adds
+// per 8 vector loads (4 on the diagonal), where one dot at a time makes one per two loads: the tiles
+// keep these loops on the FMA units rather than on the load ports.
 template <typename T>
-DDPM_PA_ALWAYS_INLINE T dot(const T* DDPM_PA_RESTRICT x, const T* DDPM_PA_RESTRICT y, int64_t len) {
+struct Vec {
+  typedef T type __attribute__((vector_size(64)));
+  static constexpr int64_t lanes = 64 / static_cast<int64_t>(sizeof(T));
+};
+
+template <typename T>
+DDPM_PA_ALWAYS_INLINE typename Vec<T>::type load_vec(const T* p) {
+  typename Vec<T>::type v;
+  std::memcpy(&v, p, sizeof(v));
+  return v;
+}
+
+template <typename T>
+DDPM_PA_ALWAYS_INLINE void store_vec(T* p, typename Vec<T>::type v) {
+  std::memcpy(p, &v, sizeof(v));
+}
+
+template <typename T>
+DDPM_PA_ALWAYS_INLINE T sum_lanes(typename Vec<T>::type v) {
   T s = T(0);
-  DDPM_PA_PRAGMA(omp simd reduction(+ : s))
-  for (int64_t e = 0; e < len; ++e) s += x[e] * y[e];
+  for (int64_t l = 0; l < Vec<T>::lanes; ++l) s += v[l];
   return s;
 }
 
+// Rows of a tile: row r of `rows` at rows + r * stride, rows past n - 1 repeated from the last one so
+// a partial tile runs the same code (its extra dot products are computed and dropped).
+template <typename acc_t>
+DDPM_PA_ALWAYS_INLINE void tile_rows(const acc_t* rows, int64_t n, int64_t stride, int64_t first,
+                                     const acc_t* out[4]) {
+  for (int64_t r = 0; r < 4; ++r) out[r] = rows + std::min(first + r, n - 1) * stride;
+}
+
+// dots[p][q] = <a_p, b_q> over len values. On a diagonal tile (a == b) only q >= p is computed.
+template <bool kDiagonal, typename acc_t>
+DDPM_PA_ALWAYS_INLINE void gram_tile(const acc_t* const a[4], const acc_t* const b[4], int64_t len,
+                                     acc_t dots[4][4]) {
+  using vec = typename Vec<acc_t>::type;
+  constexpr int64_t kLanes = Vec<acc_t>::lanes;
+  vec acc[4][4] = {};
+  int64_t e = 0;
+  for (; e + kLanes <= len; e += kLanes) {
+    vec va[4], vb[4];
+#pragma GCC unroll 4
+    for (int p = 0; p < 4; ++p) va[p] = load_vec(a[p] + e);
+#pragma GCC unroll 4
+    for (int q = 0; q < 4; ++q) vb[q] = kDiagonal ? va[q] : load_vec(b[q] + e);
+#pragma GCC unroll 4
+    for (int p = 0; p < 4; ++p)
+#pragma GCC unroll 4
+      for (int q = kDiagonal ? p : 0; q < 4; ++q) acc[p][q] += va[p] * vb[q];
+  }
+  for (int p = 0; p < 4; ++p) {
+    for (int q = kDiagonal ? p : 0; q < 4; ++q) {
+      acc_t s = sum_lanes<acc_t>(acc[p][q]);
+      for (int64_t t = e; t < len; ++t) s += a[p][t] * b[q][t];
+      dots[p][q] = s;
+    }
+  }
+}
+
 // gram[i][j] += <row_i, row_j> (j >= i only) for n rows of len values, row k at rows + k * stride.
-// The length is walked in slices whose n rows fit in L1; each slice's dots run in acc_t (vectorised)
-// into `tile`, and the block's sums are added to the double gram.
+// Each tile's dots run in acc_t over the block; the block's sums are added to the double gram.
 template <typename acc_t>
 DDPM_PA_ALWAYS_INLINE void add_block_gram_impl(const acc_t* rows, int64_t n, int64_t stride, int64_t len,
                                                double* gram) {
-  const int64_t slice = std::max<int64_t>(64, (16384 / static_cast<int64_t>(sizeof(acc_t))) / n / 16 * 16);
-  std::vector<acc_t> tile(n * n, acc_t(0));
-  for (int64_t e0 = 0; e0 < len; e0 += slice) {
-    const int64_t count = std::min(slice, len - e0);
-    for (int64_t i = 0; i < n; ++i) {
-      const acc_t* DDPM_PA_RESTRICT ri = rows + i * stride + e0;
-      int64_t j = i;
-      // Four dots per pass reuse each load of row i.
-      for (; j + 4 <= n; j += 4) {
-        const acc_t* DDPM_PA_RESTRICT r0 = rows + j * stride + e0;
-        const acc_t* DDPM_PA_RESTRICT r1 = r0 + stride;
-        const acc_t* DDPM_PA_RESTRICT r2 = r1 + stride;
-        const acc_t* DDPM_PA_RESTRICT r3 = r2 + stride;
-        acc_t s0 = 0, s1 = 0, s2 = 0, s3 = 0;
-        DDPM_PA_PRAGMA(omp simd reduction(+ : s0, s1, s2, s3))
-        for (int64_t e = 0; e < count; ++e) {
-          const acc_t v = ri[e];
-          s0 += v * r0[e];
-          s1 += v * r1[e];
-          s2 += v * r2[e];
-          s3 += v * r3[e];
-        }
-        tile[i * n + j] += s0;
-        tile[i * n + j + 1] += s1;
-        tile[i * n + j + 2] += s2;
-        tile[i * n + j + 3] += s3;
+  acc_t dots[4][4];
+  for (int64_t i0 = 0; i0 < n; i0 += 4) {
+    const acc_t* a[4];
+    tile_rows(rows, n, stride, i0, a);
+    for (int64_t j0 = i0; j0 < n; j0 += 4) {
+      if (j0 == i0) {
+        gram_tile<true>(a, a, len, dots);
+      } else {
+        const acc_t* b[4];
+        tile_rows(rows, n, stride, j0, b);
+        gram_tile<false>(a, b, len, dots);
       }
-      for (; j < n; ++j) tile[i * n + j] += dot(ri, rows + j * stride + e0, count);
+      for (int64_t p = 0; p < 4 && i0 + p < n; ++p)
+        for (int64_t q = j0 == i0 ? p : 0; q < 4 && j0 + q < n; ++q)
+          gram[(i0 + p) * n + j0 + q] += static_cast<double>(dots[p][q]);
     }
   }
-  for (int64_t k = 0; k < n * n; ++k) gram[k] += static_cast<double>(tile[k]);
 }
 
 // The full symmetric Gram matrix from its accumulated upper triangle, in the output dtype.
@@ -183,34 +267,50 @@ void store_symmetric(const double* upper, int64_t n, acc_t* out) {
   }
 }
 
+// out_p[e] = sum_k m_p[k] rows[k][e] for the 4 output rows of a tile and e in [e0, e0 + kCols vectors).
+template <int kCols, typename acc_t>
+DDPM_PA_ALWAYS_INLINE void apply_tile(const acc_t* const m[4], int64_t n, const acc_t* rows, int64_t stride,
+                                      int64_t e0, acc_t* const out[4]) {
+  using vec = typename Vec<acc_t>::type;
+  constexpr int64_t kLanes = Vec<acc_t>::lanes;
+  vec acc[4][kCols] = {};
+  for (int64_t k = 0; k < n; ++k) {
+    vec v[kCols];
+#pragma GCC unroll 4
+    for (int c = 0; c < kCols; ++c) v[c] = load_vec(rows + k * stride + e0 + c * kLanes);
+#pragma GCC unroll 4
+    for (int p = 0; p < 4; ++p) {
+      const acc_t w = m[p][k];
+#pragma GCC unroll 4
+      for (int c = 0; c < kCols; ++c) acc[p][c] += w * v[c];
+    }
+  }
+#pragma GCC unroll 4
+  for (int p = 0; p < 4; ++p)
+#pragma GCC unroll 4
+    for (int c = 0; c < kCols; ++c) store_vec(out[p] + e0 + c * kLanes, acc[p][c]);
+}
+
 // out[i][e] = sum_k m[i][k] rows[k][e] for n rows of len values; row k of rows at rows + k * stride,
-// row i of out at out + i * out_stride.
+// row i of out at out + i * out_stride. A partial tile of output rows repeats the last row (same
+// values written twice).
 template <typename acc_t>
 DDPM_PA_ALWAYS_INLINE void apply_matrix_block_impl(const acc_t* m, int64_t n, const acc_t* rows, int64_t stride,
                                                    int64_t len, acc_t* out, int64_t out_stride) {
-  // Slices of 512 values keep the n input slices in L1; four rows per pass halve the output traffic.
-  constexpr int64_t kSlice = 512;
-  for (int64_t e0 = 0; e0 < len; e0 += kSlice) {
-    const int64_t count = std::min(kSlice, len - e0);
-    for (int64_t i = 0; i < n; ++i) {
-      acc_t* DDPM_PA_RESTRICT o = out + i * out_stride + e0;
-      const acc_t* mi = m + i * n;
-      std::fill(o, o + count, acc_t(0));
-      int64_t k = 0;
-      for (; k + 4 <= n; k += 4) {
-        const acc_t w0 = mi[k], w1 = mi[k + 1], w2 = mi[k + 2], w3 = mi[k + 3];
-        const acc_t* DDPM_PA_RESTRICT r0 = rows + k * stride + e0;
-        const acc_t* DDPM_PA_RESTRICT r1 = r0 + stride;
-        const acc_t* DDPM_PA_RESTRICT r2 = r1 + stride;
-        const acc_t* DDPM_PA_RESTRICT r3 = r2 + stride;
-        DDPM_PA_SIMD
-        for (int64_t e = 0; e < count; ++e) o[e] += w0 * r0[e] + w1 * r1[e] + w2 * r2[e] + w3 * r3[e];
-      }
-      for (; k < n; ++k) {
-        const acc_t w = mi[k];
-        const acc_t* DDPM_PA_RESTRICT r = rows + k * stride + e0;
-        DDPM_PA_SIMD
-        for (int64_t e = 0; e < count; ++e) o[e] += w * r[e];
+  constexpr int64_t kLanes = Vec<acc_t>::lanes;
+  for (int64_t i0 = 0; i0 < n; i0 += 4) {
+    const acc_t* m_rows[4];
+    acc_t* out_rows[4];
+    tile_rows(m, n, n, i0, m_rows);
+    for (int64_t r = 0; r < 4; ++r) out_rows[r] = out + std::min(i0 + r, n - 1) * out_stride;
+    int64_t e = 0;
+    for (; e + 2 * kLanes <= len; e += 2 * kLanes) apply_tile<2>(m_rows, n, rows, stride, e, out_rows);
+    for (; e + kLanes <= len; e += kLanes) apply_tile<1>(m_rows, n, rows, stride, e, out_rows);
+    for (; e < len; ++e) {
+      for (int64_t r = 0; r < 4; ++r) {
+        acc_t s = acc_t(0);
+        for (int64_t k = 0; k < n; ++k) s += m_rows[r][k] * rows[k * stride + e];
+        out_rows[r][e] = s;
       }
     }
   }

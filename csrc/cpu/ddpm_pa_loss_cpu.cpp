@@ -65,30 +65,51 @@ struct BackwardFactors {
   acc_t hf;   // c_hf 2 / numel_hf
 };
 
+// A thread's scratch for the forward: x0_src, x0_ada, HF(x0_src), HF(x0_ada) of the N samples of a
+// block, and the two rows of eps_ada - noise of the unit in hand.
+struct ForwardScratch {
+  enum : int64_t { kX0Src, kX0Ada, kHfSrc, kHfAda, kDiffRows, kCount };
+};
+// The backward's: x0_ada and HF(x0_ada) of a block, M_img @ x0_ada and M_hf @ HF(x0_ada), and the
+// two rows of eps_ada - noise and of the gradient of the unit in hand.
+struct BackwardScratch {
+  enum : int64_t { kX0Ada, kPairImg, kHfAda, kPairHf, kDiffRows, kGradRows, kCount };
+};
+
+template <typename acc_t>
+StaggeredScratch<acc_t> loss_scratch(const LossLayout& layout, int64_t buffers) {
+  return StaggeredScratch<acc_t>(buffers, layout.n, layout.values_per_block);
+}
+
 // Units [unit_begin, unit_end) of the forward: adds the chunk's four Gram upper triangles and two
 // squared-error sums to `partial` (layout: 4 N^2 values, then the two sums).
 template <typename scalar_t>
 DDPM_PA_ALWAYS_INLINE void loss_forward_chunk_impl(const LossLayout& layout, const LossInputs<scalar_t>& in,
-                                                   int64_t unit_begin, int64_t unit_end, double* partial) {
+                                                   int64_t unit_begin, int64_t unit_end,
+                                                   StaggeredScratch<acc_type<scalar_t>>& scratch, double* partial) {
   using acc_t = acc_type<scalar_t>;
   const int64_t n = layout.n, width = layout.width, half_width = layout.half_width, nn = n * n;
-  const int64_t lmax = layout.values_per_block, hmax = layout.hf_values_per_block;
+  const int64_t stride = scratch.stride();
   const scalar_t* xt = in.x_t;
   const scalar_t* ea = in.eps_ada;
   const scalar_t* es = in.eps_src;
   const scalar_t* nz = in.noise;
   const acc_t* coef_a = in.coef_a;
   const acc_t* coef_b = in.coef_b;
-  std::vector<acc_t> x0_src(n * lmax), x0_ada(n * lmax), hf_src(n * hmax), hf_ada(n * hmax), diff(2 * width);
+  acc_t* x0_src = scratch.buffer(ForwardScratch::kX0Src);
+  acc_t* x0_ada = scratch.buffer(ForwardScratch::kX0Ada);
+  acc_t* hf_src = scratch.buffer(ForwardScratch::kHfSrc);
+  acc_t* hf_ada = scratch.buffer(ForwardScratch::kHfAda);
+  acc_t* diff = scratch.buffer(ForwardScratch::kDiffRows);
   for (int64_t u0 = unit_begin; u0 < unit_end; u0 += layout.units_per_block) {
     const int64_t u1 = std::min(unit_end, u0 + layout.units_per_block);
     int64_t len = 0, hf_len = 0;
     for (int64_t i = 0; i < n; ++i) {
       const acc_t a = coef_a[i], b = coef_b[i];
-      acc_t* s_row = x0_src.data() + i * lmax;
-      acc_t* a_row = x0_ada.data() + i * lmax;
-      acc_t* hs_row = hf_src.data() + i * hmax;
-      acc_t* ha_row = hf_ada.data() + i * hmax;
+      acc_t* s_row = x0_src + i * stride;
+      acc_t* a_row = x0_ada + i * stride;
+      acc_t* hs_row = hf_src + i * stride;
+      acc_t* ha_row = hf_ada + i * stride;
       acc_t sq = 0, hf_sq = 0;
       int64_t pos = 0, hpos = 0;
       for (int64_t u = u0; u < u1; ++u) {
@@ -102,7 +123,7 @@ DDPM_PA_ALWAYS_INLINE void loss_forward_chunk_impl(const LossLayout& layout, con
           const scalar_t* DDPM_PA_RESTRICT nzr = nz + off;
           acc_t* DDPM_PA_RESTRICT s_out = s_row + pos + row * width;
           acc_t* DDPM_PA_RESTRICT a_out = a_row + pos + row * width;
-          acc_t* DDPM_PA_RESTRICT d_out = diff.data() + row * width;
+          acc_t* DDPM_PA_RESTRICT d_out = diff + row * width;
           DDPM_PA_PRAGMA(omp simd reduction(+ : sq))
           for (int64_t w = 0; w < width; ++w) {
             const acc_t x = xr[w], e = ear[w];
@@ -118,7 +139,7 @@ DDPM_PA_ALWAYS_INLINE void loss_forward_chunk_impl(const LossLayout& layout, con
           const acc_t* DDPM_PA_RESTRICT sb = st + width;
           const acc_t* DDPM_PA_RESTRICT at = a_row + pos;
           const acc_t* DDPM_PA_RESTRICT ab = at + width;
-          const acc_t* DDPM_PA_RESTRICT dt = diff.data();
+          const acc_t* DDPM_PA_RESTRICT dt = diff;
           const acc_t* DDPM_PA_RESTRICT db = dt + width;
           acc_t* DDPM_PA_RESTRICT hs = hs_row + hpos;
           acc_t* DDPM_PA_RESTRICT ha = ha_row + hpos;
@@ -138,28 +159,35 @@ DDPM_PA_ALWAYS_INLINE void loss_forward_chunk_impl(const LossLayout& layout, con
       partial[4 * nn] += static_cast<double>(sq);
       partial[4 * nn + 1] += static_cast<double>(b) * static_cast<double>(b) * static_cast<double>(hf_sq);
     }
-    add_block_gram_impl(x0_src.data(), n, lmax, len, partial);
-    add_block_gram_impl(x0_ada.data(), n, lmax, len, partial + nn);
-    add_block_gram_impl(hf_src.data(), n, hmax, hf_len, partial + 2 * nn);
-    add_block_gram_impl(hf_ada.data(), n, hmax, hf_len, partial + 3 * nn);
+    add_block_gram_impl(x0_src, n, stride, len, partial);
+    add_block_gram_impl(x0_ada, n, stride, len, partial + nn);
+    add_block_gram_impl(hf_src, n, stride, hf_len, partial + 2 * nn);
+    add_block_gram_impl(hf_ada, n, stride, hf_len, partial + 3 * nn);
   }
 }
 
-// Units [unit_begin, unit_end) of the backward: writes grad_eps_ada there.
+// Units [unit_begin, unit_end) of the backward: writes grad_eps_ada there. Per block: x0_ada and its
+// HF map (reads x_t, eps_ada), the two M products, then per unit eps_ada - noise again (eps_ada is
+// still in cache) for the mse terms, and the gradient written once.
 template <typename scalar_t>
 DDPM_PA_ALWAYS_INLINE void loss_backward_chunk_impl(const LossLayout& layout, const LossInputs<scalar_t>& in,
                                                     const BackwardFactors<acc_type<scalar_t>>& factors, int64_t unit_begin,
-                                                    int64_t unit_end, scalar_t* out) {
+                                                    int64_t unit_end, StaggeredScratch<acc_type<scalar_t>>& scratch,
+                                                    scalar_t* out) {
   using acc_t = acc_type<scalar_t>;
   const int64_t n = layout.n, width = layout.width, half_width = layout.half_width;
-  const int64_t lmax = layout.values_per_block, hmax = layout.hf_values_per_block;
+  const int64_t stride = scratch.stride();
   const scalar_t* xt = in.x_t;
   const scalar_t* ea = in.eps_ada;
   const scalar_t* nz = in.noise;
   const acc_t* coef_a = in.coef_a;
   const acc_t* coef_b = in.coef_b;
-  std::vector<acc_t> x0_ada(n * lmax), diff(n * lmax), pair_img(n * lmax);
-  std::vector<acc_t> hf_ada(n * hmax), hf_diff(n * hmax), pair_hf(n * hmax), grad_rows(2 * width);
+  acc_t* x0_ada = scratch.buffer(BackwardScratch::kX0Ada);
+  acc_t* pair_img = scratch.buffer(BackwardScratch::kPairImg);
+  acc_t* hf_ada = scratch.buffer(BackwardScratch::kHfAda);
+  acc_t* pair_hf = scratch.buffer(BackwardScratch::kPairHf);
+  acc_t* diff = scratch.buffer(BackwardScratch::kDiffRows);
+  acc_t* grad_rows = scratch.buffer(BackwardScratch::kGradRows);
   for (int64_t u0 = unit_begin; u0 < unit_end; u0 += layout.units_per_block) {
     const int64_t u1 = std::min(unit_end, u0 + layout.units_per_block);
     int64_t len = 0, hf_len = 0;
@@ -172,23 +200,14 @@ DDPM_PA_ALWAYS_INLINE void loss_backward_chunk_impl(const LossLayout& layout, co
         const int64_t count = rows * width;
         const scalar_t* DDPM_PA_RESTRICT xr = xt + base;
         const scalar_t* DDPM_PA_RESTRICT ear = ea + base;
-        const scalar_t* DDPM_PA_RESTRICT nzr = nz + base;
-        acc_t* DDPM_PA_RESTRICT x0 = x0_ada.data() + i * lmax + pos;
-        acc_t* DDPM_PA_RESTRICT d = diff.data() + i * lmax + pos;
+        acc_t* DDPM_PA_RESTRICT x0 = x0_ada + i * stride + pos;
         DDPM_PA_SIMD
-        for (int64_t k = 0; k < count; ++k) {
-          const acc_t e = ear[k];
-          x0[k] = predict_x0<acc_t>(a, xr[k], b, e);
-          d[k] = e - static_cast<acc_t>(nzr[k]);
-        }
+        for (int64_t k = 0; k < count; ++k) x0[k] = predict_x0<acc_t>(a, xr[k], b, ear[k]);
         if (rows == 2) {
-          acc_t* DDPM_PA_RESTRICT hx = hf_ada.data() + i * hmax + hpos;
-          acc_t* DDPM_PA_RESTRICT hd = hf_diff.data() + i * hmax + hpos;
+          acc_t* DDPM_PA_RESTRICT hx = hf_ada + i * stride + hpos;
           DDPM_PA_SIMD
-          for (int64_t j = 0; j < half_width; ++j) {
+          for (int64_t j = 0; j < half_width; ++j)
             hx[j] = high_frequency(x0[2 * j], x0[2 * j + 1], x0[width + 2 * j], x0[width + 2 * j + 1]);
-            hd[j] = high_frequency(d[2 * j], d[2 * j + 1], d[width + 2 * j], d[width + 2 * j + 1]);
-          }
           hpos += half_width;
         }
         pos += count;
@@ -196,8 +215,8 @@ DDPM_PA_ALWAYS_INLINE void loss_backward_chunk_impl(const LossLayout& layout, co
       len = pos;
       hf_len = hpos;
     }
-    apply_matrix_block_impl(factors.m_img, n, x0_ada.data(), lmax, len, pair_img.data(), lmax);
-    apply_matrix_block_impl(factors.m_hf, n, hf_ada.data(), hmax, hf_len, pair_hf.data(), hmax);
+    apply_matrix_block_impl(factors.m_img, n, x0_ada, stride, len, pair_img, stride);
+    apply_matrix_block_impl(factors.m_hf, n, hf_ada, stride, hf_len, pair_hf, stride);
     for (int64_t i = 0; i < n; ++i) {
       const acc_t b = coef_b[i], k_hf_b = factors.hf * b * b;
       int64_t pos = 0, hpos = 0;
@@ -205,18 +224,23 @@ DDPM_PA_ALWAYS_INLINE void loss_backward_chunk_impl(const LossLayout& layout, co
         const int64_t base = i * layout.sample_values() + layout.unit_offset(u);
         const int64_t rows = layout.unit_rows(u);
         const int64_t count = rows * width;
-        const acc_t* DDPM_PA_RESTRICT d = diff.data() + i * lmax + pos;
-        const acc_t* DDPM_PA_RESTRICT p = pair_img.data() + i * lmax + pos;
-        acc_t* DDPM_PA_RESTRICT gr = grad_rows.data();
+        const scalar_t* DDPM_PA_RESTRICT ear = ea + base;
+        const scalar_t* DDPM_PA_RESTRICT nzr = nz + base;
+        const acc_t* DDPM_PA_RESTRICT p = pair_img + i * stride + pos;
+        acc_t* DDPM_PA_RESTRICT d = diff;
+        acc_t* DDPM_PA_RESTRICT gr = grad_rows;
         DDPM_PA_SIMD
-        for (int64_t k = 0; k < count; ++k) gr[k] = factors.mse * d[k] - b * p[k];
+        for (int64_t k = 0; k < count; ++k) {
+          d[k] = static_cast<acc_t>(ear[k]) - static_cast<acc_t>(nzr[k]);
+          gr[k] = factors.mse * d[k] - b * p[k];
+        }
         if (rows == 2) {
-          const acc_t* DDPM_PA_RESTRICT hd = hf_diff.data() + i * hmax + hpos;
-          const acc_t* DDPM_PA_RESTRICT ph = pair_hf.data() + i * hmax + hpos;
+          const acc_t* DDPM_PA_RESTRICT ph = pair_hf + i * stride + hpos;
           DDPM_PA_SIMD
           for (int64_t j = 0; j < half_width; ++j) {
+            const acc_t hd = high_frequency(d[2 * j], d[2 * j + 1], d[width + 2 * j], d[width + 2 * j + 1]);
             acc_t ga, gb, gc, gd;
-            high_frequency_adjoint<acc_t>(k_hf_b * hd[j] - b * ph[j], ga, gb, gc, gd);
+            high_frequency_adjoint<acc_t>(k_hf_b * hd - b * ph[j], ga, gb, gc, gd);
             gr[2 * j] += ga;
             gr[2 * j + 1] += gb;
             gr[width + 2 * j] += gc;
@@ -236,13 +260,15 @@ DDPM_PA_ALWAYS_INLINE void loss_backward_chunk_impl(const LossLayout& layout, co
 // One compiled copy per dtype and instruction set (see DDPM_PA_MULTIVERSION).
 #define DDPM_PA_LOSS_CHUNKS(scalar_t)                                                                          \
   DDPM_PA_MULTIVERSION void loss_forward_chunk(const LossLayout& layout, const LossInputs<scalar_t>& in,      \
-                                               int64_t unit_begin, int64_t unit_end, double* partial) {      \
-    loss_forward_chunk_impl(layout, in, unit_begin, unit_end, partial);                                      \
+                                               int64_t unit_begin, int64_t unit_end,                         \
+                                               StaggeredScratch<acc_type<scalar_t>>& scratch, double* partial) { \
+    loss_forward_chunk_impl(layout, in, unit_begin, unit_end, scratch, partial);                             \
   }                                                                                                          \
   DDPM_PA_MULTIVERSION void loss_backward_chunk(const LossLayout& layout, const LossInputs<scalar_t>& in,     \
                                                 const BackwardFactors<acc_type<scalar_t>>& factors,          \
-                                                int64_t unit_begin, int64_t unit_end, scalar_t* out) {       \
-    loss_backward_chunk_impl(layout, in, factors, unit_begin, unit_end, out);                                      \
+                                                int64_t unit_begin, int64_t unit_end,                        \
+                                                StaggeredScratch<acc_type<scalar_t>>& scratch, scalar_t* out) { \
+    loss_backward_chunk_impl(layout, in, factors, unit_begin, unit_end, scratch, out);                       \
   }
 DDPM_PA_LOSS_CHUNKS(float)
 DDPM_PA_LOSS_CHUNKS(double)
@@ -284,7 +310,7 @@ std::tuple<at::Tensor, at::Tensor, at::Tensor, at::Tensor, at::Tensor, at::Tenso
   check_same_layout(x_t, "x_t", eps_src, "eps_src");
   const int reduction = reduction_from_name(std::string(reduction_name), "reduction", /*allow_none=*/false);
   const LossLayout layout(x_t);
-  const int64_t n = layout.n, width = layout.width, half_width = layout.half_width;
+  const int64_t n = layout.n;
   const at::ScalarType acc_dtype = accumulation_dtype(x_t.scalar_type());
   const at::Tensor xt_c = x_t.contiguous(), ea_c = eps_ada.contiguous(), es_c = eps_src.contiguous();
   const at::Tensor noise_c = noise.contiguous();
@@ -309,9 +335,11 @@ std::tuple<at::Tensor, at::Tensor, at::Tensor, at::Tensor, at::Tensor, at::Tenso
     std::vector<double> partials(partition.count * width_partial, 0.0);
 
     const LossInputs<scalar_t> in{xt, ea, es, nz, coef_a, coef_b};
-    parallel_for_chunks(partition, [&](int64_t chunk, int64_t unit_begin, int64_t unit_end) {
-      loss_forward_chunk(layout, in, unit_begin, unit_end, partials.data() + chunk * width_partial);
-    });
+    parallel_for_chunks(
+        partition, [&] { return loss_scratch<acc_t>(layout, ForwardScratch::kCount); },
+        [&](StaggeredScratch<acc_t>& scratch, int64_t chunk, int64_t unit_begin, int64_t unit_end) {
+          loss_forward_chunk(layout, in, unit_begin, unit_end, scratch, partials.data() + chunk * width_partial);
+        });
 
     std::vector<double> total(width_partial);
     sum_partials_in_order(partials, partition.count, width_partial, total.data());
@@ -340,7 +368,7 @@ at::Tensor ddpm_pa_loss_backward_cpu(const at::Tensor& grad_terms, const at::Ten
   check_loss_args(x_t, eps_ada, noise, a_t, b_t, tau);
   const int reduction = reduction_from_name(std::string(reduction_name), "reduction", /*allow_none=*/false);
   const LossLayout layout(x_t);
-  const int64_t n = layout.n, width = layout.width, half_width = layout.half_width;
+  const int64_t n = layout.n;
   const at::ScalarType acc_dtype = accumulation_dtype(x_t.scalar_type());
   TORCH_CHECK(grad_terms.numel() == kNumLossTerms, "grad_terms must hold the ", int(kNumLossTerms),
               " upstream gradients of (loss, mse, hf_mse, pair_img, pair_hf), got shape ", grad_terms.sizes());
@@ -377,9 +405,11 @@ at::Tensor ddpm_pa_loss_backward_cpu(const at::Tensor& grad_terms, const at::Ten
 
     const LossInputs<scalar_t> in{xt, ea, nullptr, nz, coef_a, coef_b};
     const BackwardFactors<acc_t> factors{m_img.data(), m_hf.data(), k_mse, k_hf};
-    parallel_for_chunks(partition, [&](int64_t, int64_t unit_begin, int64_t unit_end) {
-      loss_backward_chunk(layout, in, factors, unit_begin, unit_end, out);
-    });
+    parallel_for_chunks(
+        partition, [&] { return loss_scratch<acc_t>(layout, BackwardScratch::kCount); },
+        [&](StaggeredScratch<acc_t>& scratch, int64_t, int64_t unit_begin, int64_t unit_end) {
+          loss_backward_chunk(layout, in, factors, unit_begin, unit_end, scratch, out);
+        });
   });
   return grad;
 }
