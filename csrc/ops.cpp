@@ -1,5 +1,6 @@
 // The ops' schemas, defined once. Kernels register per dispatch key in csrc/cpu/*.cpp (CPU) and
-// csrc/cuda/*.cu (CUDA); fake kernels and autograd are registered from Python (ddpm_pa_fast/ops.py).
+// csrc/cuda/*.cu (CUDA), autograd in csrc/autograd.cpp; fake kernels are registered from Python
+// (ddpm_pa_fast/ops.py).
 //
 // Forward ops return, after their public outputs, the small statistics their backward needs
 // (Gram matrices), so the backward never recomputes a reduction over the inputs.

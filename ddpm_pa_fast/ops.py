@@ -1,4 +1,4 @@
-"""The C++ extension's ops (torch.ops.ddpm_pa_fast.*): loading, fake kernels, autograd, backend entry.
+"""The C++ extension's ops (torch.ops.ddpm_pa_fast.*): loading, fake kernels, backend entry.
 
 The schemas are defined once in csrc/ops.cpp; CPU kernels register in csrc/cpu/, CUDA kernels in
 csrc/cuda/. The dispatcher picks the device, so backends "cpu" and "cuda" both call these functions.
@@ -11,7 +11,6 @@ import warnings
 import torch
 
 from ._cuda_check import CUDAVersionMismatchError, check_extension_cuda_version
-from ._nvtx import annotate
 from ._op_backend import OpBackend
 
 BUILD_HINT = (
@@ -158,82 +157,10 @@ def _register_fakes() -> None:
         return x_t.new_empty(x_t.shape)
 
 
-# ---------------------------------------------------------------------------------------------
-# Autograd: every backward is a registered op, so compiled graphs keep it as one node, and none
-# reads a tensor's value on the host.
-
-
-def _register_autograd() -> None:
-    ops = torch.ops.ddpm_pa_fast
-    register_autograd = torch.library.register_autograd
-
-    def hf_setup(ctx, inputs, output):
-        ctx.height, ctx.width = inputs[0].shape[-2:]
-
-    def hf_backward(ctx, grad_hf):
-        with annotate("ddpm_pa_high_frequency.backward"):
-            return ops.ddpm_pa_high_frequency_backward(grad_hf, ctx.height, ctx.width)
-
-    register_autograd("ddpm_pa_fast::ddpm_pa_high_frequency", hf_backward, setup_context=hf_setup)
-
-    def dwt_setup(ctx, inputs, output):
-        x, ctx.mode = inputs
-        ctx.height, ctx.width = x.shape[-2:]
-
-    def dwt_backward(ctx, grad_yl, grad_yh):
-        with annotate("haar_dwt2d.backward"):
-            return ops.haar_dwt2d_backward(grad_yl, grad_yh, ctx.height, ctx.width, ctx.mode), None
-
-    register_autograd("ddpm_pa_fast::haar_dwt2d", dwt_backward, setup_context=dwt_setup)
-
-    def idwt_backward(ctx, grad_x):
-        # The synthesis is orthogonal, so its adjoint is the analysis (even size: every mode agrees).
-        with annotate("haar_idwt2d.backward"):
-            return ops.haar_dwt2d(grad_x, "zero")
-
-    register_autograd(
-        "ddpm_pa_fast::haar_idwt2d", idwt_backward, setup_context=lambda ctx, inputs, output: None
-    )
-
-    def kl_setup(ctx, inputs, output):
-        _, ada, ctx.tau, ctx.reduction = inputs
-        _, gram_src, gram_ada = output
-        ctx.mark_non_differentiable(gram_src, gram_ada)
-        ctx.save_for_backward(ada, gram_src, gram_ada)
-
-    def kl_backward(ctx, grad_loss, _grad_gram_src, _grad_gram_ada):
-        # The source features are a constant of the loss (the frozen model): no gradient for src.
-        ada, gram_src, gram_ada = ctx.saved_tensors
-        with annotate("pairwise_similarity_kl.backward"):
-            grad_ada = ops.pairwise_similarity_kl_backward(
-                grad_loss, ada, gram_src, gram_ada, ctx.tau, ctx.reduction
-            )
-        return None, grad_ada, None, None
-
-    register_autograd("ddpm_pa_fast::pairwise_similarity_kl", kl_backward, setup_context=kl_setup)
-
-    def loss_setup(ctx, inputs, output):
-        x_t, eps_ada, _, noise, a_t, b_t, *ctx.scalars = inputs
-        grams = output[-1]
-        ctx.mark_non_differentiable(grams)
-        ctx.save_for_backward(grams, x_t, eps_ada, noise, a_t, b_t)
-
-    def loss_backward(ctx, grad_loss, grad_mse, grad_hf_mse, grad_pair_img, grad_pair_hf, _grad_grams):
-        grams, x_t, eps_ada, noise, a_t, b_t = ctx.saved_tensors
-        with annotate("ddpm_pa_loss.backward"):
-            upstream = (grad_loss, grad_mse, grad_hf_mse, grad_pair_img, grad_pair_hf)
-            grad_terms = torch.stack([g.reshape(()).to(grams.dtype) for g in upstream])
-            grad_eps_ada = ops.ddpm_pa_loss_backward(
-                grad_terms, grams, x_t, eps_ada, noise, a_t, b_t, *ctx.scalars
-            )
-        return (None, grad_eps_ada) + (None,) * 9
-
-    register_autograd("ddpm_pa_fast::ddpm_pa_loss", loss_backward, setup_context=loss_setup)
-
-
+# Autograd is registered in C++ (csrc/autograd.cpp): each backward is a registered op, so compiled
+# graphs keep it as one node, and none reads a tensor's value on the host.
 if _LOAD_ERROR is None:
     _register_fakes()
-    _register_autograd()
 
 
 # ---------------------------------------------------------------------------------------------

@@ -1,0 +1,235 @@
+// Autograd for the five ops, registered for the Autograd dispatch key. Each backward is the op's
+// registered *_backward op (or, for haar_idwt2d, haar_dwt2d) called through the dispatcher, so the
+// device's kernel runs and torch.compile traces ops, never code.
+//
+// In C++ rather than torch.library.register_autograd: the Python wrapper cost about 60 us per forward
+// and as much per backward (argument re-binding, a Python autograd.Function), more than the CPU
+// kernels take at the benchmark's small sizes. Here it is a few microseconds.
+#include <ATen/core/dispatch/Dispatcher.h>
+#include <ATen/record_function.h>
+#include <torch/autograd.h>
+#include <torch/library.h>
+
+#include <string>
+#include <tuple>
+
+#ifdef DDPM_PA_WITH_CUDA
+#include <nvtx3/nvToolsExt.h>
+#endif
+
+namespace ddpm_pa {
+namespace {
+
+using torch::autograd::AutogradContext;
+using torch::autograd::variable_list;
+
+// The typed dispatcher handle of ddpm_pa_fast::<name>, looked up once.
+template <typename Signature>
+c10::TypedOperatorHandle<Signature> op_handle(const char* name) {
+  return c10::Dispatcher::singleton().findSchemaOrThrow(name, "").typed<Signature>();
+}
+
+#ifdef DDPM_PA_WITH_CUDA
+nvtxDomainHandle_t nvtx_domain() {
+  static const nvtxDomainHandle_t domain = nvtxDomainCreateA("ddpm_pa_fast");
+  return domain;
+}
+#endif
+
+// "<op>.backward" as a range: in torch.profiler always, and in Nsight Systems (NVTX domain
+// "ddpm_pa_fast", next to the forward ranges ddpm_pa_fast/_nvtx.py opens) in CUDA builds.
+class BackwardRange {
+ public:
+  explicit BackwardRange(const char* name) : record_(at::RecordScope::BACKWARD_FUNCTION) {
+    if (record_.isActive()) record_.before(name);
+#ifdef DDPM_PA_WITH_CUDA
+    nvtxEventAttributes_t attributes = {};
+    attributes.version = NVTX_VERSION;
+    attributes.size = NVTX_EVENT_ATTRIB_STRUCT_SIZE;
+    attributes.messageType = NVTX_MESSAGE_TYPE_ASCII;
+    attributes.message.ascii = name;
+    nvtxDomainRangePushEx(nvtx_domain(), &attributes);
+#endif
+  }
+  ~BackwardRange() {
+#ifdef DDPM_PA_WITH_CUDA
+    nvtxDomainRangePop(nvtx_domain());
+#endif
+  }
+  BackwardRange(const BackwardRange&) = delete;
+  BackwardRange& operator=(const BackwardRange&) = delete;
+
+ private:
+  at::RecordFunction record_;
+};
+
+// ---------------------------------------------------------------------------------------------
+
+struct HighFrequencyFunction : public torch::autograd::Function<HighFrequencyFunction> {
+  static at::Tensor forward(AutogradContext* ctx, const at::Tensor& x) {
+    static const auto op = op_handle<at::Tensor(const at::Tensor&)>("ddpm_pa_fast::ddpm_pa_high_frequency");
+    at::AutoDispatchBelowADInplaceOrView below_autograd;
+    ctx->saved_data["height"] = x.sym_size(2);
+    ctx->saved_data["width"] = x.sym_size(3);
+    return op.call(x);
+  }
+  static variable_list backward(AutogradContext* ctx, variable_list grads) {
+    static const auto op = op_handle<at::Tensor(const at::Tensor&, c10::SymInt, c10::SymInt)>(
+        "ddpm_pa_fast::ddpm_pa_high_frequency_backward");
+    BackwardRange range("ddpm_pa_high_frequency.backward");
+    return {op.call(grads[0], ctx->saved_data["height"].toSymInt(), ctx->saved_data["width"].toSymInt())};
+  }
+};
+
+struct HaarDwtFunction : public torch::autograd::Function<HaarDwtFunction> {
+  static variable_list forward(AutogradContext* ctx, const at::Tensor& x, const std::string& mode) {
+    static const auto op = op_handle<std::tuple<at::Tensor, at::Tensor>(const at::Tensor&, c10::string_view)>(
+        "ddpm_pa_fast::haar_dwt2d");
+    at::AutoDispatchBelowADInplaceOrView below_autograd;
+    ctx->saved_data["height"] = x.sym_size(2);
+    ctx->saved_data["width"] = x.sym_size(3);
+    ctx->saved_data["mode"] = mode;
+    auto [yl, yh] = op.call(x, mode);
+    return {yl, yh};
+  }
+  static variable_list backward(AutogradContext* ctx, variable_list grads) {
+    static const auto op =
+        op_handle<at::Tensor(const at::Tensor&, const at::Tensor&, c10::SymInt, c10::SymInt, c10::string_view)>(
+            "ddpm_pa_fast::haar_dwt2d_backward");
+    BackwardRange range("haar_dwt2d.backward");
+    const std::string mode = ctx->saved_data["mode"].toStringRef();
+    return {op.call(grads[0], grads[1], ctx->saved_data["height"].toSymInt(), ctx->saved_data["width"].toSymInt(),
+                    mode),
+            at::Tensor()};
+  }
+};
+
+struct HaarIdwtFunction : public torch::autograd::Function<HaarIdwtFunction> {
+  static at::Tensor forward(AutogradContext*, const at::Tensor& yl, const at::Tensor& yh) {
+    static const auto op =
+        op_handle<at::Tensor(const at::Tensor&, const at::Tensor&)>("ddpm_pa_fast::haar_idwt2d");
+    at::AutoDispatchBelowADInplaceOrView below_autograd;
+    return op.call(yl, yh);
+  }
+  static variable_list backward(AutogradContext*, variable_list grads) {
+    // The synthesis is orthogonal, so its adjoint is the analysis (even size: every mode agrees).
+    static const auto op = op_handle<std::tuple<at::Tensor, at::Tensor>(const at::Tensor&, c10::string_view)>(
+        "ddpm_pa_fast::haar_dwt2d");
+    BackwardRange range("haar_idwt2d.backward");
+    auto [grad_yl, grad_yh] = op.call(grads[0], "zero");
+    return {grad_yl, grad_yh};
+  }
+};
+
+struct PairwiseSimilarityKlFunction : public torch::autograd::Function<PairwiseSimilarityKlFunction> {
+  static variable_list forward(AutogradContext* ctx, const at::Tensor& src, const at::Tensor& ada, double tau,
+                               const std::string& reduction) {
+    static const auto op = op_handle<std::tuple<at::Tensor, at::Tensor, at::Tensor>(
+        const at::Tensor&, const at::Tensor&, double, c10::string_view)>("ddpm_pa_fast::pairwise_similarity_kl");
+    at::AutoDispatchBelowADInplaceOrView below_autograd;
+    auto [loss, gram_src, gram_ada] = op.call(src, ada, tau, reduction);
+    ctx->mark_non_differentiable({gram_src, gram_ada});
+    ctx->save_for_backward({ada, gram_src, gram_ada});
+    ctx->saved_data["tau"] = tau;
+    ctx->saved_data["reduction"] = reduction;
+    return {loss, gram_src, gram_ada};
+  }
+  static variable_list backward(AutogradContext* ctx, variable_list grads) {
+    static const auto op =
+        op_handle<at::Tensor(const at::Tensor&, const at::Tensor&, const at::Tensor&, const at::Tensor&, double,
+                             c10::string_view)>("ddpm_pa_fast::pairwise_similarity_kl_backward");
+    BackwardRange range("pairwise_similarity_kl.backward");
+    const variable_list saved = ctx->get_saved_variables();
+    const std::string reduction = ctx->saved_data["reduction"].toStringRef();
+    const at::Tensor grad_ada =
+        op.call(grads[0], saved[0], saved[1], saved[2], ctx->saved_data["tau"].toDouble(), reduction);
+    // The source features are a constant of the loss (the frozen model): no gradient for src.
+    return {at::Tensor(), grad_ada, at::Tensor(), at::Tensor()};
+  }
+};
+
+using LossOutputs = std::tuple<at::Tensor, at::Tensor, at::Tensor, at::Tensor, at::Tensor, at::Tensor>;
+
+struct DdpmPaLossFunction : public torch::autograd::Function<DdpmPaLossFunction> {
+  static variable_list forward(AutogradContext* ctx, const at::Tensor& x_t, const at::Tensor& eps_ada,
+                               const at::Tensor& eps_src, const at::Tensor& noise, const at::Tensor& a_t,
+                               const at::Tensor& b_t, double w_pair, double w_hf_pair, double w_hf_mse, double tau,
+                               const std::string& reduction) {
+    static const auto op =
+        op_handle<LossOutputs(const at::Tensor&, const at::Tensor&, const at::Tensor&, const at::Tensor&,
+                              const at::Tensor&, const at::Tensor&, double, double, double, double, c10::string_view)>(
+            "ddpm_pa_fast::ddpm_pa_loss");
+    at::AutoDispatchBelowADInplaceOrView below_autograd;
+    auto [loss, mse, hf_mse, pair_img, pair_hf, grams] =
+        op.call(x_t, eps_ada, eps_src, noise, a_t, b_t, w_pair, w_hf_pair, w_hf_mse, tau, reduction);
+    ctx->mark_non_differentiable({grams});
+    ctx->save_for_backward({grams, x_t, eps_ada, noise, a_t, b_t});
+    ctx->saved_data["w_pair"] = w_pair;
+    ctx->saved_data["w_hf_pair"] = w_hf_pair;
+    ctx->saved_data["w_hf_mse"] = w_hf_mse;
+    ctx->saved_data["tau"] = tau;
+    ctx->saved_data["reduction"] = reduction;
+    return {loss, mse, hf_mse, pair_img, pair_hf, grams};
+  }
+  static variable_list backward(AutogradContext* ctx, variable_list grads) {
+    static const auto op = op_handle<at::Tensor(const at::Tensor&, const at::Tensor&, const at::Tensor&,
+                                                const at::Tensor&, const at::Tensor&, const at::Tensor&,
+                                                const at::Tensor&, double, double, double, double, c10::string_view)>(
+        "ddpm_pa_fast::ddpm_pa_loss_backward");
+    BackwardRange range("ddpm_pa_loss.backward");
+    const variable_list saved = ctx->get_saved_variables();
+    const at::Tensor& grams = saved[0];
+    // The five 0-d upstream gradients (loss, mse, hf_mse, pair_img, pair_hf) in the Gram dtype.
+    const at::Tensor grad_terms = at::stack({grads[0].reshape({}), grads[1].reshape({}), grads[2].reshape({}),
+                                             grads[3].reshape({}), grads[4].reshape({})})
+                                      .to(grams.scalar_type());
+    const auto& data = ctx->saved_data;
+    const std::string reduction = data.at("reduction").toStringRef();
+    const at::Tensor grad_eps_ada =
+        op.call(grad_terms, grams, saved[1], saved[2], saved[3], saved[4], saved[5], data.at("w_pair").toDouble(),
+                data.at("w_hf_pair").toDouble(), data.at("w_hf_mse").toDouble(), data.at("tau").toDouble(), reduction);
+    // Only eps_ada gets a gradient (see the schema in ops.cpp).
+    variable_list result(11);
+    result[1] = grad_eps_ada;
+    return result;
+  }
+};
+
+// ---------------------------------------------------------------------------------------------
+// The Autograd kernels: the schema's signature, forwarding to the functions above.
+
+at::Tensor high_frequency_autograd(const at::Tensor& x) { return HighFrequencyFunction::apply(x); }
+
+std::tuple<at::Tensor, at::Tensor> haar_dwt2d_autograd(const at::Tensor& x, c10::string_view mode) {
+  const variable_list out = HaarDwtFunction::apply(x, std::string(mode));
+  return {out[0], out[1]};
+}
+
+at::Tensor haar_idwt2d_autograd(const at::Tensor& yl, const at::Tensor& yh) { return HaarIdwtFunction::apply(yl, yh); }
+
+std::tuple<at::Tensor, at::Tensor, at::Tensor> pairwise_similarity_kl_autograd(const at::Tensor& src,
+                                                                               const at::Tensor& ada, double tau,
+                                                                               c10::string_view reduction) {
+  const variable_list out = PairwiseSimilarityKlFunction::apply(src, ada, tau, std::string(reduction));
+  return {out[0], out[1], out[2]};
+}
+
+LossOutputs ddpm_pa_loss_autograd(const at::Tensor& x_t, const at::Tensor& eps_ada, const at::Tensor& eps_src,
+                                  const at::Tensor& noise, const at::Tensor& a_t, const at::Tensor& b_t, double w_pair,
+                                  double w_hf_pair, double w_hf_mse, double tau, c10::string_view reduction) {
+  const variable_list out = DdpmPaLossFunction::apply(x_t, eps_ada, eps_src, noise, a_t, b_t, w_pair, w_hf_pair,
+                                                      w_hf_mse, tau, std::string(reduction));
+  return {out[0], out[1], out[2], out[3], out[4], out[5]};
+}
+
+}  // namespace
+
+TORCH_LIBRARY_IMPL(ddpm_pa_fast, Autograd, m) {
+  m.impl("ddpm_pa_high_frequency", &high_frequency_autograd);
+  m.impl("haar_dwt2d", &haar_dwt2d_autograd);
+  m.impl("haar_idwt2d", &haar_idwt2d_autograd);
+  m.impl("pairwise_similarity_kl", &pairwise_similarity_kl_autograd);
+  m.impl("ddpm_pa_loss", &ddpm_pa_loss_autograd);
+}
+
+}  // namespace ddpm_pa
