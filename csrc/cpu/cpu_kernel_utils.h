@@ -189,10 +189,30 @@ DDPM_PA_ALWAYS_INLINE void store_vec(T* p, typename Vec<T>::type v) {
   std::memcpy(p, &v, sizeof(v));
 }
 
+// Pairwise halving: log2(lanes) dependent adds rather than a chain of `lanes`; the kernels call this
+// once per tile and block, often enough for a serial chain to show at small sizes.
 template <typename T>
 DDPM_PA_ALWAYS_INLINE T sum_lanes(typename Vec<T>::type v) {
-  T s = T(0);
-  for (int64_t l = 0; l < Vec<T>::lanes; ++l) s += v[l];
+  T lanes[Vec<T>::lanes];
+  std::memcpy(lanes, &v, sizeof(v));
+  for (int64_t half = Vec<T>::lanes / 2; half > 0; half /= 2)
+    for (int64_t l = 0; l < half; ++l) lanes[l] += lanes[l + half];
+  return lanes[0];
+}
+
+// sum_e x[e]^2 over len values: vector partial sums, one horizontal sum at the end.
+template <typename T>
+DDPM_PA_ALWAYS_INLINE T sum_squares(const T* x, int64_t len) {
+  using vec = typename Vec<T>::type;
+  constexpr int64_t kLanes = Vec<T>::lanes;
+  vec acc = {};
+  int64_t e = 0;
+  for (; e + kLanes <= len; e += kLanes) {
+    const vec v = load_vec(x + e);
+    acc += v * v;
+  }
+  T s = sum_lanes<T>(acc);
+  for (; e < len; ++e) s += x[e] * x[e];
   return s;
 }
 

@@ -66,9 +66,9 @@ struct BackwardFactors {
 };
 
 // A thread's scratch for the forward: x0_src, x0_ada, HF(x0_src), HF(x0_ada) of the N samples of a
-// block, and the two rows of eps_ada - noise of the unit in hand.
+// block, and eps_ada - noise and its HF map for the sample in hand (row 0 of the last two).
 struct ForwardScratch {
-  enum : int64_t { kX0Src, kX0Ada, kHfSrc, kHfAda, kDiffRows, kCount };
+  enum : int64_t { kX0Src, kX0Ada, kHfSrc, kHfAda, kDiff, kHfDiff, kCount };
 };
 // The backward's: x0_ada and HF(x0_ada) of a block, M_img @ x0_ada and M_hf @ HF(x0_ada), and the
 // two rows of eps_ada - noise and of the gradient of the unit in hand.
@@ -100,7 +100,8 @@ DDPM_PA_ALWAYS_INLINE void loss_forward_chunk_impl(const LossLayout& layout, con
   acc_t* x0_ada = scratch.buffer(ForwardScratch::kX0Ada);
   acc_t* hf_src = scratch.buffer(ForwardScratch::kHfSrc);
   acc_t* hf_ada = scratch.buffer(ForwardScratch::kHfAda);
-  acc_t* diff = scratch.buffer(ForwardScratch::kDiffRows);
+  acc_t* diff = scratch.buffer(ForwardScratch::kDiff);
+  acc_t* hf_diff = scratch.buffer(ForwardScratch::kHfDiff);
   for (int64_t u0 = unit_begin; u0 < unit_end; u0 += layout.units_per_block) {
     const int64_t u1 = std::min(unit_end, u0 + layout.units_per_block);
     int64_t len = 0, hf_len = 0;
@@ -110,7 +111,6 @@ DDPM_PA_ALWAYS_INLINE void loss_forward_chunk_impl(const LossLayout& layout, con
       acc_t* a_row = x0_ada + i * stride;
       acc_t* hs_row = hf_src + i * stride;
       acc_t* ha_row = hf_ada + i * stride;
-      acc_t sq = 0, hf_sq = 0;
       int64_t pos = 0, hpos = 0;
       for (int64_t u = u0; u < u1; ++u) {
         const int64_t base = i * layout.sample_values() + layout.unit_offset(u);
@@ -123,15 +123,13 @@ DDPM_PA_ALWAYS_INLINE void loss_forward_chunk_impl(const LossLayout& layout, con
           const scalar_t* DDPM_PA_RESTRICT nzr = nz + off;
           acc_t* DDPM_PA_RESTRICT s_out = s_row + pos + row * width;
           acc_t* DDPM_PA_RESTRICT a_out = a_row + pos + row * width;
-          acc_t* DDPM_PA_RESTRICT d_out = diff + row * width;
-          DDPM_PA_PRAGMA(omp simd reduction(+ : sq))
+          acc_t* DDPM_PA_RESTRICT d_out = diff + pos + row * width;
+          DDPM_PA_SIMD
           for (int64_t w = 0; w < width; ++w) {
             const acc_t x = xr[w], e = ear[w];
             s_out[w] = predict_x0<acc_t>(a, x, b, esr[w]);
             a_out[w] = predict_x0<acc_t>(a, x, b, e);
-            const acc_t dv = e - static_cast<acc_t>(nzr[w]);
-            d_out[w] = dv;
-            sq += dv * dv;
+            d_out[w] = e - static_cast<acc_t>(nzr[w]);
           }
         }
         if (rows == 2) {
@@ -139,16 +137,16 @@ DDPM_PA_ALWAYS_INLINE void loss_forward_chunk_impl(const LossLayout& layout, con
           const acc_t* DDPM_PA_RESTRICT sb = st + width;
           const acc_t* DDPM_PA_RESTRICT at = a_row + pos;
           const acc_t* DDPM_PA_RESTRICT ab = at + width;
-          const acc_t* DDPM_PA_RESTRICT dt = diff;
+          const acc_t* DDPM_PA_RESTRICT dt = diff + pos;
           const acc_t* DDPM_PA_RESTRICT db = dt + width;
           acc_t* DDPM_PA_RESTRICT hs = hs_row + hpos;
           acc_t* DDPM_PA_RESTRICT ha = ha_row + hpos;
-          DDPM_PA_PRAGMA(omp simd reduction(+ : hf_sq))
+          acc_t* DDPM_PA_RESTRICT hd = hf_diff + hpos;
+          DDPM_PA_SIMD
           for (int64_t j = 0; j < half_width; ++j) {
             hs[j] = high_frequency(st[2 * j], st[2 * j + 1], sb[2 * j], sb[2 * j + 1]);
             ha[j] = high_frequency(at[2 * j], at[2 * j + 1], ab[2 * j], ab[2 * j + 1]);
-            const acc_t hd = high_frequency(dt[2 * j], dt[2 * j + 1], db[2 * j], db[2 * j + 1]);
-            hf_sq += hd * hd;
+            hd[j] = high_frequency(dt[2 * j], dt[2 * j + 1], db[2 * j], db[2 * j + 1]);
           }
           hpos += half_width;
         }
@@ -156,8 +154,10 @@ DDPM_PA_ALWAYS_INLINE void loss_forward_chunk_impl(const LossLayout& layout, con
       }
       len = pos;
       hf_len = hpos;
-      partial[4 * nn] += static_cast<double>(sq);
-      partial[4 * nn + 1] += static_cast<double>(b) * static_cast<double>(b) * static_cast<double>(hf_sq);
+      // One horizontal sum per sample and block, not one per row.
+      partial[4 * nn] += static_cast<double>(sum_squares(diff, len));
+      partial[4 * nn + 1] +=
+          static_cast<double>(b) * static_cast<double>(b) * static_cast<double>(sum_squares(hf_diff, hf_len));
     }
     add_block_gram_impl(x0_src, n, stride, len, partial);
     add_block_gram_impl(x0_ada, n, stride, len, partial + nn);
