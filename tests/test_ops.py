@@ -401,3 +401,26 @@ def test_compiled_ops_match_eager():
         results.append([total, *terms, *(t.grad for t in inputs)])
     for eager, comp in zip(*results):
         torch.testing.assert_close(comp, eager, rtol=1e-5, atol=1e-6)
+
+
+def test_backward_ranges_reach_the_profiler():
+    """The C++ autograd marks every backward "<op>.backward" (NVTX in CUDA builds; torch.profiler always)."""
+    x = randn((4, 2, 6, 6), 30, torch.float32).requires_grad_()
+    src, ada = similar_features((4, 8), 31, torch.float32)
+    ada.requires_grad_()
+    sample = make_loss_sample((4, 2, 6, 6), 32, torch.float32)
+    yl, yh = (t.detach().requires_grad_() for t in OPS.haar_dwt2d(x, "zero"))
+    calls = {
+        "ddpm_pa_high_frequency": lambda: OPS.ddpm_pa_high_frequency(x).sum(),
+        "haar_dwt2d": lambda: OPS.haar_dwt2d(x, "zero")[1].sum(),
+        "haar_idwt2d": lambda: OPS.haar_idwt2d(yl, yh).sum(),
+        "pairwise_similarity_kl": lambda: OPS.pairwise_similarity_kl(src, ada, 1.0, "mean")[0],
+        "ddpm_pa_loss": lambda: OPS.ddpm_pa_loss(
+            sample.x_t, x, sample.eps_src, sample.noise, sample.a_t, sample.b_t, 1.0, 1.0, 1.0, 1.0, "mean"
+        )[0],
+    }
+    for name, loss in calls.items():
+        with torch.profiler.profile() as profile:
+            loss().backward()
+        recorded = {event.name for event in profile.events()}
+        assert f"{name}.backward" in recorded, (name, sorted(recorded))
