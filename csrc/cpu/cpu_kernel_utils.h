@@ -12,6 +12,7 @@
 #include <cstring>
 #include <memory>
 #include <string>
+#include <type_traits>
 #include <vector>
 
 #include "ddpm_pa_math.h"
@@ -182,6 +183,18 @@ DDPM_PA_ALWAYS_INLINE typename Vec<T>::type load_vec(const T* p) {
   typename Vec<T>::type v;
   std::memcpy(&v, p, sizeof(v));
   return v;
+}
+
+// One vector of acc_t from scalar_t values (converted one by one for the half types).
+template <typename acc_t, typename scalar_t>
+DDPM_PA_ALWAYS_INLINE typename Vec<acc_t>::type load_as_vec(const scalar_t* p) {
+  if constexpr (std::is_same_v<acc_t, scalar_t>) {
+    return load_vec(p);
+  } else {
+    typename Vec<acc_t>::type v;
+    for (int64_t l = 0; l < Vec<acc_t>::lanes; ++l) v[l] = static_cast<acc_t>(p[l]);
+    return v;
+  }
 }
 
 template <typename T>

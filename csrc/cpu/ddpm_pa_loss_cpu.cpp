@@ -66,9 +66,9 @@ struct BackwardFactors {
 };
 
 // A thread's scratch for the forward: x0_src, x0_ada, HF(x0_src), HF(x0_ada) of the N samples of a
-// block, and eps_ada - noise and its HF map for the sample in hand (row 0 of the last two).
+// block, and HF(eps_ada - noise) for the sample in hand (row 0 of the last).
 struct ForwardScratch {
-  enum : int64_t { kX0Src, kX0Ada, kHfSrc, kHfAda, kDiff, kHfDiff, kCount };
+  enum : int64_t { kX0Src, kX0Ada, kHfSrc, kHfAda, kHfDiff, kCount };
 };
 // The backward's: x0_ada and HF(x0_ada) of a block, M_img @ x0_ada and M_hf @ HF(x0_ada), and the
 // two rows of eps_ada - noise and of the gradient of the unit in hand.
@@ -96,21 +96,27 @@ DDPM_PA_ALWAYS_INLINE void loss_forward_chunk_impl(const LossLayout& layout, con
   const scalar_t* nz = in.noise;
   const acc_t* coef_a = in.coef_a;
   const acc_t* coef_b = in.coef_b;
+  using vec = typename Vec<acc_t>::type;
+  constexpr int64_t kLanes = Vec<acc_t>::lanes;
   acc_t* x0_src = scratch.buffer(ForwardScratch::kX0Src);
   acc_t* x0_ada = scratch.buffer(ForwardScratch::kX0Ada);
   acc_t* hf_src = scratch.buffer(ForwardScratch::kHfSrc);
   acc_t* hf_ada = scratch.buffer(ForwardScratch::kHfAda);
-  acc_t* diff = scratch.buffer(ForwardScratch::kDiff);
   acc_t* hf_diff = scratch.buffer(ForwardScratch::kHfDiff);
   for (int64_t u0 = unit_begin; u0 < unit_end; u0 += layout.units_per_block) {
     const int64_t u1 = std::min(unit_end, u0 + layout.units_per_block);
     int64_t len = 0, hf_len = 0;
     for (int64_t i = 0; i < n; ++i) {
       const acc_t a = coef_a[i], b = coef_b[i];
+      const vec a_lanes = vec{} + a, b_lanes = vec{} + b;
       acc_t* s_row = x0_src + i * stride;
       acc_t* a_row = x0_ada + i * stride;
       acc_t* hs_row = hf_src + i * stride;
       acc_t* ha_row = hf_ada + i * stride;
+      // sum (eps_ada - noise)^2 in vector lanes across the block's rows: storing eps_ada - noise
+      // for a later pass cost a third store stream, and the loop is bound by its memory streams.
+      vec sq_lanes = {};
+      acc_t sq = 0;
       int64_t pos = 0, hpos = 0;
       for (int64_t u = u0; u < u1; ++u) {
         const int64_t base = i * layout.sample_values() + layout.unit_offset(u);
@@ -123,13 +129,20 @@ DDPM_PA_ALWAYS_INLINE void loss_forward_chunk_impl(const LossLayout& layout, con
           const scalar_t* DDPM_PA_RESTRICT nzr = nz + off;
           acc_t* DDPM_PA_RESTRICT s_out = s_row + pos + row * width;
           acc_t* DDPM_PA_RESTRICT a_out = a_row + pos + row * width;
-          acc_t* DDPM_PA_RESTRICT d_out = diff + pos + row * width;
-          DDPM_PA_SIMD
-          for (int64_t w = 0; w < width; ++w) {
+          int64_t w = 0;
+          for (; w + kLanes <= width; w += kLanes) {
+            const vec x = load_as_vec<acc_t>(xr + w), e = load_as_vec<acc_t>(ear + w);
+            store_vec(s_out + w, predict_x0<vec>(a_lanes, x, b_lanes, load_as_vec<acc_t>(esr + w)));
+            store_vec(a_out + w, predict_x0<vec>(a_lanes, x, b_lanes, e));
+            const vec d = e - load_as_vec<acc_t>(nzr + w);
+            sq_lanes += d * d;
+          }
+          for (; w < width; ++w) {
             const acc_t x = xr[w], e = ear[w];
             s_out[w] = predict_x0<acc_t>(a, x, b, esr[w]);
             a_out[w] = predict_x0<acc_t>(a, x, b, e);
-            d_out[w] = e - static_cast<acc_t>(nzr[w]);
+            const acc_t d = e - static_cast<acc_t>(nzr[w]);
+            sq += d * d;
           }
         }
         if (rows == 2) {
@@ -137,8 +150,11 @@ DDPM_PA_ALWAYS_INLINE void loss_forward_chunk_impl(const LossLayout& layout, con
           const acc_t* DDPM_PA_RESTRICT sb = st + width;
           const acc_t* DDPM_PA_RESTRICT at = a_row + pos;
           const acc_t* DDPM_PA_RESTRICT ab = at + width;
-          const acc_t* DDPM_PA_RESTRICT dt = diff + pos;
-          const acc_t* DDPM_PA_RESTRICT db = dt + width;
+          // HF(eps_ada - noise) from the input rows, still in L1.
+          const scalar_t* DDPM_PA_RESTRICT et = ea + base;
+          const scalar_t* DDPM_PA_RESTRICT eb = et + width;
+          const scalar_t* DDPM_PA_RESTRICT nt = nz + base;
+          const scalar_t* DDPM_PA_RESTRICT nb = nt + width;
           acc_t* DDPM_PA_RESTRICT hs = hs_row + hpos;
           acc_t* DDPM_PA_RESTRICT ha = ha_row + hpos;
           acc_t* DDPM_PA_RESTRICT hd = hf_diff + hpos;
@@ -146,7 +162,10 @@ DDPM_PA_ALWAYS_INLINE void loss_forward_chunk_impl(const LossLayout& layout, con
           for (int64_t j = 0; j < half_width; ++j) {
             hs[j] = high_frequency(st[2 * j], st[2 * j + 1], sb[2 * j], sb[2 * j + 1]);
             ha[j] = high_frequency(at[2 * j], at[2 * j + 1], ab[2 * j], ab[2 * j + 1]);
-            hd[j] = high_frequency(dt[2 * j], dt[2 * j + 1], db[2 * j], db[2 * j + 1]);
+            hd[j] = high_frequency<acc_t>(static_cast<acc_t>(et[2 * j]) - static_cast<acc_t>(nt[2 * j]),
+                                          static_cast<acc_t>(et[2 * j + 1]) - static_cast<acc_t>(nt[2 * j + 1]),
+                                          static_cast<acc_t>(eb[2 * j]) - static_cast<acc_t>(nb[2 * j]),
+                                          static_cast<acc_t>(eb[2 * j + 1]) - static_cast<acc_t>(nb[2 * j + 1]));
           }
           hpos += half_width;
         }
@@ -155,7 +174,7 @@ DDPM_PA_ALWAYS_INLINE void loss_forward_chunk_impl(const LossLayout& layout, con
       len = pos;
       hf_len = hpos;
       // One horizontal sum per sample and block, not one per row.
-      partial[4 * nn] += static_cast<double>(sum_squares(diff, len));
+      partial[4 * nn] += static_cast<double>(sum_lanes<acc_t>(sq_lanes) + sq);
       partial[4 * nn + 1] +=
           static_cast<double>(b) * static_cast<double>(b) * static_cast<double>(sum_squares(hf_diff, hf_len));
     }
