@@ -202,6 +202,27 @@ DDPM_PA_ALWAYS_INLINE void store_vec(T* p, typename Vec<T>::type v) {
   std::memcpy(p, &v, sizeof(v));
 }
 
+// Stores a vector of acc_t as scalar_t values (converted one by one for the half types).
+template <typename scalar_t, typename acc_t>
+DDPM_PA_ALWAYS_INLINE void store_vec_as(scalar_t* p, typename Vec<acc_t>::type v) {
+  if constexpr (std::is_same_v<acc_t, scalar_t>) {
+    store_vec(p, v);
+  } else {
+    for (int64_t l = 0; l < Vec<acc_t>::lanes; ++l) p[l] = static_cast<scalar_t>(v[l]);
+  }
+}
+
+// Lanes (v[0], v[0], v[1], v[1], ...): each of the first half of v twice, as a 2x2 block's two
+// columns need their block's value.
+template <typename T>
+DDPM_PA_ALWAYS_INLINE typename Vec<T>::type duplicate_lanes(typename Vec<T>::type v) {
+  using index_t = std::conditional_t<sizeof(T) == 4, int32_t, int64_t>;
+  typedef index_t mask_t __attribute__((vector_size(64)));
+  mask_t mask;
+  for (int64_t l = 0; l < Vec<T>::lanes; ++l) mask[l] = static_cast<index_t>(l / 2);
+  return __builtin_shuffle(v, mask);
+}
+
 // Pairwise halving: log2(lanes) dependent adds rather than a chain of `lanes`; the kernels call this
 // once per tile and block, often enough for a serial chain to show at small sizes.
 template <typename T>

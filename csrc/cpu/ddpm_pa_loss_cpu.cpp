@@ -71,9 +71,9 @@ struct ForwardScratch {
   enum : int64_t { kX0Src, kX0Ada, kHfSrc, kHfAda, kHfDiff, kCount };
 };
 // The backward's: x0_ada and HF(x0_ada) of a block, M_img @ x0_ada and M_hf @ HF(x0_ada), and the
-// two rows of eps_ada - noise and of the gradient of the unit in hand.
+// gradient at each HF value of the row pair in hand (row 0 of the last).
 struct BackwardScratch {
-  enum : int64_t { kX0Ada, kPairImg, kHfAda, kPairHf, kDiffRows, kGradRows, kCount };
+  enum : int64_t { kX0Ada, kPairImg, kHfAda, kPairHf, kHfGrad, kCount };
 };
 
 template <typename acc_t>
@@ -186,8 +186,9 @@ DDPM_PA_ALWAYS_INLINE void loss_forward_chunk_impl(const LossLayout& layout, con
 }
 
 // Units [unit_begin, unit_end) of the backward: writes grad_eps_ada there. Per block: x0_ada and its
-// HF map (reads x_t, eps_ada), the two M products, then per unit eps_ada - noise again (eps_ada is
-// still in cache) for the mse terms, and the gradient written once.
+// HF map (reads x_t, eps_ada), the two M products, then per unit the gradient at each HF value, and
+// per row eps_ada - noise again (eps_ada is still in cache) for the mse terms, the pair term and the
+// HF gradient spread by the adjoint's weights, written once.
 template <typename scalar_t>
 DDPM_PA_ALWAYS_INLINE void loss_backward_chunk_impl(const LossLayout& layout, const LossInputs<scalar_t>& in,
                                                     const BackwardFactors<acc_type<scalar_t>>& factors, int64_t unit_begin,
@@ -205,8 +206,17 @@ DDPM_PA_ALWAYS_INLINE void loss_backward_chunk_impl(const LossLayout& layout, co
   acc_t* pair_img = scratch.buffer(BackwardScratch::kPairImg);
   acc_t* hf_ada = scratch.buffer(BackwardScratch::kHfAda);
   acc_t* pair_hf = scratch.buffer(BackwardScratch::kPairHf);
-  acc_t* diff = scratch.buffer(BackwardScratch::kDiffRows);
-  acc_t* grad_rows = scratch.buffer(BackwardScratch::kGradRows);
+  acc_t* hf_grad = scratch.buffer(BackwardScratch::kHfGrad);
+  using vec = typename Vec<acc_t>::type;
+  constexpr int64_t kLanes = Vec<acc_t>::lanes;
+  // high_frequency_adjoint is linear: one weight per position of the 2x2 block, laid out as the
+  // top row's and the bottom row's columns alternate.
+  acc_t weight[2][2];
+  high_frequency_adjoint<acc_t>(acc_t(1), weight[0][0], weight[0][1], weight[1][0], weight[1][1]);
+  vec row_weights[2];
+  for (int r = 0; r < 2; ++r)
+    for (int64_t l = 0; l < kLanes; ++l) row_weights[r][l] = weight[r][l % 2];
+  const vec mse_lanes = vec{} + factors.mse;
   for (int64_t u0 = unit_begin; u0 < unit_end; u0 += layout.units_per_block) {
     const int64_t u1 = std::min(unit_end, u0 + layout.units_per_block);
     int64_t len = 0, hf_len = 0;
@@ -238,39 +248,50 @@ DDPM_PA_ALWAYS_INLINE void loss_backward_chunk_impl(const LossLayout& layout, co
     apply_matrix_block_impl(factors.m_hf, n, hf_ada, stride, hf_len, pair_hf, stride);
     for (int64_t i = 0; i < n; ++i) {
       const acc_t b = coef_b[i], k_hf_b = factors.hf * b * b;
+      const vec b_lanes = vec{} + b;
       int64_t pos = 0, hpos = 0;
       for (int64_t u = u0; u < u1; ++u) {
         const int64_t base = i * layout.sample_values() + layout.unit_offset(u);
         const int64_t rows = layout.unit_rows(u);
-        const int64_t count = rows * width;
-        const scalar_t* DDPM_PA_RESTRICT ear = ea + base;
-        const scalar_t* DDPM_PA_RESTRICT nzr = nz + base;
-        const acc_t* DDPM_PA_RESTRICT p = pair_img + i * stride + pos;
-        acc_t* DDPM_PA_RESTRICT d = diff;
-        acc_t* DDPM_PA_RESTRICT gr = grad_rows;
-        DDPM_PA_SIMD
-        for (int64_t k = 0; k < count; ++k) {
-          d[k] = static_cast<acc_t>(ear[k]) - static_cast<acc_t>(nzr[k]);
-          gr[k] = factors.mse * d[k] - b * p[k];
-        }
+        // Columns [0, paired) have an HF value (all but an odd last one), when the unit has two rows.
+        const int64_t paired = rows == 2 ? 2 * half_width : 0;
         if (rows == 2) {
+          const scalar_t* DDPM_PA_RESTRICT et = ea + base;
+          const scalar_t* DDPM_PA_RESTRICT eb = et + width;
+          const scalar_t* DDPM_PA_RESTRICT nt = nz + base;
+          const scalar_t* DDPM_PA_RESTRICT nb = nt + width;
           const acc_t* DDPM_PA_RESTRICT ph = pair_hf + i * stride + hpos;
+          acc_t* DDPM_PA_RESTRICT g = hf_grad;
           DDPM_PA_SIMD
           for (int64_t j = 0; j < half_width; ++j) {
-            const acc_t hd = high_frequency(d[2 * j], d[2 * j + 1], d[width + 2 * j], d[width + 2 * j + 1]);
-            acc_t ga, gb, gc, gd;
-            high_frequency_adjoint<acc_t>(k_hf_b * hd - b * ph[j], ga, gb, gc, gd);
-            gr[2 * j] += ga;
-            gr[2 * j + 1] += gb;
-            gr[width + 2 * j] += gc;
-            gr[width + 2 * j + 1] += gd;
+            const acc_t hd = high_frequency<acc_t>(static_cast<acc_t>(et[2 * j]) - static_cast<acc_t>(nt[2 * j]),
+                                                   static_cast<acc_t>(et[2 * j + 1]) - static_cast<acc_t>(nt[2 * j + 1]),
+                                                   static_cast<acc_t>(eb[2 * j]) - static_cast<acc_t>(nb[2 * j]),
+                                                   static_cast<acc_t>(eb[2 * j + 1]) - static_cast<acc_t>(nb[2 * j + 1]));
+            g[j] = k_hf_b * hd - b * ph[j];
           }
           hpos += half_width;
         }
-        scalar_t* DDPM_PA_RESTRICT o = out + base;
-        DDPM_PA_SIMD
-        for (int64_t k = 0; k < count; ++k) o[k] = static_cast<scalar_t>(gr[k]);
-        pos += count;
+        for (int64_t row = 0; row < rows; ++row) {
+          const int64_t off = base + row * width;
+          const scalar_t* DDPM_PA_RESTRICT er = ea + off;
+          const scalar_t* DDPM_PA_RESTRICT nr = nz + off;
+          const acc_t* DDPM_PA_RESTRICT p = pair_img + i * stride + pos + row * width;
+          scalar_t* DDPM_PA_RESTRICT o = out + off;
+          int64_t w = 0;
+          // hf_grad's row is far longer than half_width, so the vector loads past its end stay in it.
+          for (; w + kLanes <= paired; w += kLanes) {
+            const vec d = load_as_vec<acc_t>(er + w) - load_as_vec<acc_t>(nr + w);
+            const vec spread = row_weights[row] * duplicate_lanes<acc_t>(load_vec(hf_grad + w / 2));
+            store_vec_as<scalar_t, acc_t>(o + w, mse_lanes * d - b_lanes * load_vec(p + w) + spread);
+          }
+          for (; w < width; ++w) {
+            const acc_t d = static_cast<acc_t>(er[w]) - static_cast<acc_t>(nr[w]);
+            const acc_t spread = w < paired ? weight[row][w % 2] * hf_grad[w / 2] : acc_t(0);
+            o[w] = static_cast<scalar_t>(factors.mse * d - b * p[w] + spread);
+          }
+        }
+        pos += rows * width;
       }
     }
   }
