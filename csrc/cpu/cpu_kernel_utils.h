@@ -267,15 +267,17 @@ DDPM_PA_ALWAYS_INLINE void gram_tile(const acc_t* const a[4], const acc_t* const
   vec acc[4][4] = {};
   int64_t e = 0;
   for (; e + kLanes <= len; e += kLanes) {
-    vec va[4], vb[4];
+    vec va[4];
 #pragma GCC unroll 4
     for (int p = 0; p < 4; ++p) va[p] = load_vec(a[p] + e);
+    // One b row at a time: 16 accumulators, 4 a rows and 1 b row stay in registers (GCC spilt
+    // when all 8 rows were loaded up front).
 #pragma GCC unroll 4
-    for (int q = 0; q < 4; ++q) vb[q] = kDiagonal ? va[q] : load_vec(b[q] + e);
+    for (int q = 0; q < 4; ++q) {
+      const vec vb = kDiagonal ? va[q] : load_vec(b[q] + e);
 #pragma GCC unroll 4
-    for (int p = 0; p < 4; ++p)
-#pragma GCC unroll 4
-      for (int q = kDiagonal ? p : 0; q < 4; ++q) acc[p][q] += va[p] * vb[q];
+      for (int p = 0; p < (kDiagonal ? q + 1 : 4); ++p) acc[p][q] += va[p] * vb;
+    }
   }
   for (int p = 0; p < 4; ++p) {
     for (int q = kDiagonal ? p : 0; q < 4; ++q) {
