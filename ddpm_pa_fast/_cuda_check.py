@@ -57,7 +57,8 @@ def check_extension_cuda_version(extension) -> None:
     torch_major = int(torch.version.cuda.split(".")[0])
     if torch_major != built[0]:
         raise CUDAVersionMismatchError(
-            f"ddpm_pa_fast's C++ extension ({extension.__file__}) was built with CUDA {built_text}, but torch "
-            f"{torch.__version__} uses CUDA {torch.version.cuda}. Rebuild the extension against this torch, "
-            f"with a CUDA {torch_major}.x toolkit as CUDA_HOME, from the repository root: `{REBUILD_COMMAND}`."
+            f"ddpm_pa_fast's C++ extension ({extension.__file__}) was built with CUDA {built_text}, but "
+            f"torch {torch.__version__} uses CUDA {torch.version.cuda}. Rebuild the extension against this "
+            f"torch, with a CUDA {torch_major}.x toolkit as CUDA_HOME, from the repository root: "
+            f"`{REBUILD_COMMAND}`."
         )

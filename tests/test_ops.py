@@ -52,13 +52,19 @@ def relayout(t: torch.Tensor, layout: str) -> torch.Tensor:
     return t.contiguous()
 
 
-def check_close(actual: torch.Tensor, expected: torch.Tensor, dtype: torch.dtype, what: str, scale: float = 1.0):
+def check_close(
+    actual: torch.Tensor, expected: torch.Tensor, dtype: torch.dtype, what: str, scale: float = 1.0
+):
     """actual against the float64 expected; atol relative to the expected's magnitude."""
     rtol, atol = TOLERANCES[dtype]
     expected = expected.detach().double().cpu()
     magnitude = max(1.0, expected.abs().max().item()) if expected.numel() else 1.0
     torch.testing.assert_close(
-        actual.detach().double().cpu(), expected, rtol=rtol * scale, atol=atol * scale * magnitude, msg=lambda m: f"{what}: {m}"
+        actual.detach().double().cpu(),
+        expected,
+        rtol=rtol * scale,
+        atol=atol * scale * magnitude,
+        msg=lambda m: f"{what}: {m}",
     )
 
 
@@ -67,7 +73,7 @@ def leaf(t: torch.Tensor) -> torch.Tensor:
 
 
 def assert_unchanged(tensors, snapshots):
-    for t, s in zip(tensors, snapshots):
+    for t, s in zip(tensors, snapshots, strict=True):
         assert torch.equal(t, s), "an input was modified"
 
 
@@ -102,7 +108,9 @@ def test_high_frequency_matches_reference(device, dtype, layout, shape):
 @pytest.mark.parametrize("device", DEVICES)
 @pytest.mark.parametrize("dtype", FLOAT_DTYPES)
 @pytest.mark.parametrize("mode", DWT_MODES)
-@pytest.mark.parametrize("shape, levels", [((2, 3, 8, 8), 1), ((3, 4, 9, 7), 2), ((2, 2, 1, 5), 1), ((2, 3, 17, 33), 3)])
+@pytest.mark.parametrize(
+    "shape, levels", [((2, 3, 8, 8), 1), ((3, 4, 9, 7), 2), ((2, 2, 1, 5), 1), ((2, 3, 17, 33), 3)]
+)
 def test_haar_dwt_and_idwt_match_reference(device, dtype, mode, shape, levels):
     backend = backend_for(device)
     x = relayout(randn(shape, 3, dtype, device), "channels_last" if levels == 2 else "contiguous")
@@ -112,7 +120,7 @@ def test_haar_dwt_and_idwt_match_reference(device, dtype, mode, shape, levels):
     ryl, ryh = R.haar_dwt2d(x64, levels, mode)
     check_close(yl, ryl, dtype, "yl")
     assert len(yh) == levels
-    for j, (band, ref_band) in enumerate(zip(yh, ryh)):
+    for j, (band, ref_band) in enumerate(zip(yh, ryh, strict=True)):
         assert band.dtype == dtype
         check_close(band, ref_band, dtype, f"yh[{j}]")
     grads = [randn(t.shape, 10 + j, dtype, device) for j, t in enumerate([yl, *yh])]
@@ -153,7 +161,9 @@ def test_haar_idwt_inverts_dwt(device):
 @pytest.mark.parametrize("device", DEVICES)
 @pytest.mark.parametrize("dtype", FLOAT_DTYPES)
 @pytest.mark.parametrize("reduction", KL_REDUCTIONS)
-@pytest.mark.parametrize("shape, tau", [(s, 1.0) for s in FEATURE_SHAPES] + [((64, 3, 5, 5), 0.5), ((5, 5000), 2.0)])
+@pytest.mark.parametrize(
+    "shape, tau", [(s, 1.0) for s in FEATURE_SHAPES] + [((64, 3, 5, 5), 0.5), ((5, 5000), 2.0)]
+)
 def test_pairwise_kl_matches_reference(device, dtype, reduction, shape, tau):
     src, ada = similar_features(shape, 5, dtype, device)
     if len(shape) == 4:
@@ -225,7 +235,9 @@ def test_loss_options_and_layouts(device, reduction, layout):
     sample.x_t, sample.eps_ada, sample.eps_src, sample.noise = (
         relayout(t, layout) for t in (sample.x_t, sample.eps_ada, sample.eps_src, sample.noise)
     )
-    out, grad, expected, grad_expected = run_loss(sample, backend_for(device), (2.5, -1.0, 3.0), 0.7, reduction)
+    out, grad, expected, grad_expected = run_loss(
+        sample, backend_for(device), (2.5, -1.0, 3.0), 0.7, reduction
+    )
     check_loss(out, grad, expected, grad_expected, torch.float32)
 
 
@@ -264,7 +276,9 @@ def test_results_do_not_depend_on_thread_count():
 
     def run():
         eps_ada = leaf(sample.eps_ada)
-        out = D.ddpm_pa_loss(sample.x_t, eps_ada, sample.eps_src, sample.noise, sample.a_t, sample.b_t, backend="cpu")
+        out = D.ddpm_pa_loss(
+            sample.x_t, eps_ada, sample.eps_src, sample.noise, sample.a_t, sample.b_t, backend="cpu"
+        )
         (out.loss + out.hf_mse).backward()
         ada_leaf = leaf(ada)
         kl = D.pairwise_similarity_kl(src, ada_leaf, backend="cpu")
@@ -279,7 +293,7 @@ def test_results_do_not_depend_on_thread_count():
         two = run()
     finally:
         torch.set_num_threads(threads)
-    for a, b in zip(one, two):
+    for a, b in zip(one, two, strict=True):
         assert torch.equal(a, b)
 
 
@@ -320,6 +334,7 @@ def op_samples():
     x_cl = relayout(randn((3, 2, 6, 4), 21), "channels_last")
     src, ada = similar_features((4, 3, 5), 22)
     loss_sample = make_loss_sample((3, 2, 5, 6), seed=23)
+    loss_sample_4d = make_loss_sample((2, 1, 4, 3), seed=30, coef_shape="4d")
     n = 3
     grams = OPS.ddpm_pa_loss(*loss_sample.args(), 4.0, 4.0, 1.0, 1.0, "mean")[5]
     _, gram_src, gram_ada = OPS.pairwise_similarity_kl(src, ada, 1.0, "none")
@@ -335,7 +350,7 @@ def op_samples():
         ("pairwise_similarity_kl", (src, ada, 1.0, "none")),
         ("pairwise_similarity_kl_backward", (randn((4,), 29), ada, gram_src, gram_ada, 1.0, "none")),
         ("ddpm_pa_loss", (*loss_sample.args(), 4.0, 4.0, 1.0, 1.0, "mean")),
-        ("ddpm_pa_loss", (*make_loss_sample((2, 1, 4, 3), seed=30, coef_shape="4d").args(), 1.0, 2.0, 3.0, 0.5, "sum")),
+        ("ddpm_pa_loss", (*loss_sample_4d.args(), 1.0, 2.0, 3.0, 0.5, "sum")),
         ("ddpm_pa_loss_backward", (randn((5,), 31), grams, *loss_sample.args()[:2], loss_sample.noise,
                                    loss_sample.a_t, loss_sample.b_t, 4.0, 4.0, 1.0, 1.0, "mean")),
     ]
@@ -364,9 +379,9 @@ def test_gradcheck_float64(name):
     for _, args in samples:
         inputs = with_grad(name, args)
 
-        def differentiable_outputs(*tensors):
+        def differentiable_outputs(*tensors, inputs=inputs):
             full = list(inputs)
-            for i, t in zip(DIFFERENTIABLE[name], tensors):
+            for i, t in zip(DIFFERENTIABLE[name], tensors, strict=True):
                 full[i] = t
             out = getattr(OPS, name)(*full)
             if name == "pairwise_similarity_kl":
@@ -399,7 +414,7 @@ def test_compiled_ops_match_eager():
         total, terms = fn(*inputs)
         total.backward()
         results.append([total, *terms, *(t.grad for t in inputs)])
-    for eager, comp in zip(*results):
+    for eager, comp in zip(*results, strict=True):
         torch.testing.assert_close(comp, eager, rtol=1e-5, atol=1e-6)
 
 
