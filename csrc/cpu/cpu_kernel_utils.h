@@ -106,6 +106,12 @@ struct FixedPartition {
   int64_t end(int64_t chunk) const { return std::min(total, (chunk + 1) * chunk_size); }
 };
 
+// Rows per task of the row-parallel elementwise kernels (HF map, DWT): about 32K values, large enough
+// to amortise scheduling, small enough to balance. Rows are independent, so any split gives the same bits.
+inline int64_t rows_per_task(int64_t row_values) {
+  return std::max<int64_t>(1, 32768 / std::max<int64_t>(1, row_values));
+}
+
 // Values per sample in one block of a Gram / matrix-apply pass: N rows of this many values of two
 // tensors stay within a few hundred KB of cache. A function of N only, so the partition is fixed.
 inline int64_t block_values_per_sample(int64_t n) {

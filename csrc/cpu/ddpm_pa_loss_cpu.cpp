@@ -25,8 +25,7 @@ struct LossLayout {
   int64_t half_width;      // W / 2: HF values per full unit
   int64_t units;           // channels * row_pairs
   int64_t units_per_block;
-  int64_t values_per_block;     // max x0 values per sample in a block
-  int64_t hf_values_per_block;  // max HF values per sample in a block
+  int64_t values_per_block;  // max x0 values per sample in a block
 
   LossLayout(const at::Tensor& x)
       : n(x.size(0)), channels(x.size(1)), height(x.size(2)), width(x.size(3)) {
@@ -35,7 +34,6 @@ struct LossLayout {
     units = channels * row_pairs;
     units_per_block = std::max<int64_t>(1, block_values_per_sample(n) / (2 * width));
     values_per_block = units_per_block * 2 * width;
-    hf_values_per_block = units_per_block * half_width;
   }
   int64_t sample_values() const { return channels * height * width; }
   int64_t numel() const { return n * sample_values(); }
@@ -64,6 +62,18 @@ struct BackwardFactors {
   acc_t mse;  // c_mse 2 / numel
   acc_t hf;   // c_hf 2 / numel_hf
 };
+
+// HF(eps_ada - noise) of block j of a row pair (top rows et, nt; bottom rows eb, nb), in acc_t: both
+// passes need it and form it from the input rows, never storing eps_ada - noise.
+template <typename acc_t, typename scalar_t>
+DDPM_PA_ALWAYS_INLINE acc_t high_frequency_of_difference(const scalar_t* et, const scalar_t* nt, const scalar_t* eb,
+                                                         const scalar_t* nb, int64_t j) {
+  const auto diff = [&](const scalar_t* e, const scalar_t* z, int64_t k) {
+    return static_cast<acc_t>(e[k]) - static_cast<acc_t>(z[k]);
+  };
+  return high_frequency<acc_t>(diff(et, nt, 2 * j), diff(et, nt, 2 * j + 1), diff(eb, nb, 2 * j),
+                               diff(eb, nb, 2 * j + 1));
+}
 
 // A thread's scratch for the forward: x0_src, x0_ada, HF(x0_src), HF(x0_ada) of the N samples of a
 // block, and HF(eps_ada - noise) for the sample in hand (row 0 of the last).
@@ -162,10 +172,7 @@ DDPM_PA_ALWAYS_INLINE void loss_forward_chunk_impl(const LossLayout& layout, con
           for (int64_t j = 0; j < half_width; ++j) {
             hs[j] = high_frequency(st[2 * j], st[2 * j + 1], sb[2 * j], sb[2 * j + 1]);
             ha[j] = high_frequency(at[2 * j], at[2 * j + 1], ab[2 * j], ab[2 * j + 1]);
-            hd[j] = high_frequency<acc_t>(static_cast<acc_t>(et[2 * j]) - static_cast<acc_t>(nt[2 * j]),
-                                          static_cast<acc_t>(et[2 * j + 1]) - static_cast<acc_t>(nt[2 * j + 1]),
-                                          static_cast<acc_t>(eb[2 * j]) - static_cast<acc_t>(nb[2 * j]),
-                                          static_cast<acc_t>(eb[2 * j + 1]) - static_cast<acc_t>(nb[2 * j + 1]));
+            hd[j] = high_frequency_of_difference<acc_t>(et, nt, eb, nb, j);
           }
           hpos += half_width;
         }
@@ -264,10 +271,7 @@ DDPM_PA_ALWAYS_INLINE void loss_backward_chunk_impl(const LossLayout& layout, co
           acc_t* DDPM_PA_RESTRICT g = hf_grad;
           DDPM_PA_SIMD
           for (int64_t j = 0; j < half_width; ++j) {
-            const acc_t hd = high_frequency<acc_t>(static_cast<acc_t>(et[2 * j]) - static_cast<acc_t>(nt[2 * j]),
-                                                   static_cast<acc_t>(et[2 * j + 1]) - static_cast<acc_t>(nt[2 * j + 1]),
-                                                   static_cast<acc_t>(eb[2 * j]) - static_cast<acc_t>(nb[2 * j]),
-                                                   static_cast<acc_t>(eb[2 * j + 1]) - static_cast<acc_t>(nb[2 * j + 1]));
+            const acc_t hd = high_frequency_of_difference<acc_t>(et, nt, eb, nb, j);
             g[j] = k_hf_b * hd - b * ph[j];
           }
           hpos += half_width;

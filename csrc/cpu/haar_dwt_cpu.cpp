@@ -10,7 +10,23 @@ namespace ddpm_pa {
 namespace cpu {
 namespace {
 
-int64_t rows_per_task(int64_t row_values) { return std::max<int64_t>(1, 32768 / std::max<int64_t>(1, row_values)); }
+// Synthesis of `count` 2x2 blocks from one row of each band into a top and a bottom output row: the
+// inverse DWT, and the DWT's backward wherever no padded row or column needs folding.
+template <typename scalar_t>
+void synthesise_rows(const scalar_t* DDPM_PA_RESTRICT ll, const scalar_t* DDPM_PA_RESTRICT b1,
+                     const scalar_t* DDPM_PA_RESTRICT b2, const scalar_t* DDPM_PA_RESTRICT b3, int64_t count,
+                     scalar_t* DDPM_PA_RESTRICT top, scalar_t* DDPM_PA_RESTRICT bottom) {
+  using acc_t = acc_type<scalar_t>;
+  DDPM_PA_SIMD
+  for (int64_t j = 0; j < count; ++j) {
+    acc_t a, b, c, d;
+    haar_synthesis<acc_t>(ll[j], b1[j], b2[j], b3[j], a, b, c, d);
+    top[2 * j] = static_cast<scalar_t>(a);
+    top[2 * j + 1] = static_cast<scalar_t>(b);
+    bottom[2 * j] = static_cast<scalar_t>(c);
+    bottom[2 * j + 1] = static_cast<scalar_t>(d);
+  }
+}
 
 std::tuple<at::Tensor, at::Tensor> haar_dwt2d_cpu(const at::Tensor& x, c10::string_view mode) {
   TORCH_CHECK(x.dim() == 4, "x must be a 4-D (N, C, H, W) tensor, got shape ", x.sizes());
@@ -97,15 +113,7 @@ at::Tensor haar_dwt2d_backward_cpu(const at::Tensor& grad_yl, const at::Tensor& 
         const scalar_t* DDPM_PA_RESTRICT b2 = b1 + h * w;
         const scalar_t* DDPM_PA_RESTRICT b3 = b2 + h * w;
         if (has_bottom) {
-          DDPM_PA_SIMD
-          for (int64_t j = 0; j < full_w; ++j) {
-            acc_t ga, gb, gc, gd;
-            haar_synthesis<acc_t>(ll[j], b1[j], b2[j], b3[j], ga, gb, gc, gd);
-            top[2 * j] = static_cast<scalar_t>(ga);
-            top[2 * j + 1] = static_cast<scalar_t>(gb);
-            bottom[2 * j] = static_cast<scalar_t>(gc);
-            bottom[2 * j + 1] = static_cast<scalar_t>(gd);
-          }
+          synthesise_rows(ll, b1, b2, b3, full_w, top, bottom);
         } else {
           DDPM_PA_SIMD
           for (int64_t j = 0; j < full_w; ++j) {
@@ -146,7 +154,6 @@ at::Tensor haar_idwt2d_cpu(const at::Tensor& yl, const at::Tensor& yh) {
   const int64_t planes = yl.size(0) * yl.size(1), h = yl.size(2), w = yl.size(3);
   at::Tensor out = at::empty({yl.size(0), yl.size(1), 2 * h, 2 * w}, yl.options());
   AT_DISPATCH_FLOATING_TYPES_AND2(at::kHalf, at::kBFloat16, yl.scalar_type(), "haar_idwt2d_cpu", [&] {
-    using acc_t = acc_type<scalar_t>;
     const scalar_t* ll_all = ll_in.const_data_ptr<scalar_t>();
     const scalar_t* bands_all = bands_in.const_data_ptr<scalar_t>();
     scalar_t* x = out.mutable_data_ptr<scalar_t>();
@@ -159,15 +166,7 @@ at::Tensor haar_idwt2d_cpu(const at::Tensor& yl, const at::Tensor& yh) {
         const scalar_t* DDPM_PA_RESTRICT b1 = bands_all + (plane * 3 * h + i) * w;
         const scalar_t* DDPM_PA_RESTRICT b2 = b1 + h * w;
         const scalar_t* DDPM_PA_RESTRICT b3 = b2 + h * w;
-        DDPM_PA_SIMD
-        for (int64_t j = 0; j < w; ++j) {
-          acc_t a, b, c, d;
-          haar_synthesis<acc_t>(ll[j], b1[j], b2[j], b3[j], a, b, c, d);
-          top[2 * j] = static_cast<scalar_t>(a);
-          top[2 * j + 1] = static_cast<scalar_t>(b);
-          bottom[2 * j] = static_cast<scalar_t>(c);
-          bottom[2 * j + 1] = static_cast<scalar_t>(d);
-        }
+        synthesise_rows(ll, b1, b2, b3, w, top, bottom);
       }
     });
   });

@@ -75,9 +75,6 @@ DDPM_PA_HIGH_FREQUENCY_ROWS(c10::Half)
 DDPM_PA_HIGH_FREQUENCY_ROWS(c10::BFloat16)
 #undef DDPM_PA_HIGH_FREQUENCY_ROWS
 
-// About 32K input values per task: large enough to amortise scheduling, small enough to balance.
-int64_t rows_per_task(int64_t row_values) { return std::max<int64_t>(1, 32768 / std::max<int64_t>(1, row_values)); }
-
 at::Tensor high_frequency_cpu(const at::Tensor& x) {
   TORCH_CHECK(x.dim() == 4, "x must be a 4-D (N, C, H, W) tensor, got shape ", x.sizes());
   check_floating(x, "x");
