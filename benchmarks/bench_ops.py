@@ -25,6 +25,7 @@ import torch
 import ddpm_pa_fast
 from ddpm_pa_fast import reference
 from ddpm_pa_fast.backends import BackendUnavailableError, resolve_backend
+from ddpm_pa_fast.testing import ddpm_like_batch
 
 from . import authors, peers, report
 from .harness import (
@@ -66,22 +67,12 @@ def _generator(seed: int) -> torch.Generator:
 
 
 def loss_inputs(shape, dtype, device, seed=0):
-    """A DDPM-like batch: x_t from x0 and noise at random timesteps, predictions near the noise.
+    """A DDPM-like batch (ddpm_pa_fast.testing.ddpm_like_batch) for the benchmark.
 
     Returns (args, leaves) for ddpm_pa_loss; eps_ada is the only leaf. Drawn in float64, then cast,
     so every dtype sees the same values up to rounding.
     """
-    g = _generator(seed)
-    n = shape[0]
-    abar = torch.cumprod(1 - torch.linspace(1e-4, 0.02, 1000, dtype=torch.float64), 0)
-    abar_t = abar[torch.randint(0, 1000, (n,), generator=g)]
-    x0 = torch.rand(shape, generator=g, dtype=torch.float64) * 2 - 1
-    noise = torch.randn(shape, generator=g, dtype=torch.float64)
-    per_sample = (n, 1, 1, 1)
-    x_t = abar_t.sqrt().view(per_sample) * x0 + (1 - abar_t).sqrt().view(per_sample) * noise
-    eps_src = noise + 0.3 * torch.randn(shape, generator=g, dtype=torch.float64)
-    eps_ada = eps_src + 0.1 * torch.randn(shape, generator=g, dtype=torch.float64)
-    a_t, b_t = (1 / abar_t).sqrt(), (1 / abar_t - 1).sqrt()
+    x_t, eps_ada, eps_src, noise, a_t, b_t = ddpm_like_batch(shape, seed)
 
     def cast(t):
         return t.to(device=device, dtype=dtype)

@@ -11,6 +11,8 @@ import dataclasses
 import pytest
 import torch
 
+from ddpm_pa_fast.testing import ddpm_like_batch
+
 # Every correctness test runs on each of these; CUDA runs wherever a GPU exists.
 DEVICES = [
     pytest.param("cpu", id="cpu"),
@@ -72,21 +74,9 @@ class LossSample:
 def make_loss_sample(
     shape, seed: int = 0, dtype=torch.float64, device="cpu", coef_shape="flat"
 ) -> LossSample:
-    """A DDPM-like batch: x_t from x0 and noise at random timesteps; eps_ada, eps_src near the noise."""
-    g = torch.Generator().manual_seed(seed)
-    n = shape[0]
-    betas = torch.linspace(1e-4, 0.02, 1000, dtype=torch.float64)
-    abar = torch.cumprod(1 - betas, 0)
-    t = torch.randint(0, 1000, (n,), generator=g)
-    abar_t = abar[t]
-    x0 = torch.rand(shape, generator=g, dtype=torch.float64) * 2 - 1
-    noise = torch.randn(shape, generator=g, dtype=torch.float64)
-    view = (n, 1, 1, 1)
-    x_t = abar_t.sqrt().view(view) * x0 + (1 - abar_t).sqrt().view(view) * noise
-    eps_src = noise + 0.3 * torch.randn(shape, generator=g, dtype=torch.float64)
-    eps_ada = eps_src + 0.1 * torch.randn(shape, generator=g, dtype=torch.float64)
-    a_t = (1 / abar_t).sqrt()
-    b_t = (1 / abar_t - 1).sqrt()
+    """A DDPM-like batch (ddpm_pa_fast.testing.ddpm_like_batch) as a LossSample."""
+    x_t, eps_ada, eps_src, noise, a_t, b_t = ddpm_like_batch(shape, seed)
+    view = (shape[0], 1, 1, 1)
     if coef_shape == "4d":
         a_t, b_t = a_t.view(view), b_t.view(view)
     sample = LossSample(x_t, eps_ada, eps_src, noise, a_t, b_t)
