@@ -34,8 +34,16 @@ def _read(path: str) -> str | None:
         return None
 
 
+def _our_cpu_isa() -> str:
+    try:
+        from ddpm_pa_fast import ops
+    except ImportError as error:
+        return f"unknown ({error})"
+    return ops.cpu_isa() or "none (extension not built)"
+
+
 def describe_machine(device: str) -> list[tuple[str, str]]:
-    """(item, value) pairs: CPU model, cores, memory, cache, torch, threads, load, GPU."""
+    """(item, value) pairs: CPU model, cores, memory, cache, torch, threads, our kernels' ISA, load, GPU."""
     cpuinfo = _read("/proc/cpuinfo") or ""
     models = [line.split(":", 1)[1].strip() for line in cpuinfo.splitlines() if line.startswith("model name")]
     model = models[0] if models else platform.processor() or "unknown"
@@ -51,6 +59,7 @@ def describe_machine(device: str) -> list[tuple[str, str]]:
         ("last-level cache (cpu0, index3)", l3.strip() if l3 else "unknown"),
         ("torch", torch.__version__),
         ("torch threads", str(torch.get_num_threads())),
+        ("instruction set of our CPU kernels (ddpm_pa_fast.ops.cpu_isa)", _our_cpu_isa()),
         ("Python", sys.version.split()[0]),
         ("load average (1, 5, 15 min) at the end", ", ".join(f"{v:.2f}" for v in os.getloadavg())),
     ]

@@ -6,6 +6,8 @@ csrc/cuda/. The dispatcher picks the device, so backends "cpu" and "cuda" both c
 
 from __future__ import annotations
 
+import ctypes
+import functools
 import warnings
 
 import torch
@@ -29,6 +31,26 @@ except CUDAVersionMismatchError as error:
     _LOAD_ERROR = error
 except ImportError as error:  # the package stays usable with backend="torch"
     _LOAD_ERROR = error
+
+
+@functools.cache
+def cpu_isa() -> str | None:
+    """The instruction set the CPU kernels run with: "avx512", "avx2" or "baseline" (None: no extension).
+
+    The best this CPU supports (x86-64-v4, x86-64-v3, or the baseline the wheel targets), unless the
+    environment variable DDPM_PA_CPU_ISA names a lower one. Chosen once per process, when this module
+    is imported; asking for a set the CPU lacks, or for an unknown name, warns then and keeps the best
+    supported one.
+    """
+    if _LOAD_ERROR is not None:
+        return None
+    library = ctypes.CDLL(_C.__file__)
+    library.ddpm_pa_fast_cpu_isa.restype = ctypes.c_char_p
+    library.ddpm_pa_fast_cpu_isa_note.restype = ctypes.c_char_p
+    note = library.ddpm_pa_fast_cpu_isa_note().decode()
+    if note:
+        warnings.warn(note, stacklevel=2)
+    return library.ddpm_pa_fast_cpu_isa().decode()
 
 
 def extension_unavailable_reason() -> str | None:
@@ -161,6 +183,7 @@ def _register_fakes() -> None:
 # graphs keep it as one node, and none reads a tensor's value on the host.
 if _LOAD_ERROR is None:
     _register_fakes()
+    cpu_isa()  # chooses now, on the importing thread, and warns here about a DDPM_PA_CPU_ISA it cannot follow
 
 
 # ---------------------------------------------------------------------------------------------

@@ -8,6 +8,10 @@ tolerances bound the kernels' own arithmetic.
 
 from __future__ import annotations
 
+import os
+import subprocess
+import sys
+
 import pytest
 import torch
 
@@ -295,6 +299,52 @@ def test_results_do_not_depend_on_thread_count():
         torch.set_num_threads(threads)
     for a, b in zip(one, two, strict=True):
         assert torch.equal(a, b)
+
+
+# ---------------------------------------------------------------------------------------------
+# Instruction sets: every copy of the CPU kernels this machine can run, against the reference
+
+ISAS = ["avx512", "avx2", "baseline"]  # best first, as ddpm_pa_fast.ops.cpu_isa names them
+ISA_CHECKED_TESTS = "matches_reference or loss_options_and_layouts or loss_batch_sizes or large_flattened"
+
+
+def test_cpu_isa_is_the_one_asked_for():
+    asked = os.environ.get("DDPM_PA_CPU_ISA")
+    assert ops.cpu_isa() in ISAS
+    if asked:  # set by test_lower_instruction_sets_match_reference for its run of this module
+        assert ops.cpu_isa() == asked
+
+
+@pytest.mark.parametrize("isa", ISAS[ISAS.index(ops.cpu_isa()) + 1:])
+def test_lower_instruction_sets_match_reference(isa):
+    """This module's CPU correctness tests again, in a process whose kernels run the lower set's copy
+    (this process runs the best one: the other tests)."""
+    result = subprocess.run(
+        [sys.executable, "-m", "pytest", __file__, "-q", "-p", "no:cacheprovider", "-k",
+         f"({ISA_CHECKED_TESTS} or cpu_isa_is_the_one_asked_for) and not cuda"],
+        env=dict(os.environ, DDPM_PA_CPU_ISA=isa), capture_output=True, text=True, timeout=1200,
+    )
+    assert result.returncode == 0, result.stdout[-4000:] + result.stderr[-2000:]
+    assert " passed" in result.stdout and " failed" not in result.stdout
+
+
+def test_unusable_cpu_isa_request_warns_and_keeps_the_best():
+    code = (
+        "import warnings\n"
+        "with warnings.catch_warnings(record=True) as caught:\n"
+        "    warnings.simplefilter('always')\n"
+        "    from ddpm_pa_fast import ops\n"
+        "print(ops.cpu_isa()); print(*[str(w.message) for w in caught], sep='\\n')\n"
+    )
+    result = subprocess.run(
+        [sys.executable, "-c", code], env=dict(os.environ, DDPM_PA_CPU_ISA="sse9"),
+        capture_output=True, text=True, timeout=600,
+    )
+    assert result.returncode == 0, result.stderr
+    chosen, *messages = result.stdout.splitlines()
+    assert chosen == ops.cpu_isa()
+    expected = ("DDPM_PA_CPU_ISA", "'avx512', 'avx2', 'baseline'", "'sse9'")
+    assert any(all(part in m for part in expected) for m in messages), messages
 
 
 @pytest.mark.parametrize("device", DEVICES)

@@ -93,7 +93,7 @@ StaggeredScratch<acc_t> loss_scratch(const LossLayout& layout, int64_t buffers) 
 
 // Units [unit_begin, unit_end) of the forward: adds the chunk's four Gram upper triangles and two
 // squared-error sums to `partial` (layout: 4 N^2 values, then the two sums).
-template <typename scalar_t>
+template <int kBytes, typename scalar_t>
 DDPM_PA_ALWAYS_INLINE void loss_forward_chunk_impl(const LossLayout& layout, const LossInputs<scalar_t>& in,
                                                    int64_t unit_begin, int64_t unit_end,
                                                    StaggeredScratch<acc_type<scalar_t>>& scratch, double* partial) {
@@ -106,8 +106,8 @@ DDPM_PA_ALWAYS_INLINE void loss_forward_chunk_impl(const LossLayout& layout, con
   const scalar_t* nz = in.noise;
   const acc_t* coef_a = in.coef_a;
   const acc_t* coef_b = in.coef_b;
-  using vec = typename Vec<acc_t>::type;
-  constexpr int64_t kLanes = Vec<acc_t>::lanes;
+  using vec = typename Vec<acc_t, kBytes>::type;
+  constexpr int64_t kLanes = Vec<acc_t, kBytes>::lanes;
   acc_t* x0_src = scratch.buffer(ForwardScratch::kX0Src);
   acc_t* x0_ada = scratch.buffer(ForwardScratch::kX0Ada);
   acc_t* hf_src = scratch.buffer(ForwardScratch::kHfSrc);
@@ -141,10 +141,10 @@ DDPM_PA_ALWAYS_INLINE void loss_forward_chunk_impl(const LossLayout& layout, con
           acc_t* DDPM_PA_RESTRICT a_out = a_row + pos + row * width;
           int64_t w = 0;
           for (; w + kLanes <= width; w += kLanes) {
-            const vec x = load_as_vec<acc_t>(xr + w), e = load_as_vec<acc_t>(ear + w);
-            store_vec(s_out + w, predict_x0<vec>(a_lanes, x, b_lanes, load_as_vec<acc_t>(esr + w)));
+            const vec x = load_as_vec<kBytes, acc_t>(xr + w), e = load_as_vec<kBytes, acc_t>(ear + w);
+            store_vec(s_out + w, predict_x0<vec>(a_lanes, x, b_lanes, load_as_vec<kBytes, acc_t>(esr + w)));
             store_vec(a_out + w, predict_x0<vec>(a_lanes, x, b_lanes, e));
-            const vec d = e - load_as_vec<acc_t>(nzr + w);
+            const vec d = e - load_as_vec<kBytes, acc_t>(nzr + w);
             sq_lanes += d * d;
           }
           for (; w < width; ++w) {
@@ -181,14 +181,14 @@ DDPM_PA_ALWAYS_INLINE void loss_forward_chunk_impl(const LossLayout& layout, con
       len = pos;
       hf_len = hpos;
       // One horizontal sum per sample and block, not one per row.
-      partial[4 * nn] += static_cast<double>(sum_lanes<acc_t>(sq_lanes) + sq);
+      partial[4 * nn] += static_cast<double>(sum_lanes(sq_lanes) + sq);
       partial[4 * nn + 1] +=
-          static_cast<double>(b) * static_cast<double>(b) * static_cast<double>(sum_squares(hf_diff, hf_len));
+          static_cast<double>(b) * static_cast<double>(b) * static_cast<double>(sum_squares<kBytes>(hf_diff, hf_len));
     }
-    add_block_gram_impl(x0_src, n, stride, len, partial);
-    add_block_gram_impl(x0_ada, n, stride, len, partial + nn);
-    add_block_gram_impl(hf_src, n, stride, hf_len, partial + 2 * nn);
-    add_block_gram_impl(hf_ada, n, stride, hf_len, partial + 3 * nn);
+    add_block_gram_impl<kBytes>(x0_src, n, stride, len, partial);
+    add_block_gram_impl<kBytes>(x0_ada, n, stride, len, partial + nn);
+    add_block_gram_impl<kBytes>(hf_src, n, stride, hf_len, partial + 2 * nn);
+    add_block_gram_impl<kBytes>(hf_ada, n, stride, hf_len, partial + 3 * nn);
   }
 }
 
@@ -196,7 +196,7 @@ DDPM_PA_ALWAYS_INLINE void loss_forward_chunk_impl(const LossLayout& layout, con
 // HF map (reads x_t, eps_ada), the two M products, then per unit the gradient at each HF value, and
 // per row eps_ada - noise again (eps_ada is still in cache) for the mse terms, the pair term and the
 // HF gradient spread by the adjoint's weights, written once.
-template <typename scalar_t>
+template <int kBytes, typename scalar_t>
 DDPM_PA_ALWAYS_INLINE void loss_backward_chunk_impl(const LossLayout& layout, const LossInputs<scalar_t>& in,
                                                     const BackwardFactors<acc_type<scalar_t>>& factors, int64_t unit_begin,
                                                     int64_t unit_end, StaggeredScratch<acc_type<scalar_t>>& scratch,
@@ -214,8 +214,8 @@ DDPM_PA_ALWAYS_INLINE void loss_backward_chunk_impl(const LossLayout& layout, co
   acc_t* hf_ada = scratch.buffer(BackwardScratch::kHfAda);
   acc_t* pair_hf = scratch.buffer(BackwardScratch::kPairHf);
   acc_t* hf_grad = scratch.buffer(BackwardScratch::kHfGrad);
-  using vec = typename Vec<acc_t>::type;
-  constexpr int64_t kLanes = Vec<acc_t>::lanes;
+  using vec = typename Vec<acc_t, kBytes>::type;
+  constexpr int64_t kLanes = Vec<acc_t, kBytes>::lanes;
   // high_frequency_adjoint is linear: one weight per position of the 2x2 block, laid out as the
   // top row's and the bottom row's columns alternate.
   acc_t weight[2][2];
@@ -251,8 +251,8 @@ DDPM_PA_ALWAYS_INLINE void loss_backward_chunk_impl(const LossLayout& layout, co
       len = pos;
       hf_len = hpos;
     }
-    apply_matrix_block_impl(factors.m_img, n, x0_ada, stride, len, pair_img, stride);
-    apply_matrix_block_impl(factors.m_hf, n, hf_ada, stride, hf_len, pair_hf, stride);
+    apply_matrix_block_impl<kBytes>(factors.m_img, n, x0_ada, stride, len, pair_img, stride);
+    apply_matrix_block_impl<kBytes>(factors.m_hf, n, hf_ada, stride, hf_len, pair_hf, stride);
     for (int64_t i = 0; i < n; ++i) {
       const acc_t b = coef_b[i], k_hf_b = factors.hf * b * b;
       const vec b_lanes = vec{} + b;
@@ -285,9 +285,9 @@ DDPM_PA_ALWAYS_INLINE void loss_backward_chunk_impl(const LossLayout& layout, co
           int64_t w = 0;
           // hf_grad's row is far longer than half_width, so the vector loads past its end stay in it.
           for (; w + kLanes <= paired; w += kLanes) {
-            const vec d = load_as_vec<acc_t>(er + w) - load_as_vec<acc_t>(nr + w);
-            const vec spread = row_weights[row] * duplicate_lanes<acc_t>(load_vec(hf_grad + w / 2));
-            store_vec_as<scalar_t, acc_t>(o + w, mse_lanes * d - b_lanes * load_vec(p + w) + spread);
+            const vec d = load_as_vec<kBytes, acc_t>(er + w) - load_as_vec<kBytes, acc_t>(nr + w);
+            const vec spread = row_weights[row] * duplicate_lanes(load_vec<kBytes>(hf_grad + w / 2));
+            store_vec_as(o + w, mse_lanes * d - b_lanes * load_vec<kBytes>(p + w) + spread);
           }
           for (; w < width; ++w) {
             const acc_t d = static_cast<acc_t>(er[w]) - static_cast<acc_t>(nr[w]);
@@ -301,19 +301,17 @@ DDPM_PA_ALWAYS_INLINE void loss_backward_chunk_impl(const LossLayout& layout, co
   }
 }
 
-// One compiled copy per dtype and instruction set (see DDPM_PA_MULTIVERSION).
-#define DDPM_PA_LOSS_CHUNKS(scalar_t)                                                                          \
-  DDPM_PA_MULTIVERSION void loss_forward_chunk(const LossLayout& layout, const LossInputs<scalar_t>& in,      \
-                                               int64_t unit_begin, int64_t unit_end,                         \
-                                               StaggeredScratch<acc_type<scalar_t>>& scratch, double* partial) { \
-    loss_forward_chunk_impl(layout, in, unit_begin, unit_end, scratch, partial);                             \
-  }                                                                                                          \
-  DDPM_PA_MULTIVERSION void loss_backward_chunk(const LossLayout& layout, const LossInputs<scalar_t>& in,     \
-                                                const BackwardFactors<acc_type<scalar_t>>& factors,          \
-                                                int64_t unit_begin, int64_t unit_end,                        \
-                                                StaggeredScratch<acc_type<scalar_t>>& scratch, scalar_t* out) { \
-    loss_backward_chunk_impl(layout, in, factors, unit_begin, unit_end, scratch, out);                       \
-  }
+// One compiled copy per dtype and instruction set (see DDPM_PA_DISPATCH_BY_ISA).
+#define DDPM_PA_LOSS_CHUNKS(scalar_t)                                                                             \
+  DDPM_PA_DISPATCH_BY_ISA(void, loss_forward_chunk,                                                              \
+                          (const LossLayout& layout, const LossInputs<scalar_t>& in, int64_t unit_begin,         \
+                           int64_t unit_end, StaggeredScratch<acc_type<scalar_t>>& scratch, double* partial),    \
+                          (layout, in, unit_begin, unit_end, scratch, partial), loss_forward_chunk_impl)         \
+  DDPM_PA_DISPATCH_BY_ISA(void, loss_backward_chunk,                                                             \
+                          (const LossLayout& layout, const LossInputs<scalar_t>& in,                             \
+                           const BackwardFactors<acc_type<scalar_t>>& factors, int64_t unit_begin,              \
+                           int64_t unit_end, StaggeredScratch<acc_type<scalar_t>>& scratch, scalar_t* out),      \
+                          (layout, in, factors, unit_begin, unit_end, scratch, out), loss_backward_chunk_impl)
 DDPM_PA_LOSS_CHUNKS(float)
 DDPM_PA_LOSS_CHUNKS(double)
 DDPM_PA_LOSS_CHUNKS(c10::Half)

@@ -9,9 +9,10 @@ namespace cpu {
 namespace {
 
 // Rows [begin, end) of HF maps: row r is row r % h of plane r / h. Compiled per instruction set
-// (DDPM_PA_MULTIVERSION): the 2x2 gathers and scatters below vectorise into shuffles, which the
-// baseline x86-64 build does in SSE2 at a quarter of AVX-512's width.
-template <typename scalar_t>
+// (DDPM_PA_DISPATCH_BY_ISA): the 2x2 gathers and scatters below vectorise into shuffles, which the
+// baseline x86-64 build does in SSE2 at a quarter of AVX-512's width. The compiler picks the vector
+// width (kBytes is unused).
+template <int kBytes, typename scalar_t>
 DDPM_PA_ALWAYS_INLINE void high_frequency_rows_impl(const scalar_t* in, scalar_t* hf, int64_t height, int64_t width,
                                                     int64_t begin, int64_t end) {
   using acc_t = acc_type<scalar_t>;
@@ -30,7 +31,7 @@ DDPM_PA_ALWAYS_INLINE void high_frequency_rows_impl(const scalar_t* in, scalar_t
 
 // Row pairs [begin, end) of the adjoint: pair r is rows 2 (r % row_pairs) and the next of plane
 // r / row_pairs of the (height, width) gradient.
-template <typename scalar_t>
+template <int kBytes, typename scalar_t>
 DDPM_PA_ALWAYS_INLINE void high_frequency_adjoint_rows_impl(const scalar_t* g, scalar_t* gx, int64_t height,
                                                             int64_t width, int64_t begin, int64_t end) {
   using acc_t = acc_type<scalar_t>;
@@ -60,15 +61,15 @@ DDPM_PA_ALWAYS_INLINE void high_frequency_adjoint_rows_impl(const scalar_t* g, s
   }
 }
 
-#define DDPM_PA_HIGH_FREQUENCY_ROWS(scalar_t)                                                                \
-  DDPM_PA_MULTIVERSION void high_frequency_rows(const scalar_t* in, scalar_t* hf, int64_t height, int64_t width, \
-                                                int64_t begin, int64_t end) {                                \
-    high_frequency_rows_impl(in, hf, height, width, begin, end);                                             \
-  }                                                                                                          \
-  DDPM_PA_MULTIVERSION void high_frequency_adjoint_rows(const scalar_t* g, scalar_t* gx, int64_t height,     \
-                                                        int64_t width, int64_t begin, int64_t end) {         \
-    high_frequency_adjoint_rows_impl(g, gx, height, width, begin, end);                                      \
-  }
+#define DDPM_PA_HIGH_FREQUENCY_ROWS(scalar_t)                                                                 \
+  DDPM_PA_DISPATCH_BY_ISA(void, high_frequency_rows,                                                          \
+                          (const scalar_t* in, scalar_t* hf, int64_t height, int64_t width, int64_t begin,    \
+                           int64_t end),                                                                      \
+                          (in, hf, height, width, begin, end), high_frequency_rows_impl)                      \
+  DDPM_PA_DISPATCH_BY_ISA(void, high_frequency_adjoint_rows,                                                  \
+                          (const scalar_t* g, scalar_t* gx, int64_t height, int64_t width, int64_t begin,     \
+                           int64_t end),                                                                      \
+                          (g, gx, height, width, begin, end), high_frequency_adjoint_rows_impl)
 DDPM_PA_HIGH_FREQUENCY_ROWS(float)
 DDPM_PA_HIGH_FREQUENCY_ROWS(double)
 DDPM_PA_HIGH_FREQUENCY_ROWS(c10::Half)
