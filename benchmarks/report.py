@@ -185,7 +185,12 @@ def targets_table(rows: list[Row], pass_: str = "fwd+bwd") -> list[str]:
     return lines + [""]
 
 
-def write_markdown(path: str, rows: list[Row], bandwidth: Bandwidth, args) -> None:
+def _bandwidth_range(values: list[float]) -> str:
+    low, high = min(values) / 1e9, max(values) / 1e9
+    return f"{low:.1f} GB/s" if f"{low:.1f}" == f"{high:.1f}" else f"{low:.1f}-{high:.1f} GB/s"
+
+
+def write_markdown(path: str, rows: list[Row], bandwidths: list[Bandwidth], args) -> None:
     dtype = rows[0].dtype if rows else args.dtype
     when = datetime.datetime.now(datetime.timezone.utc).strftime("%Y-%m-%d %H:%M UTC")
     lines = [f"# Op benchmarks on {args.device} ({dtype})", ""]
@@ -200,9 +205,11 @@ def write_markdown(path: str, rows: list[Row], bandwidth: Bandwidth, args) -> No
         "|---|---|",
         *[f"| {k} | {v} |" for k, v in describe_machine(args.device)],
         "",
-        f"Measured bandwidth on {args.device} (float32 buffers far larger than the last-level cache): "
-        f"read (sum) {bandwidth.read / 1e9:.1f} GB/s, write (fill) {bandwidth.write / 1e9:.1f} GB/s, "
-        f"copy {bandwidth.copy / 1e9:.1f} GB/s (bytes read + written).",
+        f"Measured bandwidth on {args.device} (float32 buffers far larger than the last-level cache), "
+        f"again before each case, whose bound uses its own: read (sum) "
+        f"{_bandwidth_range([b.read for b in bandwidths])}, write (fill) "
+        f"{_bandwidth_range([b.write for b in bandwidths])}, copy "
+        f"{_bandwidth_range([b.copy for b in bandwidths])} (bytes read + written).",
         "",
         "How to read the tables:",
         "- ms: median over repetitions, (20th-80th percentile). fwd runs with autograd recording; bwd is",
@@ -211,8 +218,9 @@ def write_markdown(path: str, rows: list[Row], bandwidth: Bandwidth, args) -> No
         "  one is not timed.",
         "- / ours: the provider's median divided by our kernel's (above 1: ours is faster by that factor).",
         "- / bound: the median divided by the memory-traffic bound: the least bytes the pass must move (row",
-        "  'bound', in MiB) at the measured bandwidth, reads paired with writes at copy speed, the rest at",
-        "  read or write speed (benchmarks/harness.py, Bandwidth.bound_seconds).",
+        "  'bound', in MiB) at the bandwidth measured just before the case (our kernel is timed first),",
+        "  reads paired with writes at copy speed, the rest at read or write speed",
+        "  (benchmarks/harness.py, Bandwidth.bound_seconds).",
         "- peak extra MiB: bytes allocated during one call above those allocated before it (CPU:",
         "  torch.profiler memory events; CUDA: max_memory_allocated), including outputs and tensors saved",
         "  for backward.",

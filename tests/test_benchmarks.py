@@ -243,3 +243,25 @@ def test_plot_draws_from_the_csv(tmp_path):
     write_csv(rows, str(tmp_path / "cpu.csv"))
     plot.main([str(tmp_path / "cpu.csv")])
     assert (tmp_path / "cpu.png").stat().st_size > 1000
+
+
+def test_command_measures_bandwidth_per_case_and_reports_it(tmp_path, monkeypatch):
+    measured = []
+
+    def fake_bandwidth(device, megabytes=512, config=None):
+        measured.append(Bandwidth(read=(10 + len(measured)) * 1e9, write=5e9, copy=8e9))
+        return measured[-1]
+
+    monkeypatch.setattr(bench_ops, "measure_bandwidth", fake_bandwidth)
+    bench_ops.main(["--quick", "--ops", "pairwise_similarity_kl", "--providers", "torch", "--passes", "fwd",
+                    "--no-memory", "--out", str(tmp_path)])
+    cases = bench_ops.build_cases(["pairwise_similarity_kl"], quick=True)
+    assert len(measured) == len(cases) > 1
+    rows = read_csv(str(tmp_path / "cpu_quick.csv"))
+    for case, bandwidth in zip(cases, measured, strict=True):
+        (row,) = [r for r in rows if r["size"] == case.size]
+        expected_ms = bandwidth.bound_seconds(case.traffic(4)["fwd"]) * 1e3
+        assert float(row["bound_ms"]) == pytest.approx(expected_ms)
+    report = (tmp_path / "cpu_quick.md").read_text()
+    assert f"read (sum) 10.0-{9 + len(cases)}.0 GB/s" in report
+    assert "instruction set of our CPU kernels" in report
