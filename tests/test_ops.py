@@ -253,9 +253,12 @@ def test_loss_batch_sizes(device, n):
 
 
 @pytest.mark.parametrize("device", DEVICES)
-def test_loss_large_flattened_dimension(device):
-    sample = make_loss_sample((8, 3, 256, 256), seed=11, dtype=torch.float32, device=device)
-    check_loss(*run_loss(sample, backend_for(device)), torch.float32)
+@pytest.mark.parametrize("dtype", [torch.float32, torch.float64])
+def test_loss_large_flattened_dimension(device, dtype):
+    # 24 MiB or more moved by the backward: on CPU it writes the gradient with streaming stores
+    # (kStreamingPassBytes in csrc/cpu/cpu_kernel_utils.h).
+    sample = make_loss_sample((8, 3, 256, 256), seed=11, dtype=dtype, device=device)
+    check_loss(*run_loss(sample, backend_for(device)), dtype)
 
 
 def test_loss_rejects_bad_op_arguments_by_name():

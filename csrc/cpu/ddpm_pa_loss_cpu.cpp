@@ -61,6 +61,7 @@ struct BackwardFactors {
   const acc_t* m_hf;
   acc_t mse;  // c_mse 2 / numel
   acc_t hf;   // c_hf 2 / numel_hf
+  bool stream_out;  // write the gradient with streaming stores (kStreamingPassBytes)
 };
 
 // HF(eps_ada - noise) of block j of a row pair (top rows et, nt; bottom rows eb, nb), in acc_t: both
@@ -287,7 +288,12 @@ DDPM_PA_ALWAYS_INLINE void loss_backward_chunk_impl(const LossLayout& layout, co
           for (; w + kLanes <= paired; w += kLanes) {
             const vec d = load_as_vec<kBytes, acc_t>(er + w) - load_as_vec<kBytes, acc_t>(nr + w);
             const vec spread = row_weights[row] * duplicate_lanes(load_vec<kBytes>(hf_grad + w / 2));
-            store_vec_as(o + w, mse_lanes * d - b_lanes * load_vec<kBytes>(p + w) + spread);
+            const vec value = mse_lanes * d - b_lanes * load_vec<kBytes>(p + w) + spread;
+            if constexpr (std::is_same_v<scalar_t, acc_t>) {
+              store_vec_maybe_streaming(o + w, value, factors.stream_out);
+            } else {
+              store_vec_as(o + w, value);
+            }
           }
           for (; w < width; ++w) {
             const acc_t d = static_cast<acc_t>(er[w]) - static_cast<acc_t>(nr[w]);
@@ -299,6 +305,7 @@ DDPM_PA_ALWAYS_INLINE void loss_backward_chunk_impl(const LossLayout& layout, co
       }
     }
   }
+  if (factors.stream_out) stream_fence();
 }
 
 // One compiled copy per dtype and instruction set (see DDPM_PA_DISPATCH_BY_ISA).
@@ -446,7 +453,9 @@ at::Tensor ddpm_pa_loss_backward_cpu(const at::Tensor& grad_terms, const at::Ten
     const FixedPartition partition(layout.units, layout.units_per_block);
 
     const LossInputs<scalar_t> in{xt, ea, nullptr, nz, coef_a, coef_b};
-    const BackwardFactors<acc_t> factors{m_img.data(), m_hf.data(), k_mse, k_hf};
+    // The pass reads x_t, eps_ada and noise and writes the gradient, all of one size.
+    const BackwardFactors<acc_t> factors{m_img.data(), m_hf.data(), k_mse, k_hf,
+                                         4 * grad.nbytes() >= static_cast<size_t>(kStreamingPassBytes)};
     parallel_for_chunks(
         partition, [&] { return loss_scratch<acc_t>(layout, BackwardScratch::kCount); },
         [&](StaggeredScratch<acc_t>& scratch, int64_t, int64_t unit_begin, int64_t unit_end) {
