@@ -47,142 +47,135 @@ def _detail_sum(band1: torch.Tensor, band2: torch.Tensor, band3: torch.Tensor) -
     return band3 - band1 - band2
 
 
-def high_frequency_providers() -> list[Provider]:
-    """DDPM-PA's high-frequency map from each library's one-level bands."""
-    providers = []
-    reason = _import_reason("pytorch_wavelets")
-    if reason is None:
-        def pytorch_wavelets_hf(x):
-            yh = _wavelets_module("forward", 1, x.device, x.dtype)(x)[1][0]
-            return [_detail_sum(yh[:, :, 0], yh[:, :, 1], yh[:, :, 2])]
-
-        providers.append(Provider("pytorch_wavelets", pytorch_wavelets_hf))
-    else:
-        providers.append(Provider("pytorch_wavelets", unavailable=reason))
-
-    reason = _import_reason("ptwt")
-    if reason is None:
-        import ptwt
-
-        def ptwt_hf(x):
-            details = ptwt.wavedec2(x, "haar", mode="zero", level=1)[1]
-            return [_detail_sum(*details)]
-
-        providers.append(Provider("ptwt", ptwt_hf))
-    else:
-        providers.append(Provider("ptwt", unavailable=reason))
-
-    reason = _import_reason("haar_pytorch")
-    if reason is None:
-        from haar_pytorch import HaarForward
-
-        haar = HaarForward()
-
-        def haar_pytorch_hf(x):
-            _, band1, band2, band3 = haar(x).chunk(4, dim=1)
-            return [_detail_sum(band1, band2, band3)]
-
-        providers.append(Provider("haar_pytorch", haar_pytorch_hf))
-    else:
-        providers.append(Provider("haar_pytorch", unavailable=reason))
-    return providers
+def _peer(name: str, build, unsupported: str | None = None) -> Provider:
+    """The peer's Provider from build(), called only when module `name` imports and `unsupported` is
+    None; otherwise a Provider that says why it has no numbers."""
+    reason = _import_reason(name) or unsupported
+    return Provider(name, unavailable=reason) if reason else build()
 
 
 def _one_level_only(levels: int) -> str | None:
     return None if levels == 1 else f"unsupported: haar_pytorch has one level, not {levels}"
 
 
-def dwt_providers(levels: int) -> list[Provider]:
-    """Forward DWT, mode 'zero'; native outputs [yl, yh_1, ..., yh_J] or the library's own list."""
-    providers = []
-    reason = _import_reason("pytorch_wavelets")
-    if reason is None:
-        def pytorch_wavelets_dwt(x):
-            yl, yh = _wavelets_module("forward", levels, x.device, x.dtype)(x)
-            return [yl, *yh]
+def high_frequency_providers() -> list[Provider]:
+    """DDPM-PA's high-frequency map from each library's one-level bands."""
 
-        providers.append(Provider("pytorch_wavelets", pytorch_wavelets_dwt))
-    else:
-        providers.append(Provider("pytorch_wavelets", unavailable=reason))
+    def pytorch_wavelets():
+        def hf(x):
+            yh = _wavelets_module("forward", 1, x.device, x.dtype)(x)[1][0]
+            return [_detail_sum(yh[:, :, 0], yh[:, :, 1], yh[:, :, 2])]
 
-    reason = _import_reason("ptwt")
-    if reason is None:
+        return Provider("pytorch_wavelets", hf)
+
+    def ptwt():
         import ptwt
 
-        def ptwt_dwt(x):
-            coeffs = ptwt.wavedec2(x, "haar", mode="zero", level=levels)
-            return [coeffs[0], *(band for details in coeffs[1:] for band in details)]
+        def hf(x):
+            details = ptwt.wavedec2(x, "haar", mode="zero", level=1)[1]
+            return [_detail_sum(*details)]
 
-        def ptwt_to_canonical(native):
-            # native: cA, then three bands per level, coarsest level first.
-            levels_coarsest_first = [native[1 + 3 * j : 4 + 3 * j] for j in range(levels)]
-            return [native[0], *(torch.stack(list(b), dim=2) for b in reversed(levels_coarsest_first))]
+        return Provider("ptwt", hf)
 
-        def ptwt_grads_to_native(grads):
-            return [grads[0], *(band for g in reversed(grads[1:]) for band in g.unbind(2))]
-
-        providers.append(Provider("ptwt", ptwt_dwt, to_canonical=ptwt_to_canonical,
-                                  grads_to_native=ptwt_grads_to_native))
-    else:
-        providers.append(Provider("ptwt", unavailable=reason))
-
-    reason = _import_reason("haar_pytorch") or _one_level_only(levels)
-    if reason is None:
+    def haar_pytorch():
         from haar_pytorch import HaarForward
 
         haar = HaarForward()
 
-        def haar_pytorch_dwt(x):
+        def hf(x):
+            _, band1, band2, band3 = haar(x).chunk(4, dim=1)
+            return [_detail_sum(band1, band2, band3)]
+
+        return Provider("haar_pytorch", hf)
+
+    return [
+        _peer("pytorch_wavelets", pytorch_wavelets),
+        _peer("ptwt", ptwt),
+        _peer("haar_pytorch", haar_pytorch),
+    ]
+
+
+def dwt_providers(levels: int) -> list[Provider]:
+    """Forward DWT, mode 'zero'; native outputs [yl, yh_1, ..., yh_J] or the library's own list."""
+
+    def pytorch_wavelets():
+        def dwt(x):
+            yl, yh = _wavelets_module("forward", levels, x.device, x.dtype)(x)
+            return [yl, *yh]
+
+        return Provider("pytorch_wavelets", dwt)
+
+    def ptwt():
+        import ptwt
+
+        def dwt(x):
+            coeffs = ptwt.wavedec2(x, "haar", mode="zero", level=levels)
+            return [coeffs[0], *(band for details in coeffs[1:] for band in details)]
+
+        def to_canonical(native):
+            # native: cA, then three bands per level, coarsest level first.
+            levels_coarsest_first = [native[1 + 3 * j : 4 + 3 * j] for j in range(levels)]
+            return [native[0], *(torch.stack(list(b), dim=2) for b in reversed(levels_coarsest_first))]
+
+        def grads_to_native(grads):
+            return [grads[0], *(band for g in reversed(grads[1:]) for band in g.unbind(2))]
+
+        return Provider("ptwt", dwt, to_canonical=to_canonical, grads_to_native=grads_to_native)
+
+    def haar_pytorch():
+        from haar_pytorch import HaarForward
+
+        haar = HaarForward()
+
+        def dwt(x):
             return [haar(x)]
 
-        def haar_pytorch_to_canonical(native):
+        def to_canonical(native):
             ll, band1, band2, band3 = native[0].chunk(4, dim=1)
             return [ll, torch.stack([band1, band2, band3], dim=2)]
 
-        def haar_pytorch_grads_to_native(grads):
+        def grads_to_native(grads):
             return [torch.cat([grads[0], *grads[1].unbind(2)], dim=1)]
 
-        providers.append(Provider("haar_pytorch", haar_pytorch_dwt, to_canonical=haar_pytorch_to_canonical,
-                                  grads_to_native=haar_pytorch_grads_to_native))
-    else:
-        providers.append(Provider("haar_pytorch", unavailable=reason))
-    return providers
+        return Provider("haar_pytorch", dwt, to_canonical=to_canonical, grads_to_native=grads_to_native)
+
+    return [
+        _peer("pytorch_wavelets", pytorch_wavelets),
+        _peer("ptwt", ptwt),
+        _peer("haar_pytorch", haar_pytorch, _one_level_only(levels)),
+    ]
 
 
 def idwt_providers(levels: int) -> list[Provider]:
     """Inverse DWT from our layout (yl, yh_1, ..., yh_J), mode 'zero'; one output tensor."""
-    providers = []
-    reason = _import_reason("pytorch_wavelets")
-    if reason is None:
-        def pytorch_wavelets_idwt(yl, *yh):
+
+    def pytorch_wavelets():
+        def idwt(yl, *yh):
             return [_wavelets_module("inverse", 0, yl.device, yl.dtype)((yl, list(yh)))]
 
-        providers.append(Provider("pytorch_wavelets", pytorch_wavelets_idwt))
-    else:
-        providers.append(Provider("pytorch_wavelets", unavailable=reason))
+        return Provider("pytorch_wavelets", idwt)
 
-    reason = _import_reason("ptwt")
-    if reason is None:
+    def ptwt():
         import ptwt
 
-        def ptwt_idwt(yl, *yh):
+        def idwt(yl, *yh):
             coeffs = [yl, *(tuple(level.unbind(2)) for level in reversed(yh))]
             return [ptwt.waverec2(coeffs, "haar")]
 
-        providers.append(Provider("ptwt", ptwt_idwt))
-    else:
-        providers.append(Provider("ptwt", unavailable=reason))
+        return Provider("ptwt", idwt)
 
-    reason = _import_reason("haar_pytorch") or _one_level_only(levels)
-    if reason is None:
+    def haar_pytorch():
         from haar_pytorch import HaarInverse
 
         haar = HaarInverse()
 
-        def haar_pytorch_idwt(yl, yh):
+        def idwt(yl, yh):
             return [haar(torch.cat([yl, *yh.unbind(2)], dim=1))]
 
-        providers.append(Provider("haar_pytorch", haar_pytorch_idwt))
-    else:
-        providers.append(Provider("haar_pytorch", unavailable=reason))
-    return providers
+        return Provider("haar_pytorch", idwt)
+
+    return [
+        _peer("pytorch_wavelets", pytorch_wavelets),
+        _peer("ptwt", ptwt),
+        _peer("haar_pytorch", haar_pytorch, _one_level_only(levels)),
+    ]
