@@ -55,6 +55,14 @@ LOSS_BLOCK_K = 32
 NUM_LOSS_TERMS = 5
 
 
+def _forward_block_k(num_tiles: int) -> int:
+    """2x2 blocks per column tile of the forward kernel. A program holds two row tiles' features when
+    N > BLOCK_N, and the tl.dot operands it stages in shared memory then took 176 KiB in float32 at
+    32 blocks, above the 163 KiB an A100 (sm_80) gives a block (found by compiling for sm_80:
+    tests/test_triton.py::test_kernels_compile_for_gpu_targets); 16 blocks take 88 KiB."""
+    return LOSS_BLOCK_K if num_tiles == 1 else LOSS_BLOCK_K // 2
+
+
 @triton.jit
 def _pixel_offsets(rows, blocks, n, height, width, num_blocks, DR: tl.constexpr, DC: tl.constexpr):
     """Offsets (rows x blocks) and in-image mask of pixel (DR, DC) of each 2x2 block."""
@@ -664,7 +672,8 @@ def ddpm_pa_loss_forward_triton(
     acc = accumulation_dtype(x_t.dtype)
     bn = block_n(n)
     num_tiles = triton.cdiv(n, bn)
-    programs = reduction_programs(triton.cdiv(num_blocks, LOSS_BLOCK_K), x_t.device)
+    block_k = _forward_block_k(num_tiles)
+    programs = reduction_programs(triton.cdiv(num_blocks, block_k), x_t.device)
     gram_partials = x_t.new_empty((programs, 4, n, n), dtype=acc)
     sq_partials = x_t.new_empty((programs, 2, num_tiles), dtype=acc)
     wrap_triton(_ddpm_pa_loss_forward_kernel)[(programs, num_tiles * num_tiles)](
@@ -682,7 +691,7 @@ def ddpm_pa_loss_forward_triton(
         num_blocks,
         NUM_TILES=num_tiles,
         BLOCK_N=bn,
-        BLOCK_K=LOSS_BLOCK_K,
+        BLOCK_K=block_k,
         ACC=tl_dtype(acc),
         num_warps=GRAM_WARPS,
         num_stages=GRAM_STAGES,

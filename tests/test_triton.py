@@ -8,6 +8,8 @@ so that the fixed-order partial sums are exercised.
 
 from __future__ import annotations
 
+import inspect
+import json
 import os
 import subprocess
 import sys
@@ -422,6 +424,98 @@ def test_opcheck(device, index):
     op, args = _opcheck_samples(device)[index]
     interpreted = device == "cpu"
     torch.library.opcheck(op, args, test_utils=INTERPRETER_OPCHECK_UTILS if interpreted else OPCHECK_UTILS)
+
+
+# ------------------------------------------------------------------------------------------------
+# Compiling for GPUs without one
+
+
+def _record_launches(monkeypatch) -> list[dict]:
+    """Patches the interpreter's launch to record each distinct launch's types, constexprs and options
+    instead of running it: what launches, and with what, depends on shapes and dtypes only (no launcher
+    reads a tensor's value), so the outputs' values are not needed."""
+    import triton.language as tl
+    from triton.runtime.interpreter import InterpretedFunction
+    from triton.runtime.jit import mangle_type
+
+    launches, seen = [], set()
+
+    def recording_run(self, *args, grid, warmup, **kwargs):
+        params = list(inspect.signature(self.fn).parameters.values())
+        names = [p.name for p in params]
+        # Positional arguments may stop before the keyword (constexpr) ones.
+        values = {**dict(zip(names, args, strict=False)), **{k: v for k, v in kwargs.items() if k in names}}
+        signature, constexprs = {}, {}
+        for p in params:
+            value = values.get(p.name, p.default)
+            if p.annotation is tl.constexpr or "constexpr" in str(p.annotation):
+                signature[p.name] = "constexpr"
+                constexprs[p.name] = {"tl_dtype": value.name} if isinstance(value, tl.dtype) else value
+            else:
+                signature[p.name] = mangle_type(value)
+        launch = {
+            "module": self.fn.__module__, "kernel": self.fn.__name__, "signature": signature,
+            "constexprs": constexprs, "options": {k: v for k, v in kwargs.items() if k not in names},
+        }
+        key = json.dumps(launch, sort_keys=True)
+        if key not in seen:
+            seen.add(key)
+            launches.append(launch)
+
+    monkeypatch.setattr(InterpretedFunction, "run", recording_run)
+    return launches
+
+
+@pytest.mark.skipif(os.environ.get("TRITON_INTERPRET") != "1",
+                    reason="with a GPU the other tests compile and run the kernels on it")
+def test_kernels_compile_for_gpu_targets(monkeypatch, tmp_path):
+    """Every kernel launch our ops make, fwd and bwd, float32 and bfloat16, one and several Gram tiles,
+    compiled by Triton's compiler for sm_80 and sm_90 down to cubin: what the interpreter cannot show
+    (the compiler's type and layout checks, shared memory within the GPU's limit)."""
+    launches = _record_launches(monkeypatch)
+    for dtype in DTYPES:
+        x = randn((2, 3, 9, 7), 1, dtype, "cpu").requires_grad_()
+        D.ddpm_pa_high_frequency(x, backend="triton").sum().backward()
+        yl, yh = D.haar_dwt2d(x, 2, "zero", backend="triton")
+        torch.autograd.backward([yl, *yh], [torch.ones_like(yl), *map(torch.ones_like, yh)])
+        coefficients = [t.detach().requires_grad_() for t in (yl, *yh)]
+        D.haar_idwt2d(coefficients[0], coefficients[1:], "zero", backend="triton").sum().backward()
+        for feature_shape in [(4, 30), LARGE_N_FEATURE_SHAPE]:
+            src, ada = similar_features(feature_shape, 2, dtype, "cpu")
+            D.pairwise_similarity_kl(src, ada.requires_grad_(), backend="triton").backward()
+        for loss_shape in [(3, 2, 8, 8), LARGE_N_LOSS_SHAPE]:
+            sample = make_loss_sample(loss_shape, seed=3, dtype=dtype)
+            eps_ada = sample.eps_ada.requires_grad_()
+            out = D.ddpm_pa_loss(sample.x_t, eps_ada, sample.eps_src, sample.noise, sample.a_t, sample.b_t,
+                                 backend="triton")
+            out.loss.backward()
+    from triton.runtime.interpreter import InterpretedFunction
+
+    kernel_modules = [m for name, m in list(sys.modules.items()) if name.startswith("ddpm_pa_fast.kernels")]
+    defined = {
+        name for module in kernel_modules for name, value in vars(module).items()
+        if isinstance(value, InterpretedFunction) and name.endswith("_kernel")
+    }
+    assert {launch["kernel"] for launch in launches} == defined  # every kernel, none left out
+
+    path = tmp_path / "launches.json"
+    path.write_text(json.dumps(launches))
+    env = {k: v for k, v in os.environ.items() if k != "TRITON_INTERPRET"}
+    result = subprocess.run(
+        [sys.executable, "-m", "tests.triton_gpu_compile", str(path)], env=env, capture_output=True,
+        text=True, timeout=1200, cwd=os.path.dirname(os.path.dirname(os.path.abspath(__file__))),
+    )
+    assert result.returncode == 0, result.stderr[-4000:]
+    compiled = [json.loads(line) for line in result.stdout.splitlines() if line.startswith("{")]
+    assert len(compiled) == 2 * len(launches)
+    failures = [c for c in compiled if "error" in c or c["shared_bytes"] > c["shared_limit"]]
+    assert not failures, [
+        {**{k: c.get(k) for k in ("kernel", "sm", "shared_bytes", "shared_limit", "error")},
+         "constexprs": next(x["constexprs"] for x in launches
+                            if x["kernel"] == c["kernel"] and x["signature"] == c["signature"])}
+        for c in failures
+    ]
+    assert all(c["cubin_bytes"] > 0 for c in compiled)
 
 
 # ------------------------------------------------------------------------------------------------
