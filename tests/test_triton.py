@@ -469,7 +469,7 @@ def _record_launches(monkeypatch) -> list[dict]:
 @pytest.mark.skipif(os.environ.get("TRITON_INTERPRET") != "1",
                     reason="with a GPU the other tests compile and run the kernels on it")
 def test_kernels_compile_for_gpu_targets(monkeypatch, tmp_path):
-    """Every kernel launch our ops make, fwd and bwd, float32 and bfloat16, one and several Gram tiles,
+    """Every kernel launch our ops make, fwd and bwd, float32 and bfloat16, each Gram tiling,
     compiled by Triton's compiler for sm_80 and sm_90 down to cubin: what the interpreter cannot show
     (the compiler's type and layout checks, shared memory within the GPU's limit)."""
     launches = _record_launches(monkeypatch)
@@ -480,10 +480,11 @@ def test_kernels_compile_for_gpu_targets(monkeypatch, tmp_path):
         torch.autograd.backward([yl, *yh], [torch.ones_like(yl), *map(torch.ones_like, yh)])
         coefficients = [t.detach().requires_grad_() for t in (yl, *yh)]
         D.haar_idwt2d(coefficients[0], coefficients[1:], "zero", backend="triton").sum().backward()
-        for feature_shape in [(4, 30), LARGE_N_FEATURE_SHAPE]:
+        # N = 4, 20 and 40: BLOCK_N 16, then 32 with one and with two row tiles.
+        for feature_shape in [(4, 30), (20, 3, 5), LARGE_N_FEATURE_SHAPE]:
             src, ada = similar_features(feature_shape, 2, dtype, "cpu")
             D.pairwise_similarity_kl(src, ada.requires_grad_(), backend="triton").backward()
-        for loss_shape in [(3, 2, 8, 8), LARGE_N_LOSS_SHAPE]:
+        for loss_shape in [(3, 2, 8, 8), (20, 1, 3, 5), LARGE_N_LOSS_SHAPE]:
             sample = make_loss_sample(loss_shape, seed=3, dtype=dtype)
             eps_ada = sample.eps_ada.requires_grad_()
             out = D.ddpm_pa_loss(sample.x_t, eps_ada, sample.eps_src, sample.noise, sample.a_t, sample.b_t,
