@@ -79,13 +79,29 @@ log "build done in $(( $(date +%s) - build_start ))s"
 grep -E "\[ddpm_pa_fast setup\]" "$BUILD_DIR/build.log" || true
 SO="$(ls "$BUILD_DIR"/ddpm_pa_fast/_C*.so 2>/dev/null | head -n 1)"
 [ -n "$SO" ] || fail "no ddpm_pa_fast/_C*.so in $BUILD_DIR after the build"
-# The toolkit here ships no cuobjdump; the nvcc flags in the build.ninja that torch wrote for this
-# build show the architectures (ninja recompiles an object whenever its command line changes).
+# The nvcc flags in the build.ninja that torch wrote for this build show the architectures (ninja
+# recompiles an object whenever its command line changes).
 NINJA_FILE="$(ls "$BUILD_DIR"/build/temp.*/build.ninja | head -n 1)"
 for arch in $(echo "$TORCH_CUDA_ARCH_LIST" | tr ';' ' ' | sed 's/+PTX//g; s/\.//g'); do
   grep -q "code=sm_$arch" "$NINJA_FILE" || fail "the build does not compile for sm_$arch (see $NINJA_FILE)"
   log "CUDA objects are compiled for sm_$arch"
 done
+
+# Per-kernel resources of the built library. The toolkit here ships no cuobjdump; the triton wheel
+# in this venv (a dependency of torch) bundles one. No kernel may use local memory or a stack frame:
+# register spills, or a local array the compiler could not keep in registers, are a silent slowdown.
+CUOBJDUMP="$(command -v cuobjdump || true)"
+[ -n "$CUOBJDUMP" ] || CUOBJDUMP="$SITE/triton/backends/nvidia/bin/cuobjdump"
+[ -x "$CUOBJDUMP" ] || fail "no cuobjdump on PATH or in $SITE/triton/backends/nvidia/bin"
+"$CUOBJDUMP" --dump-resource-usage "$SO" > "$BUILD_DIR/resource_usage.txt" 2>&1 \
+  || fail "cuobjdump --dump-resource-usage failed (see $BUILD_DIR/resource_usage.txt)"
+kernels="$(grep -c "REG:" "$BUILD_DIR/resource_usage.txt" || true)"
+[ "$kernels" -gt 0 ] || fail "cuobjdump listed no kernels in $SO"
+if grep -B1 -E "STACK:[1-9]|LOCAL:[1-9]" "$BUILD_DIR/resource_usage.txt"; then
+  fail "the kernels above use a stack frame or local memory (see $BUILD_DIR/resource_usage.txt)"
+fi
+log "$kernels kernel instances (all architectures): no stack frame or local memory; most registers: \
+$(grep -oE "REG:[0-9]+" "$BUILD_DIR/resource_usage.txt" | cut -d: -f2 | sort -n | tail -n 1)"
 
 # --- 3. Import and check ------------------------------------------------------------------------
 log "importing the built extension and checking its CUDA kernels"

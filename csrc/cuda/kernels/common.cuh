@@ -65,6 +65,13 @@ __device__ __forceinline__ T* dynamic_shared_memory() {
 // Loads and stores between the storage type and the accumulation type. torch builds extensions with
 // __CUDA_NO_HALF_CONVERSIONS__ and __CUDA_NO_BFLOAT16_CONVERSIONS__, so the conversions are explicit.
 
+// The value at row parity r and column parity c (0 or 1) of a 2x2 block (a b / c d). Selects: an
+// array indexed by parity would live in local memory (the built kernels showed 16-32 bytes of stack).
+template <typename T>
+__device__ __forceinline__ T at_parity(T a, T b, T c, T d, int64_t r, int64_t col) {
+  return r == 0 ? (col == 0 ? a : b) : (col == 0 ? c : d);
+}
+
 __device__ __forceinline__ float to_acc(float v) { return v; }
 __device__ __forceinline__ double to_acc(double v) { return v; }
 __device__ __forceinline__ float to_acc(__half v) { return __half2float(v); }

@@ -106,15 +106,14 @@ __global__ void haar_dwt_backward_kernel(HaarDwtBackwardParams p) {
     const acc_t g_3 = to_acc(grad_yh[band_offset(p.grad_yh_strides, n, ch, 2, i, j)]);
     acc_t ga, gb, gc, gd;
     haar_synthesis<acc_t>(g_ll, g_1, g_2, g_3, ga, gb, gc, gd);
-    const acc_t by_parity[2][2] = {{ga, gb}, {gc, gd}};
     const int64_t r = row % 2, s = col % 2;
-    acc_t value = by_parity[r][s];
+    acc_t value = at_parity(ga, gb, gc, gd, r, s);
     if (p.replicate_edge) {
       const bool copied_row = (p.height % 2 == 1) && row == p.height - 1;  // r == 0 here
       const bool copied_col = (p.width % 2 == 1) && col == p.width - 1;    // s == 0 here
-      if (copied_row) value += by_parity[1][s];
-      if (copied_col) value += by_parity[r][1];
-      if (copied_row && copied_col) value += by_parity[1][1];
+      if (copied_row) value += at_parity(ga, gb, gc, gd, 1, s);
+      if (copied_col) value += at_parity(ga, gb, gc, gd, r, 1);
+      if (copied_row && copied_col) value += gd;
     }
     store(grad_x + idx, value);
   }
@@ -153,8 +152,7 @@ __global__ void haar_idwt_kernel(HaarIdwtParams p) {
     const acc_t band3 = to_acc(yh[band_offset(p.yh_strides, n, ch, 2, i, j)]);
     acc_t a, b, c, d;
     haar_synthesis<acc_t>(ll, band1, band2, band3, a, b, c, d);
-    const acc_t by_parity[2][2] = {{a, b}, {c, d}};
-    store(out + idx, by_parity[row % 2][col % 2]);
+    store(out + idx, at_parity(a, b, c, d, row % 2, col % 2));
   }
 }
 

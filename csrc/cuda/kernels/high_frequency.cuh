@@ -60,8 +60,7 @@ __global__ void high_frequency_backward_kernel(HighFrequencyBackwardParams p) {
     if (i < out_h && j < out_w) {
       acc_t ga, gb, gc, gd;
       high_frequency_adjoint<acc_t>(to_acc(grad_hf[offset4d(p.grad_strides, n, ch, i, j)]), ga, gb, gc, gd);
-      const acc_t by_parity[2][2] = {{ga, gb}, {gc, gd}};
-      value = by_parity[row % 2][col % 2];
+      value = at_parity(ga, gb, gc, gd, row % 2, col % 2);
     }
     store(grad_x + idx, value);
   }
