@@ -63,6 +63,15 @@ def whole_batch_block(n: int) -> int:
     return max(triton.next_power_of_2(n), MIN_BLOCK_N)
 
 
+def whole_batch_warps(n: int) -> int:
+    """Warps of a one-program kernel holding whole N x N matrices: one per 256 values of a matrix, 4 to
+    32. Compiled for sm_80 and sm_90 (tests/test_triton.py::test_kernels_compile_for_gpu_targets), at
+    4 warps a 64 x 64 tile spilled 16-1312 bytes per thread, at 16 at most 48. From 128 x 128 on these
+    kernels spill kilobytes even so: N > 64 wants the N x N work tiled across programs."""
+    b = whole_batch_block(n)
+    return min(32, max(4, b * b // 256))
+
+
 def check_batch(n: int, name: str) -> None:
     if n > MAX_BATCH:
         raise ValueError(

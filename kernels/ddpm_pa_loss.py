@@ -33,6 +33,7 @@ from ddpm_pa_fast._nvtx import annotate
 from ._common import (
     GRAM_STAGES,
     GRAM_WARPS,
+    MIN_BLOCK_N,
     REDUCTION_CODES,
     accumulation_dtype,
     block_n,
@@ -42,25 +43,27 @@ from ._common import (
     sum_partials,
     tl_dtype,
     whole_batch_block,
+    whole_batch_warps,
 )
 from .pairwise_kl import _load_square, _reduction_scale, _similarity_kl_grad_matrix, _similarity_kl_rows
 
-# 2x2 blocks per column tile: 32 blocks = 128 pixels per sample per step. Register budget per program
-# at 4 warps (128 threads), counting the 10 feature tiles (x0 of 4 pixels and HF, both models), the 4
-# Gram accumulators and the 2 squared-error tiles: BLOCK_N = 16 (N <= 16, the usual few-shot batch)
-# ~56 fp32 registers per thread; BLOCK_N = 32 ~128; with two row tiles (N > 32) the second tile's
-# features add ~80. All stay under the 255-register limit of Ampere and Hopper, so nothing spills, and
-# at the common sizes several programs share an SM to hide memory latency.
-LOSS_BLOCK_K = 32
 NUM_LOSS_TERMS = 5
 
 
-def _forward_block_k(num_tiles: int) -> int:
-    """2x2 blocks per column tile of the forward kernel. A program holds two row tiles' features when
-    N > BLOCK_N, and the tl.dot operands it stages in shared memory then took 176 KiB in float32 at
-    32 blocks, above the 163 KiB an A100 (sm_80) gives a block (found by compiling for sm_80:
-    tests/test_triton.py::test_kernels_compile_for_gpu_targets); 16 blocks take 88 KiB."""
-    return LOSS_BLOCK_K if num_tiles == 1 else LOSS_BLOCK_K // 2
+def _loss_block_k(block_n: int) -> int:
+    """2x2 blocks per column tile of the forward and backward kernels: 32 (128 pixels per sample per
+    step) for BLOCK_N = 16, the usual few-shot batch, 16 for BLOCK_N = 32.
+
+    From the kernels compiled for sm_80 and sm_90 (tests/test_triton.py::
+    test_kernels_compile_for_gpu_targets; registers and stack read with cuobjdump): at 4 warps and 32
+    blocks, BLOCK_N = 32 hit the 255-register limit and spilled 230-700 bytes per thread (the 10
+    feature tiles, x0 of 4 pixels and HF of both models, plus the Gram accumulators), and with two row
+    tiles (N > 32) the float32 forward staged 176 KiB of shared memory, above the 163 KiB an A100 gives
+    a block. With 16 blocks: 127-238 registers, 88 KiB, and no spill but in the backward with two row
+    tiles (up to 120 bytes). BLOCK_N = 16 keeps 32 blocks: 125-166 registers, no spill but 24 bytes in
+    the bfloat16 forward on sm_80.
+    """
+    return 32 if block_n == MIN_BLOCK_N else 16
 
 
 @triton.jit
@@ -672,7 +675,7 @@ def ddpm_pa_loss_forward_triton(
     acc = accumulation_dtype(x_t.dtype)
     bn = block_n(n)
     num_tiles = triton.cdiv(n, bn)
-    block_k = _forward_block_k(num_tiles)
+    block_k = _loss_block_k(bn)
     programs = reduction_programs(triton.cdiv(num_blocks, block_k), x_t.device)
     gram_partials = x_t.new_empty((programs, 4, n, n), dtype=acc)
     sq_partials = x_t.new_empty((programs, 2, num_tiles), dtype=acc)
@@ -711,6 +714,7 @@ def ddpm_pa_loss_forward_triton(
         REDUCTION=REDUCTION_CODES[reduction],
         B=whole_batch_block(n),
         ACC=tl_dtype(acc),
+        num_warps=whole_batch_warps(n),
     )
     return (*terms, grams)
 
@@ -748,11 +752,13 @@ def ddpm_pa_loss_backward_triton(
         REDUCTION=REDUCTION_CODES[reduction],
         B=whole_batch_block(n),
         ACC=tl_dtype(acc),
+        num_warps=whole_batch_warps(n),
     )
     grad = torch.empty_like(eps_ada)
     bn = block_n(n)
     num_tiles = triton.cdiv(n, bn)
-    wrap_triton(_ddpm_pa_loss_backward_kernel)[(triton.cdiv(num_blocks, LOSS_BLOCK_K), num_tiles)](
+    block_k = _loss_block_k(bn)
+    wrap_triton(_ddpm_pa_loss_backward_kernel)[(triton.cdiv(num_blocks, block_k), num_tiles)](
         m,
         coefs,
         x_t,
@@ -767,7 +773,7 @@ def ddpm_pa_loss_backward_triton(
         num_blocks,
         NUM_TILES=num_tiles,
         BLOCK_N=bn,
-        BLOCK_K=LOSS_BLOCK_K,
+        BLOCK_K=block_k,
         ACC=tl_dtype(acc),
         num_warps=GRAM_WARPS,
         num_stages=GRAM_STAGES,

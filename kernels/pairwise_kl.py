@@ -31,6 +31,7 @@ from ._common import (
     sum_partials,
     tl_dtype,
     whole_batch_block,
+    whole_batch_warps,
 )
 
 # Clamp on |F_i| |F_j|, as reference.SIMILARITY_EPS and ddpm_pa::kSimilarityEps.
@@ -286,6 +287,7 @@ def pairwise_similarity_kl_forward_triton(
         REDUCTION=REDUCTION_CODES[reduction],
         B=whole_batch_block(n),
         ACC=tl_dtype(acc),
+        num_warps=whole_batch_warps(n),
     )
     return loss, gram_src, gram_ada
 
@@ -314,6 +316,7 @@ def pairwise_similarity_kl_backward_triton(
         REDUCTION=REDUCTION_CODES[reduction],
         B=whole_batch_block(n),
         ACC=tl_dtype(acc),
+        num_warps=whole_batch_warps(n),
     )
     grad_ada = torch.empty_like(flat)
     bn = block_n(n)

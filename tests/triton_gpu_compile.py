@@ -3,7 +3,8 @@
 `python -m tests.triton_gpu_compile LAUNCHES.json` reads launches recorded by
 tests/test_triton.py::test_kernels_compile_for_gpu_targets (kernel module and name, argument types,
 constexpr values, launch options, as our launchers passed them under the interpreter), compiles each
-with Triton's own compiler for sm_80 and sm_90 down to cubin (ptxas included), and prints one JSON
+with Triton's own compiler for sm_80 and sm_90 down to cubin (ptxas included), reads each cubin's
+registers and stack (spill) bytes with the cuobjdump bundled in Triton's wheel, and prints one JSON
 line per compile. It must run without TRITON_INTERPRET, in a fresh process: the interpreter replaces
 the kernels with Python functions that the compiler cannot take.
 """
@@ -12,7 +13,11 @@ from __future__ import annotations
 
 import importlib
 import json
+import os
+import re
+import subprocess
 import sys
+import tempfile
 
 import triton
 import triton.language as tl
@@ -23,6 +28,20 @@ from ddpm_pa_fast import triton_ops
 
 # Compute capability and the most shared memory a block may use there (bytes, opt-in maximum).
 TARGETS = {80: 166912, 90: 232448}
+
+
+CUOBJDUMP = os.path.join(os.path.dirname(triton.__file__), "backends", "nvidia", "bin", "cuobjdump")
+
+
+def _resources(cubin: bytes) -> dict:
+    """Registers per thread and stack / local bytes of the cubin's one kernel."""
+    with tempfile.NamedTemporaryFile(suffix=".cubin") as fh:
+        fh.write(cubin)
+        fh.flush()
+        command = [CUOBJDUMP, "--dump-resource-usage", fh.name]
+        listing = subprocess.run(command, capture_output=True, text=True, check=True).stdout
+    fields = {name: int(value) for name, value in re.findall(r"(REG|STACK|LOCAL):(\d+)", listing)}
+    return {"registers": fields["REG"], "stack_bytes": fields["STACK"], "local_bytes": fields["LOCAL"]}
 
 
 def _constexpr(value):
@@ -49,6 +68,7 @@ def main(path: str) -> None:
                 result["cubin_bytes"] = len(compiled.asm["cubin"])
                 result["shared_bytes"] = compiled.metadata.shared
                 result["shared_limit"] = shared_limit
+                result.update(_resources(compiled.asm["cubin"]))
             print(json.dumps(result), flush=True)
 
 
