@@ -32,9 +32,9 @@
 // Instruction sets. The build targets baseline x86-64 (SSE2, no FMA) so the wheel runs anywhere. The
 // hot loops are templates on their vector width in bytes, and DDPM_PA_DISPATCH_BY_ISA compiles each
 // once per instruction set at that set's register width: x86-64-v4 (AVX-512, 64 bytes), x86-64-v3
-// (AVX2 + FMA, 32) and the baseline (16). The best the CPU supports is picked at the first call
+// (AVX2 + FMA, 32) and the baseline (16). The best the CPU supports is picked once per process
 // (selected_isa). One width for all sets is not an option: GCC keeps a 64-byte vector on the stack
-// under AVX2, where the Gram and matrix-apply loops then ran 8x and 25x slower than at 32 bytes
+// under AVX2, where the Gram and matrix-apply loops then ran 5x and 17x slower than at 32 bytes
 // (measured on Zen 4, running the AVX2 copy). DDPM_PA_CPU_ISA=avx2 or =baseline in the environment
 // selects a lower set, so the tests run every copy on one machine.
 #if defined(__x86_64__) && defined(__GNUC__) && __GNUC__ >= 12 && !defined(__clang__)
