@@ -20,7 +20,7 @@ const char* isa_name(Isa isa) {
 }
 
 Isa best_supported_isa() {
-#if defined(__x86_64__) && defined(__GNUC__) && __GNUC__ >= 12 && !defined(__clang__)
+#if DDPM_PA_X86_ISA_COPIES
   __builtin_cpu_init();
   if (__builtin_cpu_supports("x86-64-v4")) return Isa::kAvx512;
   if (__builtin_cpu_supports("x86-64-v3")) return Isa::kAvx2;

@@ -37,7 +37,13 @@
 // under AVX2, where the Gram and matrix-apply loops then ran 5x and 17x slower than at 32 bytes
 // (measured on Zen 4, running the AVX2 copy). DDPM_PA_CPU_ISA=avx2 or =baseline in the environment
 // selects a lower set, so the tests run every copy on one machine.
+// x86-64 with GCC >= 12: the arch=x86-64-v* targets, and __builtin_cpu_supports for them.
 #if defined(__x86_64__) && defined(__GNUC__) && __GNUC__ >= 12 && !defined(__clang__)
+#define DDPM_PA_X86_ISA_COPIES 1
+#else
+#define DDPM_PA_X86_ISA_COPIES 0
+#endif
+#if DDPM_PA_X86_ISA_COPIES
 #define DDPM_PA_FOR_EACH_ISA(X, ...)                                    \
   X(__attribute__((target("arch=x86-64-v4"))), 64, avx512, __VA_ARGS__) \
   X(__attribute__((target("arch=x86-64-v3"))), 32, avx2, __VA_ARGS__)   \
@@ -257,16 +263,6 @@ DDPM_PA_ALWAYS_INLINE void store_vec(T* p, V v) {
   std::memcpy(p, &v, sizeof(v));
 }
 
-// Stores a vector of acc_t as scalar_t values (converted one by one for the half types).
-template <typename scalar_t, typename V>
-DDPM_PA_ALWAYS_INLINE void store_vec_as(scalar_t* p, V v) {
-  if constexpr (std::is_same_v<lane_t<V>, scalar_t>) {
-    store_vec(p, v);
-  } else {
-    for (int64_t l = 0; l < lanes_of<V>; ++l) p[l] = static_cast<scalar_t>(v[l]);
-  }
-}
-
 // A pass that moves at least this many bytes (read + written) writes its output with streaming
 // (non-temporal) stores: its data outruns the last-level cache, so the output goes to memory anyway,
 // and a normal store first reads every line it writes (read for ownership). Below it, the pass's data
@@ -304,13 +300,19 @@ DDPM_PA_ALWAYS_INLINE void stream_fence() {
 #endif
 }
 
-// Stores v at p, streaming when `streaming` and p is aligned for it.
-template <typename T, typename V>
-DDPM_PA_ALWAYS_INLINE void store_vec_maybe_streaming(T* p, V v, bool streaming) {
-  if (streaming && reinterpret_cast<std::uintptr_t>(p) % sizeof(V) == 0) {
-    stream_vec(p, v);
+// Stores a vector of acc_t as scalar_t values (converted one by one for the half types). With
+// `streaming`, same-type stores to an address aligned for the vector bypass the caches
+// (kStreamingPassBytes); the caller fences (stream_fence).
+template <typename scalar_t, typename V>
+DDPM_PA_ALWAYS_INLINE void store_vec_as(scalar_t* p, V v, bool streaming = false) {
+  if constexpr (std::is_same_v<lane_t<V>, scalar_t>) {
+    if (streaming && reinterpret_cast<std::uintptr_t>(p) % sizeof(V) == 0) {
+      stream_vec(p, v);
+    } else {
+      store_vec(p, v);
+    }
   } else {
-    store_vec(p, v);
+    for (int64_t l = 0; l < lanes_of<V>; ++l) p[l] = static_cast<scalar_t>(v[l]);
   }
 }
 

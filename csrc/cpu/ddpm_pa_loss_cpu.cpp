@@ -288,12 +288,7 @@ DDPM_PA_ALWAYS_INLINE void loss_backward_chunk_impl(const LossLayout& layout, co
           for (; w + kLanes <= paired; w += kLanes) {
             const vec d = load_as_vec<kBytes, acc_t>(er + w) - load_as_vec<kBytes, acc_t>(nr + w);
             const vec spread = row_weights[row] * duplicate_lanes(load_vec<kBytes>(hf_grad + w / 2));
-            const vec value = mse_lanes * d - b_lanes * load_vec<kBytes>(p + w) + spread;
-            if constexpr (std::is_same_v<scalar_t, acc_t>) {
-              store_vec_maybe_streaming(o + w, value, factors.stream_out);
-            } else {
-              store_vec_as(o + w, value);
-            }
+            store_vec_as(o + w, mse_lanes * d - b_lanes * load_vec<kBytes>(p + w) + spread, factors.stream_out);
           }
           for (; w < width; ++w) {
             const acc_t d = static_cast<acc_t>(er[w]) - static_cast<acc_t>(nr[w]);
