@@ -50,9 +50,10 @@ from .pairwise_kl import _load_square, _reduction_scale, _similarity_kl_grad_mat
 NUM_LOSS_TERMS = 5
 
 
-def _loss_block_k(block_n: int) -> int:
-    """2x2 blocks per column tile of the forward and backward kernels: 32 (128 pixels per sample per
-    step) for BLOCK_N = 16, the usual few-shot batch, 16 for BLOCK_N = 32.
+def _loss_tiling(n: int) -> tuple[int, int, int]:
+    """(BLOCK_N, NUM_TILES, BLOCK_K) of the forward and backward kernels for a batch of n: samples per
+    Gram tile (block_n), row tiles, and 2x2 blocks per column tile: 32 (128 pixels per sample per step)
+    for BLOCK_N = 16, the usual few-shot batch, 16 for BLOCK_N = 32.
 
     From the kernels compiled for sm_80 and sm_90 (tests/test_triton.py::
     test_kernels_compile_for_gpu_targets; registers and stack read with cuobjdump): at 4 warps and 32
@@ -63,7 +64,8 @@ def _loss_block_k(block_n: int) -> int:
     tiles (up to 120 bytes). BLOCK_N = 16 keeps 32 blocks: 125-166 registers, no spill but 24 bytes in
     the bfloat16 forward on sm_80.
     """
-    return 32 if block_n == MIN_BLOCK_N else 16
+    bn = block_n(n)
+    return bn, triton.cdiv(n, bn), 32 if bn == MIN_BLOCK_N else 16
 
 
 @triton.jit
@@ -673,9 +675,7 @@ def ddpm_pa_loss_forward_triton(
     a_t, b_t = a_t.reshape(-1).contiguous(), b_t.reshape(-1).contiguous()
     n, h, w, num_blocks, numel, numel_hf = _geometry(x_t)
     acc = accumulation_dtype(x_t.dtype)
-    bn = block_n(n)
-    num_tiles = triton.cdiv(n, bn)
-    block_k = _loss_block_k(bn)
+    bn, num_tiles, block_k = _loss_tiling(n)
     programs = reduction_programs(triton.cdiv(num_blocks, block_k), x_t.device)
     gram_partials = x_t.new_empty((programs, 4, n, n), dtype=acc)
     sq_partials = x_t.new_empty((programs, 2, num_tiles), dtype=acc)
@@ -755,9 +755,7 @@ def ddpm_pa_loss_backward_triton(
         num_warps=whole_batch_warps(n),
     )
     grad = torch.empty_like(eps_ada)
-    bn = block_n(n)
-    num_tiles = triton.cdiv(n, bn)
-    block_k = _loss_block_k(bn)
+    bn, num_tiles, block_k = _loss_tiling(n)
     wrap_triton(_ddpm_pa_loss_backward_kernel)[(triton.cdiv(num_blocks, block_k), num_tiles)](
         m,
         coefs,

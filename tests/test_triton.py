@@ -431,7 +431,7 @@ def test_opcheck(device, index):
 
 
 # Register spills, bytes per thread, at the sizes recorded below: the fused loss's backward with two row
-# tiles (N > 32) spills up to 120 (kernels/ddpm_pa_loss._loss_block_k), the one-program N x N kernels
+# tiles (N > 32) spills up to 120 (kernels/ddpm_pa_loss._loss_tiling), the one-program N x N kernels
 # at N = 33..64 up to 48 (kernels/_common.whole_batch_warps), the rest at most 80. Before those two
 # choices the loss kernels had spilled 230-700 and the N x N kernels up to 1312.
 MAX_STACK_BYTES = 128
