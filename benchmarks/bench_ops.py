@@ -30,12 +30,12 @@ from ddpm_pa_fast.testing import ddpm_like_batch
 from . import authors, peers, report
 from .harness import (
     PASSES,
+    BandwidthProbe,
     Case,
     Provider,
     TimingConfig,
     Traffic,
     measure,
-    measure_bandwidth,
     reference_expectation,
     write_csv,
 )
@@ -341,13 +341,14 @@ def run(args):
     )
     selected = set(args.providers or [p for p in PROVIDERS if not (args.quick and p == "compile")])
     version = package_version()
+    probe = BandwidthProbe(device, megabytes=128 if args.quick else 512)
     rows, bandwidths = [], []
     for case in build_cases(args.ops, args.quick):
         # Measured again for every case, just before our kernel (the first provider) is timed: on a
         # machine that shares its memory system, bandwidth drifts by tens of percent within one run,
         # and a bound taken minutes earlier would compare the kernel with another machine state.
         print(f"measuring {device} bandwidth ...", file=sys.stderr)
-        bandwidth = measure_bandwidth(device, megabytes=128 if args.quick else 512)
+        bandwidth = probe.measure()
         bandwidths.append(bandwidth)
         expected = reference_expectation(case, dtype)
         for provider in providers_for(case, device, selected):

@@ -436,22 +436,27 @@ class Bandwidth:
         )
 
 
-def measure_bandwidth(device: str, megabytes: int = 256, config: TimingConfig | None = None) -> Bandwidth:
-    """Streams over a float32 tensor much larger than the last-level cache (median of repetitions)."""
-    config = config or TimingConfig(min_time=0.5)
-    n = megabytes * 2**20 // 4
-    src = torch.rand(n, device=device)
-    dst = torch.empty_like(src)
-    nbytes = src.numel() * src.element_size()
+class BandwidthProbe:
+    """float32 buffers much larger than the last-level cache, allocated once; measure() streams over
+    them (median of repetitions), as often as a run wants a fresh measurement."""
 
-    def seconds(fn):
-        median_ms = time_call(fn, [], device, config)[0]
-        return median_ms / 1e3
+    def __init__(self, device: str, megabytes: int = 256):
+        self.device = device
+        self.src = torch.rand(megabytes * 2**20 // 4, device=device)
+        self.dst = torch.empty_like(self.src)
 
-    read = nbytes / seconds(lambda: src.sum())
-    write = nbytes / seconds(lambda: dst.fill_(1.0))
-    copy = 2 * nbytes / seconds(lambda: dst.copy_(src))
-    return Bandwidth(read, write, copy)
+    def measure(self, config: TimingConfig | None = None) -> Bandwidth:
+        config = config or TimingConfig(min_time=0.5)
+        nbytes = self.src.numel() * self.src.element_size()
+
+        def seconds(fn):
+            median_ms = time_call(fn, [], self.device, config)[0]
+            return median_ms / 1e3
+
+        read = nbytes / seconds(lambda: self.src.sum())
+        write = nbytes / seconds(lambda: self.dst.fill_(1.0))
+        copy = 2 * nbytes / seconds(lambda: self.dst.copy_(self.src))
+        return Bandwidth(read, write, copy)
 
 
 # -------------------------------------------------------------------------------------------- measure

@@ -248,11 +248,15 @@ def test_plot_draws_from_the_csv(tmp_path):
 def test_command_measures_bandwidth_per_case_and_reports_it(tmp_path, monkeypatch):
     measured = []
 
-    def fake_bandwidth(device, megabytes=512, config=None):
-        measured.append(Bandwidth(read=(10 + len(measured)) * 1e9, write=5e9, copy=8e9))
-        return measured[-1]
+    class FakeProbe:
+        def __init__(self, device, megabytes=512):
+            pass
 
-    monkeypatch.setattr(bench_ops, "measure_bandwidth", fake_bandwidth)
+        def measure(self, config=None):
+            measured.append(Bandwidth(read=(10 + len(measured)) * 1e9, write=5e9, copy=8e9))
+            return measured[-1]
+
+    monkeypatch.setattr(bench_ops, "BandwidthProbe", FakeProbe)
     bench_ops.main(["--quick", "--ops", "pairwise_similarity_kl", "--providers", "torch", "--passes", "fwd",
                     "--no-memory", "--out", str(tmp_path)])
     cases = bench_ops.build_cases(["pairwise_similarity_kl"], quick=True)
