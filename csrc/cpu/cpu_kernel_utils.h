@@ -323,14 +323,43 @@ struct MaskOf {
   typedef index_t type __attribute__((vector_size(sizeof(V))));
 };
 
-// Lanes (v[0], v[0], v[1], v[1], ...): each of the first half of v twice, as a 2x2 block's two
-// columns need their block's value.
+// The high-frequency map and its adjoint on vectors, for row pairs walked 2 x lanes columns at a time
+// (vectors t0, t1 of the top row, b0, b1 of the bottom one). The map is linear: a block's value is
+// the sum of its four inputs times the adjoint's weights (high_frequency_adjoint of 1), so a lane-wise
+// multiply-add of the two rows and one sum of neighbouring lanes give lanes_of<V> blocks, with no
+// gather of the 2x2 inputs. (The sums run in another order than high_frequency's: equal to rounding.)
 template <typename V>
-DDPM_PA_ALWAYS_INLINE V duplicate_lanes(V v) {
-  typename MaskOf<V>::type mask;
-  for (int64_t l = 0; l < lanes_of<V>; ++l) mask[l] = static_cast<typename MaskOf<V>::index_t>(l / 2);
-  return __builtin_shuffle(v, mask);
-}
+struct HighFrequencyLanes {
+  V top, bottom;  // per lane, the weight of a top-row and of a bottom-row value (left, right, ...)
+  typename MaskOf<V>::type left, right, first_half, second_half;
+
+  HighFrequencyLanes() {
+    using T = lane_t<V>;
+    using index_t = typename MaskOf<V>::index_t;
+    T weight[2][2];
+    high_frequency_adjoint<T>(T(1), weight[0][0], weight[0][1], weight[1][0], weight[1][1]);
+    for (int64_t l = 0; l < lanes_of<V>; ++l) {
+      top[l] = weight[0][l % 2];
+      bottom[l] = weight[1][l % 2];
+      left[l] = static_cast<index_t>(2 * l);  // lanes of the concatenation (p0, p1)
+      right[l] = static_cast<index_t>(2 * l + 1);
+      first_half[l] = static_cast<index_t>(l / 2);
+      second_half[l] = static_cast<index_t>(lanes_of<V> / 2 + l / 2);
+    }
+  }
+  // HF of the blocks of columns [0, 2 lanes): block j in lane j.
+  DDPM_PA_ALWAYS_INLINE V map(V t0, V t1, V b0, V b1) const {
+    const V p0 = top * t0 + bottom * b0, p1 = top * t1 + bottom * b1;
+    return __builtin_shuffle(p0, p1, left) + __builtin_shuffle(p0, p1, right);
+  }
+  // The weight of the value at (row, column) of a row pair in its block's HF value.
+  DDPM_PA_ALWAYS_INLINE lane_t<V> weight(int row, int64_t column) const { return (row == 0 ? top : bottom)[column % 2]; }
+  // The adjoint of map: the gradients g of the blocks spread over columns [0, lanes) (half 0) or
+  // [lanes, 2 lanes) (half 1) of the top (row 0) or bottom (row 1) row.
+  DDPM_PA_ALWAYS_INLINE V spread(V g, int row, int half) const {
+    return (row == 0 ? top : bottom) * __builtin_shuffle(g, half == 0 ? first_half : second_half);
+  }
+};
 
 // Pairwise halving: log2(lanes) dependent adds rather than a chain of `lanes`.
 template <typename V>
@@ -383,22 +412,6 @@ DDPM_PA_ALWAYS_INLINE void sum_lanes_of_16(V* v, lane_t<V> out[16]) {
     for (int s = 0; s < steps; ++s) reversed |= ((k >> s) & 1) << (steps - 1 - s);
     out[k] = sums[(k / kLanes) * kLanes + reversed];
   }
-}
-
-// sum_e x[e]^2 over len values: vector partial sums, one horizontal sum at the end.
-template <int kBytes, typename T>
-DDPM_PA_ALWAYS_INLINE T sum_squares(const T* x, int64_t len) {
-  using vec = typename Vec<T, kBytes>::type;
-  constexpr int64_t kLanes = Vec<T, kBytes>::lanes;
-  vec acc = {};
-  int64_t e = 0;
-  for (; e + kLanes <= len; e += kLanes) {
-    const vec v = load_vec<kBytes>(x + e);
-    acc += v * v;
-  }
-  T s = sum_lanes(acc);
-  for (; e < len; ++e) s += x[e] * x[e];
-  return s;
 }
 
 // Rows of a tile: row r of `rows` at rows + r * stride, rows past n - 1 repeated from the last one so

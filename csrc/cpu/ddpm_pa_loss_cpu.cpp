@@ -77,14 +77,14 @@ DDPM_PA_ALWAYS_INLINE acc_t high_frequency_of_difference(const scalar_t* et, con
 }
 
 // A thread's scratch for the forward: x0_src, x0_ada, HF(x0_src), HF(x0_ada) of the N samples of a
-// block, and HF(eps_ada - noise) for the sample in hand (row 0 of the last).
+// block.
 struct ForwardScratch {
-  enum : int64_t { kX0Src, kX0Ada, kHfSrc, kHfAda, kHfDiff, kCount };
+  enum : int64_t { kX0Src, kX0Ada, kHfSrc, kHfAda, kCount };
 };
-// The backward's: x0_ada and HF(x0_ada) of a block, M_img @ x0_ada and M_hf @ HF(x0_ada), and the
-// gradient at each HF value of the row pair in hand (row 0 of the last).
+// The backward's: x0_ada and HF(x0_ada) of a block, M_img @ x0_ada and M_hf @ HF(x0_ada), and for
+// the row pair in hand the top row's eps_ada - noise (row 0) and the gradient at its HF values (row 1).
 struct BackwardScratch {
-  enum : int64_t { kX0Ada, kPairImg, kHfAda, kPairHf, kHfGrad, kCount };
+  enum : int64_t { kX0Ada, kPairImg, kHfAda, kPairHf, kRowPair, kCount };
 };
 
 template <typename acc_t>
@@ -94,6 +94,12 @@ StaggeredScratch<acc_t> loss_scratch(const LossLayout& layout, int64_t buffers) 
 
 // Units [unit_begin, unit_end) of the forward: adds the chunk's four Gram upper triangles and two
 // squared-error sums to `partial` (layout: 4 N^2 values, then the two sums).
+//
+// Inputs are read row after row, each row in column order, never the two rows of a pair side by side:
+// the hardware prefetchers follow one sequential stream per input, and reading four inputs' row pairs
+// side by side (two streams each) halved the read bandwidth on Zen 4 (2 threads; 8x3x256x256: 116 ->
+// 76 GB/s, 32x3x256x256: 40 -> 20). A pair's HF values are formed during its bottom row, the top
+// row's values coming back from L1 (x0 from the scratch, eps_ada - noise from the inputs just read).
 template <int kBytes, typename scalar_t>
 DDPM_PA_ALWAYS_INLINE void loss_forward_chunk_impl(const LossLayout& layout, const LossInputs<scalar_t>& in,
                                                    int64_t unit_begin, int64_t unit_end,
@@ -113,78 +119,84 @@ DDPM_PA_ALWAYS_INLINE void loss_forward_chunk_impl(const LossLayout& layout, con
   acc_t* x0_ada = scratch.buffer(ForwardScratch::kX0Ada);
   acc_t* hf_src = scratch.buffer(ForwardScratch::kHfSrc);
   acc_t* hf_ada = scratch.buffer(ForwardScratch::kHfAda);
-  acc_t* hf_diff = scratch.buffer(ForwardScratch::kHfDiff);
+  const HighFrequencyLanes<vec> hf_lanes;
   for (int64_t u0 = unit_begin; u0 < unit_end; u0 += layout.units_per_block) {
     const int64_t u1 = std::min(unit_end, u0 + layout.units_per_block);
     int64_t len = 0, hf_len = 0;
     for (int64_t i = 0; i < n; ++i) {
       const acc_t a = coef_a[i], b = coef_b[i];
       const vec a_lanes = vec{} + a, b_lanes = vec{} + b;
-      acc_t* s_row = x0_src + i * stride;
-      acc_t* a_row = x0_ada + i * stride;
-      acc_t* hs_row = hf_src + i * stride;
-      acc_t* ha_row = hf_ada + i * stride;
-      // sum (eps_ada - noise)^2 in vector lanes across the block's rows: storing eps_ada - noise
-      // for a later pass cost a third store stream, and the loop is bound by its memory streams.
-      vec sq_lanes = {};
-      acc_t sq = 0;
+      // sum (eps_ada - noise)^2 and HF(eps_ada - noise)^2 in vector lanes across the block's rows:
+      // neither difference is stored (a third store stream in a loop bound by its memory streams),
+      // and one horizontal sum per sample and block.
+      vec sq_lanes = {}, hf_sq_lanes = {};
+      acc_t sq = 0, hf_sq = 0;
       int64_t pos = 0, hpos = 0;
       for (int64_t u = u0; u < u1; ++u) {
-        const int64_t base = i * layout.sample_values() + layout.unit_offset(u);
-        const int64_t rows = layout.unit_rows(u);
-        for (int64_t row = 0; row < rows; ++row) {
-          const int64_t off = base + row * width;
-          const scalar_t* DDPM_PA_RESTRICT xr = xt + off;
-          const scalar_t* DDPM_PA_RESTRICT ear = ea + off;
-          const scalar_t* DDPM_PA_RESTRICT esr = es + off;
-          const scalar_t* DDPM_PA_RESTRICT nzr = nz + off;
-          acc_t* DDPM_PA_RESTRICT s_out = s_row + pos + row * width;
-          acc_t* DDPM_PA_RESTRICT a_out = a_row + pos + row * width;
-          int64_t w = 0;
+        const int64_t top = i * layout.sample_values() + layout.unit_offset(u), bottom = top + width;
+        acc_t* DDPM_PA_RESTRICT s_out = x0_src + i * stride + pos;
+        acc_t* DDPM_PA_RESTRICT a_out = x0_ada + i * stride + pos;
+        // x0 of the row at `off` (input) / `out` (scratch) from column `from` on, and its squared errors.
+        const auto x0_row = [&](int64_t off, int64_t out, int64_t from) {
+          int64_t w = from;
           for (; w + kLanes <= width; w += kLanes) {
-            const vec x = load_as_vec<kBytes, acc_t>(xr + w), e = load_as_vec<kBytes, acc_t>(ear + w);
-            store_vec(s_out + w, predict_x0<vec>(a_lanes, x, b_lanes, load_as_vec<kBytes, acc_t>(esr + w)));
-            store_vec(a_out + w, predict_x0<vec>(a_lanes, x, b_lanes, e));
-            const vec d = e - load_as_vec<kBytes, acc_t>(nzr + w);
+            const vec x = load_as_vec<kBytes, acc_t>(xt + off + w), e = load_as_vec<kBytes, acc_t>(ea + off + w);
+            store_vec(s_out + out + w, predict_x0<vec>(a_lanes, x, b_lanes, load_as_vec<kBytes, acc_t>(es + off + w)));
+            store_vec(a_out + out + w, predict_x0<vec>(a_lanes, x, b_lanes, e));
+            const vec d = e - load_as_vec<kBytes, acc_t>(nz + off + w);
             sq_lanes += d * d;
           }
           for (; w < width; ++w) {
-            const acc_t x = xr[w], e = ear[w];
-            s_out[w] = predict_x0<acc_t>(a, x, b, esr[w]);
-            a_out[w] = predict_x0<acc_t>(a, x, b, e);
-            const acc_t d = e - static_cast<acc_t>(nzr[w]);
+            const acc_t x = xt[off + w], e = ea[off + w];
+            s_out[out + w] = predict_x0<acc_t>(a, x, b, es[off + w]);
+            a_out[out + w] = predict_x0<acc_t>(a, x, b, e);
+            const acc_t d = e - static_cast<acc_t>(nz[off + w]);
             sq += d * d;
           }
-        }
-        if (rows == 2) {
-          const acc_t* DDPM_PA_RESTRICT st = s_row + pos;
-          const acc_t* DDPM_PA_RESTRICT sb = st + width;
-          const acc_t* DDPM_PA_RESTRICT at = a_row + pos;
-          const acc_t* DDPM_PA_RESTRICT ab = at + width;
-          // HF(eps_ada - noise) from the input rows, still in L1.
-          const scalar_t* DDPM_PA_RESTRICT et = ea + base;
-          const scalar_t* DDPM_PA_RESTRICT eb = et + width;
-          const scalar_t* DDPM_PA_RESTRICT nt = nz + base;
-          const scalar_t* DDPM_PA_RESTRICT nb = nt + width;
-          acc_t* DDPM_PA_RESTRICT hs = hs_row + hpos;
-          acc_t* DDPM_PA_RESTRICT ha = ha_row + hpos;
-          acc_t* DDPM_PA_RESTRICT hd = hf_diff + hpos;
-          DDPM_PA_SIMD
-          for (int64_t j = 0; j < half_width; ++j) {
-            hs[j] = high_frequency(st[2 * j], st[2 * j + 1], sb[2 * j], sb[2 * j + 1]);
-            ha[j] = high_frequency(at[2 * j], at[2 * j + 1], ab[2 * j], ab[2 * j + 1]);
-            hd[j] = high_frequency_of_difference<acc_t>(et, nt, eb, nb, j);
+        };
+        x0_row(top, 0, 0);
+        pos += width;
+        if (layout.unit_rows(u) == 1) continue;  // an odd last row: no HF value
+        acc_t* DDPM_PA_RESTRICT hs = hf_src + i * stride + hpos;
+        acc_t* DDPM_PA_RESTRICT ha = hf_ada + i * stride + hpos;
+        int64_t w = 0;
+        for (; w + 2 * kLanes <= width; w += 2 * kLanes) {
+          vec x0s[2][2], x0a[2][2], d[2][2];  // [row][vector]
+          for (int c = 0; c < 2; ++c) {
+            const int64_t k = w + c * kLanes;
+            const vec x = load_as_vec<kBytes, acc_t>(xt + bottom + k), e = load_as_vec<kBytes, acc_t>(ea + bottom + k);
+            x0s[1][c] = predict_x0<vec>(a_lanes, x, b_lanes, load_as_vec<kBytes, acc_t>(es + bottom + k));
+            x0a[1][c] = predict_x0<vec>(a_lanes, x, b_lanes, e);
+            d[1][c] = e - load_as_vec<kBytes, acc_t>(nz + bottom + k);
+            store_vec(s_out + width + k, x0s[1][c]);
+            store_vec(a_out + width + k, x0a[1][c]);
+            sq_lanes += d[1][c] * d[1][c];
+            x0s[0][c] = load_vec<kBytes>(s_out + k);
+            x0a[0][c] = load_vec<kBytes>(a_out + k);
+            d[0][c] = load_as_vec<kBytes, acc_t>(ea + top + k) - load_as_vec<kBytes, acc_t>(nz + top + k);
           }
-          hpos += half_width;
+          store_vec(hs + w / 2, hf_lanes.map(x0s[0][0], x0s[0][1], x0s[1][0], x0s[1][1]));
+          store_vec(ha + w / 2, hf_lanes.map(x0a[0][0], x0a[0][1], x0a[1][0], x0a[1][1]));
+          const vec hd = hf_lanes.map(d[0][0], d[0][1], d[1][0], d[1][1]);
+          hf_sq_lanes += hd * hd;
         }
-        pos += rows * width;
+        x0_row(bottom, width, w);
+        for (int64_t j = w / 2; j < half_width; ++j) {
+          const acc_t* st = s_out;
+          const acc_t* at = a_out;
+          hs[j] = high_frequency(st[2 * j], st[2 * j + 1], st[width + 2 * j], st[width + 2 * j + 1]);
+          ha[j] = high_frequency(at[2 * j], at[2 * j + 1], at[width + 2 * j], at[width + 2 * j + 1]);
+          const acc_t hd = high_frequency_of_difference<acc_t>(ea + top, nz + top, ea + bottom, nz + bottom, j);
+          hf_sq += hd * hd;
+        }
+        pos += width;
+        hpos += half_width;
       }
       len = pos;
       hf_len = hpos;
-      // One horizontal sum per sample and block, not one per row.
       partial[4 * nn] += static_cast<double>(sum_lanes(sq_lanes) + sq);
       partial[4 * nn + 1] +=
-          static_cast<double>(b) * static_cast<double>(b) * static_cast<double>(sum_squares<kBytes>(hf_diff, hf_len));
+          static_cast<double>(b) * static_cast<double>(b) * static_cast<double>(sum_lanes(hf_sq_lanes) + hf_sq);
     }
     add_block_gram_impl<kBytes>(x0_src, n, stride, len, partial);
     add_block_gram_impl<kBytes>(x0_ada, n, stride, len, partial + nn);
@@ -194,9 +206,11 @@ DDPM_PA_ALWAYS_INLINE void loss_forward_chunk_impl(const LossLayout& layout, con
 }
 
 // Units [unit_begin, unit_end) of the backward: writes grad_eps_ada there. Per block: x0_ada and its
-// HF map (reads x_t, eps_ada), the two M products, then per unit the gradient at each HF value, and
-// per row eps_ada - noise again (eps_ada is still in cache) for the mse terms, the pair term and the
-// HF gradient spread by the adjoint's weights, written once.
+// HF map (reads x_t, eps_ada), the two M products, then per row pair eps_ada - noise again (eps_ada
+// is still in cache), its HF map, the gradient at each HF value, and per row the mse terms, the pair
+// term and the HF gradient spread over its block, written once. Rows one after the other, as in the
+// forward: the top row's eps_ada - noise waits in the scratch for the bottom row, and the top row's
+// gradient is written after the bottom row's.
 template <int kBytes, typename scalar_t>
 DDPM_PA_ALWAYS_INLINE void loss_backward_chunk_impl(const LossLayout& layout, const LossInputs<scalar_t>& in,
                                                     const BackwardFactors<acc_type<scalar_t>>& factors, int64_t unit_begin,
@@ -214,40 +228,44 @@ DDPM_PA_ALWAYS_INLINE void loss_backward_chunk_impl(const LossLayout& layout, co
   acc_t* pair_img = scratch.buffer(BackwardScratch::kPairImg);
   acc_t* hf_ada = scratch.buffer(BackwardScratch::kHfAda);
   acc_t* pair_hf = scratch.buffer(BackwardScratch::kPairHf);
-  acc_t* hf_grad = scratch.buffer(BackwardScratch::kHfGrad);
+  acc_t* top_diff = scratch.buffer(BackwardScratch::kRowPair);
+  acc_t* hf_grad = top_diff + stride;
   using vec = typename Vec<acc_t, kBytes>::type;
   constexpr int64_t kLanes = Vec<acc_t, kBytes>::lanes;
-  // high_frequency_adjoint is linear: one weight per position of the 2x2 block, laid out as the
-  // top row's and the bottom row's columns alternate.
-  acc_t weight[2][2];
-  high_frequency_adjoint<acc_t>(acc_t(1), weight[0][0], weight[0][1], weight[1][0], weight[1][1]);
-  vec row_weights[2];
-  for (int r = 0; r < 2; ++r)
-    for (int64_t l = 0; l < kLanes; ++l) row_weights[r][l] = weight[r][l % 2];
+  const HighFrequencyLanes<vec> hf_lanes;
   const vec mse_lanes = vec{} + factors.mse;
   for (int64_t u0 = unit_begin; u0 < unit_end; u0 += layout.units_per_block) {
     const int64_t u1 = std::min(unit_end, u0 + layout.units_per_block);
     int64_t len = 0, hf_len = 0;
     for (int64_t i = 0; i < n; ++i) {
       const acc_t a = coef_a[i], b = coef_b[i];
+      const vec a_lanes = vec{} + a, b_lanes = vec{} + b;
       int64_t pos = 0, hpos = 0;
       for (int64_t u = u0; u < u1; ++u) {
-        const int64_t base = i * layout.sample_values() + layout.unit_offset(u);
-        const int64_t rows = layout.unit_rows(u);
-        const int64_t count = rows * width;
-        const scalar_t* DDPM_PA_RESTRICT xr = xt + base;
-        const scalar_t* DDPM_PA_RESTRICT ear = ea + base;
+        const int64_t top = i * layout.sample_values() + layout.unit_offset(u), bottom = top + width;
         acc_t* DDPM_PA_RESTRICT x0 = x0_ada + i * stride + pos;
         DDPM_PA_SIMD
-        for (int64_t k = 0; k < count; ++k) x0[k] = predict_x0<acc_t>(a, xr[k], b, ear[k]);
-        if (rows == 2) {
-          acc_t* DDPM_PA_RESTRICT hx = hf_ada + i * stride + hpos;
-          DDPM_PA_SIMD
-          for (int64_t j = 0; j < half_width; ++j)
-            hx[j] = high_frequency(x0[2 * j], x0[2 * j + 1], x0[width + 2 * j], x0[width + 2 * j + 1]);
-          hpos += half_width;
+        for (int64_t w = 0; w < width; ++w) x0[w] = predict_x0<acc_t>(a, xt[top + w], b, ea[top + w]);
+        pos += width;
+        if (layout.unit_rows(u) == 1) continue;
+        acc_t* DDPM_PA_RESTRICT hx = hf_ada + i * stride + hpos;
+        int64_t w = 0;
+        for (; w + 2 * kLanes <= width; w += 2 * kLanes) {
+          vec v[2][2];  // [row][vector]
+          for (int c = 0; c < 2; ++c) {
+            const int64_t k = w + c * kLanes;
+            v[1][c] = predict_x0<vec>(a_lanes, load_as_vec<kBytes, acc_t>(xt + bottom + k), b_lanes,
+                                      load_as_vec<kBytes, acc_t>(ea + bottom + k));
+            store_vec(x0 + width + k, v[1][c]);
+            v[0][c] = load_vec<kBytes>(x0 + k);
+          }
+          store_vec(hx + w / 2, hf_lanes.map(v[0][0], v[0][1], v[1][0], v[1][1]));
         }
-        pos += count;
+        for (int64_t k = w; k < width; ++k) x0[width + k] = predict_x0<acc_t>(a, xt[bottom + k], b, ea[bottom + k]);
+        for (int64_t j = w / 2; j < half_width; ++j)
+          hx[j] = high_frequency(x0[2 * j], x0[2 * j + 1], x0[width + 2 * j], x0[width + 2 * j + 1]);
+        pos += width;
+        hpos += half_width;
       }
       len = pos;
       hf_len = hpos;
@@ -256,47 +274,72 @@ DDPM_PA_ALWAYS_INLINE void loss_backward_chunk_impl(const LossLayout& layout, co
     apply_matrix_block_impl<kBytes>(factors.m_hf, n, hf_ada, stride, hf_len, pair_hf, stride);
     for (int64_t i = 0; i < n; ++i) {
       const acc_t b = coef_b[i], k_hf_b = factors.hf * b * b;
-      const vec b_lanes = vec{} + b;
+      const vec b_lanes = vec{} + b, k_hf_b_lanes = vec{} + k_hf_b;
       int64_t pos = 0, hpos = 0;
       for (int64_t u = u0; u < u1; ++u) {
-        const int64_t base = i * layout.sample_values() + layout.unit_offset(u);
-        const int64_t rows = layout.unit_rows(u);
-        // Columns [0, paired) have an HF value (all but an odd last one), when the unit has two rows.
-        const int64_t paired = rows == 2 ? 2 * half_width : 0;
-        if (rows == 2) {
-          const scalar_t* DDPM_PA_RESTRICT et = ea + base;
-          const scalar_t* DDPM_PA_RESTRICT eb = et + width;
-          const scalar_t* DDPM_PA_RESTRICT nt = nz + base;
-          const scalar_t* DDPM_PA_RESTRICT nb = nt + width;
-          const acc_t* DDPM_PA_RESTRICT ph = pair_hf + i * stride + hpos;
-          acc_t* DDPM_PA_RESTRICT g = hf_grad;
-          DDPM_PA_SIMD
-          for (int64_t j = 0; j < half_width; ++j) {
-            const acc_t hd = high_frequency_of_difference<acc_t>(et, nt, eb, nb, j);
-            g[j] = k_hf_b * hd - b * ph[j];
-          }
-          hpos += half_width;
-        }
-        for (int64_t row = 0; row < rows; ++row) {
-          const int64_t off = base + row * width;
-          const scalar_t* DDPM_PA_RESTRICT er = ea + off;
-          const scalar_t* DDPM_PA_RESTRICT nr = nz + off;
-          const acc_t* DDPM_PA_RESTRICT p = pair_img + i * stride + pos + row * width;
-          scalar_t* DDPM_PA_RESTRICT o = out + off;
-          int64_t w = 0;
-          // hf_grad's row is far longer than half_width, so the vector loads past its end stay in it.
-          for (; w + kLanes <= paired; w += kLanes) {
-            const vec d = load_as_vec<kBytes, acc_t>(er + w) - load_as_vec<kBytes, acc_t>(nr + w);
-            const vec spread = row_weights[row] * duplicate_lanes(load_vec<kBytes>(hf_grad + w / 2));
-            store_vec_as(o + w, mse_lanes * d - b_lanes * load_vec<kBytes>(p + w) + spread, factors.stream_out);
-          }
+        const int64_t top = i * layout.sample_values() + layout.unit_offset(u), bottom = top + width;
+        const acc_t* DDPM_PA_RESTRICT p = pair_img + i * stride + pos;
+        const auto diff = [&](int64_t k) { return static_cast<acc_t>(ea[k]) - static_cast<acc_t>(nz[k]); };
+        // The gradient of the row at `off` from the mse terms, the pair term (p_row) and, for columns
+        // below `paired`, the HF gradient spread from hf_grad; eps_ada - noise from d_row, or from the
+        // inputs when d_row is null.
+        const auto write_row = [&](int64_t off, const acc_t* p_row, const acc_t* d_row, int row, int64_t from,
+                                   int64_t paired) {
+          const auto row_vec = [&](int64_t w) {
+            const vec d = d_row ? load_vec<kBytes>(d_row + w)
+                                : load_as_vec<kBytes, acc_t>(ea + off + w) - load_as_vec<kBytes, acc_t>(nz + off + w);
+            return mse_lanes * d - b_lanes * load_vec<kBytes>(p_row + w);
+          };
+          int64_t w = from;
+          // hf_grad's row is far longer than half_width: a load past its end stays in it (and the
+          // spread uses only the load's first half).
+          for (; w + kLanes <= paired; w += kLanes)
+            store_vec_as(out + off + w, row_vec(w) + hf_lanes.spread(load_vec<kBytes>(hf_grad + w / 2), row, 0),
+                         factors.stream_out);
+          for (; w >= paired && w + kLanes <= width; w += kLanes) store_vec_as(out + off + w, row_vec(w), factors.stream_out);
           for (; w < width; ++w) {
-            const acc_t d = static_cast<acc_t>(er[w]) - static_cast<acc_t>(nr[w]);
-            const acc_t spread = w < paired ? weight[row][w % 2] * hf_grad[w / 2] : acc_t(0);
-            o[w] = static_cast<scalar_t>(factors.mse * d - b * p[w] + spread);
+            const acc_t d = d_row ? d_row[w] : diff(off + w);
+            const acc_t spread = w < paired ? hf_lanes.weight(row, w) * hf_grad[w / 2] : acc_t(0);
+            out[off + w] = static_cast<scalar_t>(factors.mse * d - b * p_row[w] + spread);
+          }
+        };
+        if (layout.unit_rows(u) == 1) {
+          write_row(top, p, nullptr, 0, 0, 0);
+          pos += width;
+          continue;
+        }
+        const acc_t* DDPM_PA_RESTRICT ph = pair_hf + i * stride + hpos;
+        DDPM_PA_SIMD
+        for (int64_t k = 0; k < width; ++k) top_diff[k] = diff(top + k);
+        // The bottom row 2 x lanes columns at a time: HF(eps_ada - noise) of the pair, the gradient at
+        // the HF values (kept for the top row), and the bottom row's gradient.
+        int64_t w = 0;
+        for (; w + 2 * kLanes <= width; w += 2 * kLanes) {
+          vec d[2][2];  // [row][vector]
+          for (int c = 0; c < 2; ++c) {
+            const int64_t k = w + c * kLanes;
+            d[0][c] = load_vec<kBytes>(top_diff + k);
+            d[1][c] = load_as_vec<kBytes, acc_t>(ea + bottom + k) - load_as_vec<kBytes, acc_t>(nz + bottom + k);
+          }
+          const vec g = k_hf_b_lanes * hf_lanes.map(d[0][0], d[0][1], d[1][0], d[1][1]) -
+                        b_lanes * load_vec<kBytes>(ph + w / 2);
+          store_vec(hf_grad + w / 2, g);
+          for (int c = 0; c < 2; ++c) {
+            const int64_t k = w + c * kLanes;
+            store_vec_as(out + bottom + k,
+                         mse_lanes * d[1][c] - b_lanes * load_vec<kBytes>(p + width + k) + hf_lanes.spread(g, 1, c),
+                         factors.stream_out);
           }
         }
-        pos += rows * width;
+        for (int64_t j = w / 2; j < half_width; ++j) {
+          const acc_t hd = high_frequency<acc_t>(top_diff[2 * j], top_diff[2 * j + 1], diff(bottom + 2 * j),
+                                                 diff(bottom + 2 * j + 1));
+          hf_grad[j] = k_hf_b * hd - b * ph[j];
+        }
+        write_row(bottom, p + width, nullptr, 1, w, 2 * half_width);
+        write_row(top, p, top_diff, 0, 0, 2 * half_width);
+        pos += 2 * width;
+        hpos += half_width;
       }
     }
   }
