@@ -311,8 +311,8 @@ DDPM_PA_ALWAYS_INLINE void loss_backward_chunk_impl(const LossLayout& layout, co
         const acc_t* DDPM_PA_RESTRICT ph = pair_hf + i * stride + hpos;
         DDPM_PA_SIMD
         for (int64_t k = 0; k < width; ++k) top_diff[k] = diff(top + k);
-        // The bottom row 2 x lanes columns at a time: HF(eps_ada - noise) of the pair, the gradient at
-        // the HF values (kept for the top row), and the bottom row's gradient.
+        // The bottom row 2 x lanes columns at a time: HF(eps_ada - noise) of the pair and the gradient
+        // at the HF values; then both rows' gradients, top row first (the bottom row's inputs are in L1).
         int64_t w = 0;
         for (; w + 2 * kLanes <= width; w += 2 * kLanes) {
           vec d[2][2];  // [row][vector]
@@ -321,23 +321,16 @@ DDPM_PA_ALWAYS_INLINE void loss_backward_chunk_impl(const LossLayout& layout, co
             d[0][c] = load_vec<kBytes>(top_diff + k);
             d[1][c] = load_as_vec<kBytes, acc_t>(ea + bottom + k) - load_as_vec<kBytes, acc_t>(nz + bottom + k);
           }
-          const vec g = k_hf_b_lanes * hf_lanes.map(d[0][0], d[0][1], d[1][0], d[1][1]) -
-                        b_lanes * load_vec<kBytes>(ph + w / 2);
-          store_vec(hf_grad + w / 2, g);
-          for (int c = 0; c < 2; ++c) {
-            const int64_t k = w + c * kLanes;
-            store_vec_as(out + bottom + k,
-                         mse_lanes * d[1][c] - b_lanes * load_vec<kBytes>(p + width + k) + hf_lanes.spread(g, 1, c),
-                         factors.stream_out);
-          }
+          store_vec(hf_grad + w / 2, k_hf_b_lanes * hf_lanes.map(d[0][0], d[0][1], d[1][0], d[1][1]) -
+                                         b_lanes * load_vec<kBytes>(ph + w / 2));
         }
         for (int64_t j = w / 2; j < half_width; ++j) {
           const acc_t hd = high_frequency<acc_t>(top_diff[2 * j], top_diff[2 * j + 1], diff(bottom + 2 * j),
                                                  diff(bottom + 2 * j + 1));
           hf_grad[j] = k_hf_b * hd - b * ph[j];
         }
-        write_row(bottom, p + width, nullptr, 1, w, 2 * half_width);
         write_row(top, p, top_diff, 0, 0, 2 * half_width);
+        write_row(bottom, p + width, nullptr, 1, 0, 2 * half_width);
         pos += 2 * width;
         hpos += half_width;
       }
