@@ -85,10 +85,11 @@ def assert_unchanged(tensors, snapshots):
 # ddpm_pa_high_frequency
 
 
+@pytest.mark.isa_copies
 @pytest.mark.parametrize("device", DEVICES)
 @pytest.mark.parametrize("dtype", FLOAT_DTYPES)
 @pytest.mark.parametrize("layout", LAYOUTS)
-@pytest.mark.parametrize("shape", [(2, 3, 8, 8), (3, 4, 9, 7), (2, 3, 17, 33), (1, 1, 2, 2)])
+@pytest.mark.parametrize("shape", [(2, 3, 8, 8), (3, 4, 9, 7), (2, 3, 17, 33), (1, 1, 2, 2), (2, 2, 6, 70)])
 def test_high_frequency_matches_reference(device, dtype, layout, shape):
     x = relayout(randn(shape, 1, dtype, device), layout)
     snapshot = x.clone()
@@ -162,6 +163,7 @@ def test_haar_idwt_inverts_dwt(device):
 # pairwise_similarity_kl
 
 
+@pytest.mark.isa_copies
 @pytest.mark.parametrize("device", DEVICES)
 @pytest.mark.parametrize("dtype", FLOAT_DTYPES)
 @pytest.mark.parametrize("reduction", KL_REDUCTIONS)
@@ -220,6 +222,7 @@ def check_loss(out, grad, expected, grad_expected, dtype):
     check_close(grad, grad_expected, dtype, "grad eps_ada", scale=2.0)
 
 
+@pytest.mark.isa_copies
 @pytest.mark.parametrize("device", DEVICES)
 @pytest.mark.parametrize("dtype", FLOAT_DTYPES)
 @pytest.mark.parametrize("shape", LOSS_SHAPES)
@@ -231,6 +234,7 @@ def test_loss_matches_reference(device, dtype, shape):
     assert_unchanged(sample.args(), snapshots)
 
 
+@pytest.mark.isa_copies
 @pytest.mark.parametrize("device", DEVICES)
 @pytest.mark.parametrize("reduction", LOSS_REDUCTIONS)
 @pytest.mark.parametrize("layout", LAYOUTS)
@@ -245,6 +249,7 @@ def test_loss_options_and_layouts(device, reduction, layout):
     check_loss(out, grad, expected, grad_expected, torch.float32)
 
 
+@pytest.mark.isa_copies
 @pytest.mark.parametrize("device", DEVICES)
 @pytest.mark.parametrize("n", [2, 17, 64])
 def test_loss_batch_sizes(device, n):
@@ -252,6 +257,7 @@ def test_loss_batch_sizes(device, n):
     check_loss(*run_loss(sample, backend_for(device)), torch.float32)
 
 
+@pytest.mark.isa_copies
 @pytest.mark.parametrize("device", DEVICES)
 @pytest.mark.parametrize("dtype", [torch.float32, torch.float64])
 def test_loss_large_flattened_dimension(device, dtype):
@@ -308,9 +314,9 @@ def test_results_do_not_depend_on_thread_count():
 # Instruction sets: every copy of the CPU kernels this machine can run, against the reference
 
 ISAS = ["avx512", "avx2", "baseline"]  # best first, as ddpm_pa_fast.ops.cpu_isa names them
-ISA_CHECKED_TESTS = "matches_reference or loss_options_and_layouts or loss_batch_sizes or large_flattened"
 
 
+@pytest.mark.isa_copies
 def test_cpu_isa_is_the_one_asked_for():
     asked = os.environ.get("DDPM_PA_CPU_ISA")
     assert ops.cpu_isa() in ISAS
@@ -321,10 +327,10 @@ def test_cpu_isa_is_the_one_asked_for():
 @pytest.mark.parametrize("isa", ISAS[ISAS.index(ops.cpu_isa()) + 1:])
 def test_lower_instruction_sets_match_reference(isa):
     """This module's CPU correctness tests again, in a process whose kernels run the lower set's copy
-    (this process runs the best one: the other tests)."""
+    (this process runs the best one: the other tests). They carry the isa_copies marker."""
     result = subprocess.run(
-        [sys.executable, "-m", "pytest", __file__, "-q", "-p", "no:cacheprovider", "-k",
-         f"({ISA_CHECKED_TESTS} or cpu_isa_is_the_one_asked_for) and not cuda"],
+        [sys.executable, "-m", "pytest", __file__, "-q", "-p", "no:cacheprovider", "-m", "isa_copies",
+         "-k", "not cuda"],
         env=dict(os.environ, DDPM_PA_CPU_ISA=isa), capture_output=True, text=True, timeout=1200,
     )
     assert result.returncode == 0, result.stdout[-4000:] + result.stderr[-2000:]
