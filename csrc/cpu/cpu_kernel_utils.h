@@ -323,6 +323,31 @@ struct MaskOf {
   typedef index_t type __attribute__((vector_size(sizeof(V))));
 };
 
+// Shuffles between a row's columns and the 2x2 blocks they belong to. even_lanes / odd_lanes: the
+// even and the odd columns of two vectors of a row (v0, v1), the left and the right column of
+// lanes_of<V> blocks. interleave(a, b, half): the columns of half 0 or 1 of those blocks again,
+// (a[k], b[k], a[k + 1], b[k + 1], ...) from k = half * lanes / 2. The masks are built in loops the
+// compiler folds into constants.
+template <typename V>
+DDPM_PA_ALWAYS_INLINE V even_lanes(V v0, V v1) {
+  typename MaskOf<V>::type mask;
+  for (int64_t l = 0; l < lanes_of<V>; ++l) mask[l] = static_cast<typename MaskOf<V>::index_t>(2 * l);
+  return __builtin_shuffle(v0, v1, mask);
+}
+template <typename V>
+DDPM_PA_ALWAYS_INLINE V odd_lanes(V v0, V v1) {
+  typename MaskOf<V>::type mask;
+  for (int64_t l = 0; l < lanes_of<V>; ++l) mask[l] = static_cast<typename MaskOf<V>::index_t>(2 * l + 1);
+  return __builtin_shuffle(v0, v1, mask);
+}
+template <typename V>
+DDPM_PA_ALWAYS_INLINE V interleave(V a, V b, int half) {
+  typename MaskOf<V>::type mask;
+  for (int64_t l = 0; l < lanes_of<V>; ++l)
+    mask[l] = static_cast<typename MaskOf<V>::index_t>(half * lanes_of<V> / 2 + l / 2 + (l % 2) * lanes_of<V>);
+  return __builtin_shuffle(a, b, mask);
+}
+
 // The high-frequency map and its adjoint on vectors, for row pairs walked 2 x lanes columns at a time
 // (vectors t0, t1 of the top row, b0, b1 of the bottom one). The map is linear: a block's value is
 // the sum of its four inputs times the adjoint's weights (high_frequency_adjoint of 1), so a lane-wise
@@ -331,33 +356,27 @@ struct MaskOf {
 template <typename V>
 struct HighFrequencyLanes {
   V top, bottom;  // per lane, the weight of a top-row and of a bottom-row value (left, right, ...)
-  typename MaskOf<V>::type left, right, first_half, second_half;
 
   HighFrequencyLanes() {
     using T = lane_t<V>;
-    using index_t = typename MaskOf<V>::index_t;
     T weight[2][2];
     high_frequency_adjoint<T>(T(1), weight[0][0], weight[0][1], weight[1][0], weight[1][1]);
     for (int64_t l = 0; l < lanes_of<V>; ++l) {
       top[l] = weight[0][l % 2];
       bottom[l] = weight[1][l % 2];
-      left[l] = static_cast<index_t>(2 * l);  // lanes of the concatenation (p0, p1)
-      right[l] = static_cast<index_t>(2 * l + 1);
-      first_half[l] = static_cast<index_t>(l / 2);
-      second_half[l] = static_cast<index_t>(lanes_of<V> / 2 + l / 2);
     }
   }
   // HF of the blocks of columns [0, 2 lanes): block j in lane j.
   DDPM_PA_ALWAYS_INLINE V map(V t0, V t1, V b0, V b1) const {
     const V p0 = top * t0 + bottom * b0, p1 = top * t1 + bottom * b1;
-    return __builtin_shuffle(p0, p1, left) + __builtin_shuffle(p0, p1, right);
+    return even_lanes(p0, p1) + odd_lanes(p0, p1);
   }
   // The weight of the value at (row, column) of a row pair in its block's HF value.
   DDPM_PA_ALWAYS_INLINE lane_t<V> weight(int row, int64_t column) const { return (row == 0 ? top : bottom)[column % 2]; }
   // The adjoint of map: the gradients g of the blocks spread over columns [0, lanes) (half 0) or
   // [lanes, 2 lanes) (half 1) of the top (row 0) or bottom (row 1) row.
   DDPM_PA_ALWAYS_INLINE V spread(V g, int row, int half) const {
-    return (row == 0 ? top : bottom) * __builtin_shuffle(g, half == 0 ? first_half : second_half);
+    return (row == 0 ? top : bottom) * interleave(g, g, half);
   }
 };
 

@@ -136,15 +136,23 @@ DDPM_PA_ALWAYS_INLINE void loss_forward_chunk_impl(const LossLayout& layout, con
         const int64_t top = i * layout.sample_values() + layout.unit_offset(u), bottom = top + width;
         acc_t* DDPM_PA_RESTRICT s_out = x0_src + i * stride + pos;
         acc_t* DDPM_PA_RESTRICT a_out = x0_ada + i * stride + pos;
-        // x0 of the row at `off` (input) / `out` (scratch) from column `from` on, and its squared errors.
+        // One vector at column w of the row at `off` (input) / `out` (scratch): x0_src and x0_ada stored,
+        // eps_ada - noise squared into sq_lanes; the three returned for the HF maps.
+        const auto x0_vector = [&](int64_t off, int64_t out, int64_t w, vec& x0s, vec& x0a, vec& d) {
+          const vec x = load_as_vec<kBytes, acc_t>(xt + off + w), e = load_as_vec<kBytes, acc_t>(ea + off + w);
+          x0s = predict_x0<vec>(a_lanes, x, b_lanes, load_as_vec<kBytes, acc_t>(es + off + w));
+          x0a = predict_x0<vec>(a_lanes, x, b_lanes, e);
+          d = e - load_as_vec<kBytes, acc_t>(nz + off + w);
+          store_vec(s_out + out + w, x0s);
+          store_vec(a_out + out + w, x0a);
+          sq_lanes += d * d;
+        };
+        // x0 of the row at `off` / `out` from column `from` on, and its squared errors.
         const auto x0_row = [&](int64_t off, int64_t out, int64_t from) {
           int64_t w = from;
           for (; w + kLanes <= width; w += kLanes) {
-            const vec x = load_as_vec<kBytes, acc_t>(xt + off + w), e = load_as_vec<kBytes, acc_t>(ea + off + w);
-            store_vec(s_out + out + w, predict_x0<vec>(a_lanes, x, b_lanes, load_as_vec<kBytes, acc_t>(es + off + w)));
-            store_vec(a_out + out + w, predict_x0<vec>(a_lanes, x, b_lanes, e));
-            const vec d = e - load_as_vec<kBytes, acc_t>(nz + off + w);
-            sq_lanes += d * d;
+            vec x0s, x0a, d;
+            x0_vector(off, out, w, x0s, x0a, d);
           }
           for (; w < width; ++w) {
             const acc_t x = xt[off + w], e = ea[off + w];
@@ -164,13 +172,7 @@ DDPM_PA_ALWAYS_INLINE void loss_forward_chunk_impl(const LossLayout& layout, con
           vec x0s[2][2], x0a[2][2], d[2][2];  // [row][vector]
           for (int c = 0; c < 2; ++c) {
             const int64_t k = w + c * kLanes;
-            const vec x = load_as_vec<kBytes, acc_t>(xt + bottom + k), e = load_as_vec<kBytes, acc_t>(ea + bottom + k);
-            x0s[1][c] = predict_x0<vec>(a_lanes, x, b_lanes, load_as_vec<kBytes, acc_t>(es + bottom + k));
-            x0a[1][c] = predict_x0<vec>(a_lanes, x, b_lanes, e);
-            d[1][c] = e - load_as_vec<kBytes, acc_t>(nz + bottom + k);
-            store_vec(s_out + width + k, x0s[1][c]);
-            store_vec(a_out + width + k, x0a[1][c]);
-            sq_lanes += d[1][c] * d[1][c];
+            x0_vector(bottom, width, k, x0s[1][c], x0a[1][c], d[1][c]);
             x0s[0][c] = load_vec<kBytes>(s_out + k);
             x0a[0][c] = load_vec<kBytes>(a_out + k);
             d[0][c] = load_as_vec<kBytes, acc_t>(ea + top + k) - load_as_vec<kBytes, acc_t>(nz + top + k);
@@ -182,10 +184,8 @@ DDPM_PA_ALWAYS_INLINE void loss_forward_chunk_impl(const LossLayout& layout, con
         }
         x0_row(bottom, width, w);
         for (int64_t j = w / 2; j < half_width; ++j) {
-          const acc_t* st = s_out;
-          const acc_t* at = a_out;
-          hs[j] = high_frequency(st[2 * j], st[2 * j + 1], st[width + 2 * j], st[width + 2 * j + 1]);
-          ha[j] = high_frequency(at[2 * j], at[2 * j + 1], at[width + 2 * j], at[width + 2 * j + 1]);
+          hs[j] = high_frequency(s_out[2 * j], s_out[2 * j + 1], s_out[width + 2 * j], s_out[width + 2 * j + 1]);
+          ha[j] = high_frequency(a_out[2 * j], a_out[2 * j + 1], a_out[width + 2 * j], a_out[width + 2 * j + 1]);
           const acc_t hd = high_frequency_of_difference<acc_t>(ea + top, nz + top, ea + bottom, nz + bottom, j);
           hf_sq += hd * hd;
         }

@@ -20,15 +20,7 @@ DDPM_PA_ALWAYS_INLINE void synthesise_rows_impl(const scalar_t* ll, const scalar
                                                 const scalar_t* b3, int64_t count, scalar_t* top, scalar_t* bottom) {
   using acc_t = acc_type<scalar_t>;
   using vec = typename Vec<acc_t, kBytes>::type;
-  using mask_t = typename MaskOf<vec>::type;
-  using index_t = typename MaskOf<vec>::index_t;
   constexpr int64_t kLanes = Vec<acc_t, kBytes>::lanes;
-  // (first[0], second[0], first[1], second[1], ...): the low and the high half of the interleaving.
-  mask_t low, high;
-  for (int64_t l = 0; l < kLanes; ++l) {
-    low[l] = static_cast<index_t>(l / 2 + (l % 2) * kLanes);
-    high[l] = static_cast<index_t>(kLanes / 2 + l / 2 + (l % 2) * kLanes);
-  }
   const vec half = vec{} + acc_t(0.5);
   for (int row = 0; row < 2; ++row) {
     scalar_t* out = row == 0 ? top : bottom;
@@ -39,8 +31,8 @@ DDPM_PA_ALWAYS_INLINE void synthesise_rows_impl(const scalar_t* ll, const scalar
       // haar_synthesis: a, b on the top row, c, d on the bottom one.
       const vec left = row == 0 ? (l + v1 + v2 + v3) * half : (l - v1 + v2 - v3) * half;
       const vec right = row == 0 ? (l + v1 - v2 - v3) * half : (l - v1 - v2 + v3) * half;
-      store_vec_as(out + 2 * j, __builtin_shuffle(left, right, low));
-      store_vec_as(out + 2 * j + kLanes, __builtin_shuffle(left, right, high));
+      store_vec_as(out + 2 * j, interleave(left, right, 0));
+      store_vec_as(out + 2 * j + kLanes, interleave(left, right, 1));
     }
     for (; j < count; ++j) {
       acc_t a, b, c, d;
@@ -73,21 +65,14 @@ DDPM_PA_ALWAYS_INLINE void analyse_rows_impl(const scalar_t* top, const scalar_t
                                              scalar_t* b2, scalar_t* b3) {
   using acc_t = acc_type<scalar_t>;
   using vec = typename Vec<acc_t, kBytes>::type;
-  using mask_t = typename MaskOf<vec>::type;
-  using index_t = typename MaskOf<vec>::index_t;
   constexpr int64_t kLanes = Vec<acc_t, kBytes>::lanes;
-  mask_t left, right;  // the even and the odd columns of two vectors of a row
-  for (int64_t l = 0; l < kLanes; ++l) {
-    left[l] = static_cast<index_t>(2 * l);
-    right[l] = static_cast<index_t>(2 * l + 1);
-  }
   const vec half = vec{} + acc_t(0.5);
   acc_t* sum = partial;
   acc_t* diff = partial + count;
   int64_t j = 0;
   for (; j + kLanes <= count; j += kLanes) {
     const vec v0 = load_as_vec<kBytes, acc_t>(top + 2 * j), v1 = load_as_vec<kBytes, acc_t>(top + 2 * j + kLanes);
-    const vec a = __builtin_shuffle(v0, v1, left), b = __builtin_shuffle(v0, v1, right);
+    const vec a = even_lanes(v0, v1), b = odd_lanes(v0, v1);
     store_vec(sum + j, a + b);
     store_vec(diff + j, a - b);
   }
@@ -99,7 +84,7 @@ DDPM_PA_ALWAYS_INLINE void analyse_rows_impl(const scalar_t* top, const scalar_t
   for (; j + kLanes <= count; j += kLanes) {
     const vec v0 = load_as_vec<kBytes, acc_t>(bottom + 2 * j);
     const vec v1 = load_as_vec<kBytes, acc_t>(bottom + 2 * j + kLanes);
-    const vec c = __builtin_shuffle(v0, v1, left), d = __builtin_shuffle(v0, v1, right);
+    const vec c = even_lanes(v0, v1), d = odd_lanes(v0, v1);
     const vec s = load_vec<kBytes>(sum + j), t = load_vec<kBytes>(diff + j);
     store_vec_as(ll + j, (s + c + d) * half);
     store_vec_as(b1 + j, (s - c - d) * half);
