@@ -1,150 +1,211 @@
-"""Makes the embedded default of `ddpm-pa-fast demo`: a tiny pretrained source model and a 10-shot target set.
+"""Builds every asset of the few-shot study and the demo from Fashion-MNIST.
 
-    python scripts/make_assets.py                    # both (pretraining: ~10 min on 2 CPU cores)
-    python scripts/make_assets.py --only-target      # the 10 target PNGs only (a second)
+    apt-get install dataset-fashion-mnist            # the only prerequisite (Debian; Zalando SE, MIT)
+    python scripts/make_assets.py data               # target shots, reference sets, source test set
+    python scripts/make_assets.py classifier         # the 8-class evaluation classifier (~2 min)
+    python scripts/make_assets.py source [--resume]  # pretrain the source UNet (checkpoints, resumable)
+    python scripts/make_assets.py all
 
-Domains, both procedural and deterministic (numpy's PCG64 seeded with --seed):
-- source: 32x32 RGB images of one or two soft-edged ellipses of smooth colour on a smooth two-colour
-  linear gradient: no high-frequency content at all;
-- target: the same kind of ellipses filled with a high-frequency texture (stripes of period 2-4 pixels in
-  one of four orientations, or a checkerboard of cell 1-2 pixels) between two colours. The two domains
-  differ almost only in high frequencies, which is where DDPM-PA's Haar terms act.
+Fashion-MNIST (Xiao, Rasul, Vollgraf 2017): 70,000 28x28 grey photos of 10 clothing classes. Images
+are padded with 2 background pixels to 32x32 (the UNet halves the size twice) and scaled to [-1, 1].
 
-Outputs: assets/source_model/ (UNet2DModel config.json + diffusion_pytorch_model.safetensors and the
-DDPMScheduler's scheduler_config.json, loadable with from_pretrained) and assets/target_10shot/00.png ...
-09.png. The source model is an epsilon-prediction UNet2DModel, 32x32, block_out_channels (32, 64, 64),
-one ResNet layer per block, no attention (~1.1 M parameters, ~4.3 MB), trained on a fresh batch of
-source images every step (AdamW, linear warm-up then cosine decay); the EMA weights are saved.
-Pretraining is deterministic for a given torch version and thread count (fixed seeds, --threads).
+Domains (ddpm_pa_fast.train.fashion holds the class split):
+- source: the 48,000 training images of the 8 classes other than sandal and ankle boot;
+- validation target (settings are chosen here): sandal; test target (reported, never tuned on): ankle
+  boot. Both are footwear, the one family the source knows through its sneakers, so adapting to them
+  is the paper's setting (a related domain, as FFHQ -> babies) rather than learning a new object from
+  ten pictures. Ankle boots, the farther from sneakers of the two (a shaft, a heel), are kept for the test.
+- per target: 10 shots (PNGs, drawn from the training split) and a reference set of 1,000 other images
+  of the class (from the test split) for KID;
+- source test set: 250 test images of each source class, for the source model's KID.
+
+Outputs under assets/ (see assets/README.md): domains/<class>/shots/*.png,
+domains/<class>/reference.safetensors, source_test.safetensors, source_classifier/, source_model/.
+Deterministic for a given torch version and thread count (fixed seeds, --threads).
 """
 
 from __future__ import annotations
 
 import argparse
+import gzip
 import math
+import sys
 import time
 from pathlib import Path
 
 import numpy as np
 
-IMAGE_SIZE = 32
 REPO = Path(__file__).resolve().parents[1]
+sys.path.insert(0, str(REPO))
+
+from ddpm_pa_fast.train import fashion  # noqa: E402
+from ddpm_pa_fast.train.classifier import SourceClassifier, save_classifier  # noqa: E402
+
+IDX_DIR = Path("/usr/share/datasets/fashion-mnist")
+SHOTS = 10
+REFERENCE_COUNT = 1000
+SOURCE_TEST_PER_CLASS = 250
 
 
-def _gradient_background(rng: np.random.Generator, size: int) -> np.ndarray:
-    c0, c1 = rng.uniform(0.0, 1.0, 3), rng.uniform(0.0, 1.0, 3)
-    angle = rng.uniform(0.0, 2 * math.pi)
-    yy, xx = np.mgrid[0:size, 0:size] / (size - 1) - 0.5
-    ramp = np.clip(0.5 + xx * math.cos(angle) + yy * math.sin(angle), 0.0, 1.0)[..., None]
-    return (1 - ramp) * c0 + ramp * c1
+def read_idx(path: Path) -> np.ndarray:
+    """An IDX file (LeCun's MNIST format, gzip) as a numpy array."""
+    with gzip.open(path, "rb") as f:
+        data = f.read()
+    if data[:2] != b"\x00\x00" or data[2] != 0x08:
+        raise ValueError(f"{path} is not an unsigned-byte IDX file")
+    ndim = data[3]
+    shape = tuple(int.from_bytes(data[4 + 4 * i : 8 + 4 * i], "big") for i in range(ndim))
+    return np.frombuffer(data, dtype=np.uint8, offset=4 + 4 * ndim).reshape(shape)
 
 
-def _ellipse_mask(rng: np.random.Generator, size: int) -> np.ndarray:
-    """A soft ellipse: 1 inside, 0 outside, a ~1.5-pixel smooth edge."""
-    cy, cx = rng.uniform(0.25, 0.75, 2) * size
-    ry, rx = rng.uniform(0.15, 0.35, 2) * size
-    theta = rng.uniform(0.0, math.pi)
-    yy, xx = np.mgrid[0:size, 0:size].astype(np.float64)
-    dy, dx = yy - cy, xx - cx
-    u = dx * math.cos(theta) + dy * math.sin(theta)
-    v = -dx * math.sin(theta) + dy * math.cos(theta)
-    radius = np.sqrt((u / rx) ** 2 + (v / ry) ** 2)
-    return np.clip((1.0 - radius) * min(rx, ry) / 1.5 + 0.5, 0.0, 1.0)[..., None]
+def load_split(split: str) -> tuple[np.ndarray, np.ndarray]:
+    """(images (N, 32, 32) uint8 padded with background, labels (N,)) of Fashion-MNIST's train or t10k."""
+    if not IDX_DIR.is_dir():
+        raise SystemExit(
+            f"{IDX_DIR} not found: `apt-get install dataset-fashion-mnist` installs Fashion-MNIST's IDX files"
+        )
+    images = read_idx(IDX_DIR / f"{split}-images-idx3-ubyte.gz")
+    labels = read_idx(IDX_DIR / f"{split}-labels-idx1-ubyte.gz")
+    pad = (fashion.IMAGE_SIZE - images.shape[-1]) // 2
+    return np.pad(images, ((0, 0), (pad, pad), (pad, pad))), labels.astype(np.int64)
 
 
-def _texture(rng: np.random.Generator, size: int) -> np.ndarray:
-    """A 0/1 high-frequency pattern: stripes (period 2-4, four orientations) or a checkerboard."""
-    yy, xx = np.mgrid[0:size, 0:size]
-    kind = rng.integers(0, 5)
-    if kind == 4:
-        cell = int(rng.integers(1, 3))
-        pattern = (yy // cell + xx // cell) % 2
-    else:
-        period = int(rng.integers(2, 5))
-        coordinate = (yy, xx, yy + xx, yy - xx)[kind]
-        pattern = (coordinate % period) < (period / 2)
-    return pattern.astype(np.float64)[..., None]
-
-
-def make_image(rng: np.random.Generator, textured: bool, size: int = IMAGE_SIZE) -> np.ndarray:
-    """One (size, size, 3) float image in [0, 1] of the source (textured=False) or target domain."""
-    image = _gradient_background(rng, size)
-    for _ in range(int(rng.integers(1, 3))):
-        mask = _ellipse_mask(rng, size)
-        colour = rng.uniform(0.0, 1.0, 3)
-        if textured:
-            second = np.clip(colour + rng.choice([-1.0, 1.0]) * rng.uniform(0.4, 0.7), 0.0, 1.0)
-            fill = colour + (second - colour) * _texture(rng, size)
-        else:
-            fill = np.broadcast_to(colour, image.shape)
-        image = (1 - mask) * image + mask * fill
-    return image
-
-
-def to_uint8(image: np.ndarray) -> np.ndarray:
-    return np.clip(np.rint(image * 255.0), 0, 255).astype(np.uint8)
-
-
-def write_target_set(out_dir: Path, seed: int, count: int = 10) -> None:
+def make_data(out: Path, seed: int) -> None:
+    import torch
     from PIL import Image
+    from safetensors.torch import save_file
 
-    out_dir.mkdir(parents=True, exist_ok=True)
-    rng = np.random.Generator(np.random.PCG64([seed, 1]))
-    for i in range(count):
-        Image.fromarray(to_uint8(make_image(rng, textured=True))).save(out_dir / f"{i:02d}.png")
-    print(f"wrote {count} target images to {out_dir}")
+    rng = np.random.default_rng(seed)
+    train_images, train_labels = load_split("train")
+    test_images, test_labels = load_split("t10k")
+    for name in fashion.TARGET_DOMAINS.values():
+        label = fashion.CLASS_NAMES.index(name)
+        folder = out / "domains" / name
+        shots = folder / "shots"
+        shots.mkdir(parents=True, exist_ok=True)
+        for old in shots.glob("*.png"):
+            old.unlink()
+        chosen = rng.choice(np.flatnonzero(train_labels == label), SHOTS, replace=False)
+        for i, index in enumerate(sorted(chosen)):
+            Image.fromarray(train_images[index]).save(shots / f"{i:02d}-train{index:05d}.png")
+        reference = rng.choice(np.flatnonzero(test_labels == label), REFERENCE_COUNT, replace=False)
+        save_file(
+            {"images": torch.from_numpy(test_images[np.sort(reference)][:, None].copy())},
+            folder / "reference.safetensors",
+            metadata={"source": f"Fashion-MNIST t10k, class {label} ({name})"},
+        )
+        print(f"wrote {SHOTS} shots and {REFERENCE_COUNT} reference images of {name} to {folder}")
+    picked = np.concatenate(
+        [
+            np.sort(rng.choice(np.flatnonzero(test_labels == label), SOURCE_TEST_PER_CLASS, replace=False))
+            for label in fashion.SOURCE_LABELS
+        ]
+    )
+    save_file(
+        {
+            "images": torch.from_numpy(test_images[picked][:, None].copy()),
+            "labels": torch.from_numpy(fashion.source_index(test_labels[picked])),
+        },
+        out / "source_test.safetensors",
+        metadata={"source": "Fashion-MNIST t10k, the 8 source classes; labels index SOURCE_CLASSES"},
+    )
+    print(f"wrote {len(picked)} source-class test images to {out / 'source_test.safetensors'}")
 
 
-def source_batch(rng: np.random.Generator, batch_size: int):
+def source_training_set():
+    """The source domain: Fashion-MNIST's training images of the 8 source classes, in [-1, 1]."""
     import torch
 
-    images = np.stack([to_uint8(make_image(rng, textured=False)) for _ in range(batch_size)])
-    # Quantised to uint8 first, so the model sees exactly what a PNG of the domain holds.
-    return torch.from_numpy(images).permute(0, 3, 1, 2).float() / 127.5 - 1.0
+    images, labels = load_split("train")
+    keep = np.isin(labels, fashion.SOURCE_LABELS)
+    x = torch.from_numpy(images[keep][:, None].copy()).float() / 127.5 - 1.0
+    return x, torch.from_numpy(fashion.source_index(labels[keep]))
 
 
-def build_source_model():
-    from diffusers import DDPMScheduler, UNet2DModel
-
-    unet = UNet2DModel(
-        sample_size=IMAGE_SIZE,
-        in_channels=3,
-        out_channels=3,
-        layers_per_block=1,
-        block_out_channels=(32, 64, 64),
-        down_block_types=("DownBlock2D", "DownBlock2D", "DownBlock2D"),
-        up_block_types=("UpBlock2D", "UpBlock2D", "UpBlock2D"),
-        norm_num_groups=8,
-    )
-    scheduler = DDPMScheduler(
-        num_train_timesteps=1000, beta_schedule="linear", variance_type="fixed_small", clip_sample=True
-    )
-    return unet, scheduler
-
-
-def pretrain_source(out_dir: Path, seed: int, steps: int, batch_size: int, lr: float, threads: int) -> None:
+def make_classifier(out: Path, seed: int, epochs: int, threads: int) -> None:
     import torch
-
-    from ddpm_pa_fast.train.diffusion import NoiseSchedule
-    from ddpm_pa_fast.train.ema import EMA
 
     torch.set_num_threads(threads)
     torch.manual_seed(seed)
-    unet, scheduler = build_source_model()
-    schedule = NoiseSchedule(scheduler)
-    ema = EMA(unet, decay=0.995)
-    optimizer = torch.optim.AdamW(unet.parameters(), lr=lr, weight_decay=0.0)
-    warmup = min(200, steps // 10 + 1)
-    lr_lambda = lambda s: min(1.0, (s + 1) / warmup) * (0.1 + 0.9 * 0.5 * (1 + math.cos(math.pi * s / steps)))
-    lr_schedule = torch.optim.lr_scheduler.LambdaLR(optimizer, lr_lambda)
-    rng = np.random.Generator(np.random.PCG64([seed, 0]))
+    x, y = source_training_set()
+    test = fashion.load_uint8_images(out / "source_test.safetensors")
+    test_x, test_y = fashion.to_model_range(test["images"]), test["labels"]
+    model = SourceClassifier()
+    optimizer = torch.optim.AdamW(model.parameters(), lr=2e-3, weight_decay=1e-4)
+    batch, steps_per_epoch = 128, len(x) // 128
+    lr_schedule = torch.optim.lr_scheduler.OneCycleLR(optimizer, 2e-3, total_steps=epochs * steps_per_epoch)
     generator = torch.Generator().manual_seed(seed)
+    start = time.time()
+    for epoch in range(epochs):
+        model.train()
+        order = torch.randperm(len(x), generator=generator)
+        for i in range(steps_per_epoch):
+            rows = order[i * batch : (i + 1) * batch]
+            # Random horizontal flips: clothing is left-right symmetric in kind, not in pixels.
+            images = torch.where(
+                torch.rand(len(rows), 1, 1, 1, generator=generator) < 0.5, x[rows], x[rows].flip(-1)
+            )
+            loss = torch.nn.functional.cross_entropy(model(images), y[rows])
+            optimizer.zero_grad(set_to_none=True)
+            loss.backward()
+            optimizer.step()
+            lr_schedule.step()
+        model.eval()
+        with torch.no_grad():
+            accuracy = (model(test_x).argmax(1) == test_y).float().mean().item()
+        print(
+            f"epoch {epoch + 1}/{epochs}: loss {loss.item():.3f}, source test accuracy {accuracy:.4f}, "
+            f"{time.time() - start:.0f} s",
+            flush=True,
+        )
+    save_classifier(model, out / "source_classifier", {"source_test_accuracy": round(accuracy, 4)})
+    print(f"wrote the classifier to {out / 'source_classifier'}")
+
+
+def pretrain_source(x, out: Path, args) -> None:
+    """Pretrains the source UNet on the images x (N, 1, 32, 32) in [-1, 1]; checkpoints every
+    --checkpoint-every steps through the trainer's checkpoint module, so that `--resume` continues exactly
+    where an interrupted run stopped (--stop-at simulates the interruption)."""
+    import torch
+
+    from ddpm_pa_fast.train import checkpoint as ckpt
+    from ddpm_pa_fast.train.diffusion import NoiseSchedule
+    from ddpm_pa_fast.train.ema import EMA
+
+    torch.set_num_threads(args.threads)
+    torch.manual_seed(args.seed)
+    unet, scheduler = fashion.build_source_model()
+    schedule = NoiseSchedule(scheduler)
+    ema = EMA(unet, decay=0.999)
+    optimizer = torch.optim.AdamW(unet.parameters(), lr=args.lr, weight_decay=0.0)
+    steps, warmup = args.steps, 200
+
+    def lr_lambda(s: int) -> float:
+        return min(1.0, (s + 1) / warmup) * (
+            0.05 + 0.95 * 0.5 * (1 + math.cos(math.pi * min(s, steps) / steps))
+        )
+
+    lr_schedule = torch.optim.lr_scheduler.LambdaLR(optimizer, lr_lambda)
+    generator = torch.Generator().manual_seed(args.seed)
+    step, elapsed = 0, 0.0
+    run_dir = Path(args.run_dir)
+    if args.resume:
+        state = ckpt.load_checkpoint(run_dir / "checkpoints")
+        unet.load_state_dict(state["model"])
+        ema.load_state_dict(state["ema"])
+        optimizer.load_state_dict(state["optimizer"])
+        lr_schedule.load_state_dict(state["lr_scheduler"])
+        generator.set_state(state["rng"]["generator"])
+        step, elapsed = state["step"], state["elapsed_seconds"]
+        print(f"resumed from {state['path']} at step {step}")
     n_params = sum(p.numel() for p in unet.parameters())
-    print(f"pretraining the source model ({n_params / 1e6:.2f} M parameters) for {steps} steps")
-    start, running = time.time(), None
-    for step in range(steps):
-        x0 = source_batch(rng, batch_size)
-        t = torch.randint(0, schedule.num_timesteps, (batch_size,), generator=generator)
+    print(f"pretraining the source model ({n_params / 1e6:.2f} M parameters) to step {steps}", flush=True)
+    start, running = time.time() - elapsed, None
+    while step < min(steps, args.stop_at or steps):
+        rows = torch.randint(0, len(x), (args.batch_size,), generator=generator)
+        flip = torch.rand(args.batch_size, 1, 1, 1, generator=generator) < 0.5
+        x0 = torch.where(flip, x[rows].flip(-1), x[rows])
+        t = torch.randint(0, schedule.num_timesteps, (args.batch_size,), generator=generator)
         noise = torch.randn(x0.shape, generator=generator)
         loss = (unet(schedule.q_sample(x0, t, noise), t).sample - noise).square().mean()
         optimizer.zero_grad(set_to_none=True)
@@ -153,35 +214,71 @@ def pretrain_source(out_dir: Path, seed: int, steps: int, batch_size: int, lr: f
         optimizer.step()
         lr_schedule.step()
         ema.update(unet)
-        running = loss.item() if running is None else 0.98 * running + 0.02 * loss.item()
-        if step % 100 == 0 or step == steps - 1:
-            print(f"step {step:5d}  loss {running:.4f}  {time.time() - start:6.0f} s", flush=True)
+        step += 1
+        running = loss.item() if running is None else 0.99 * running + 0.01 * loss.item()
+        if step % 100 == 0 or step == steps:
+            print(
+                f"step {step:6d}  loss {running:.4f}  lr {lr_schedule.get_last_lr()[0]:.2e}  "
+                f"{time.time() - start:6.0f} s",
+                flush=True,
+            )
+        if step % args.checkpoint_every == 0 or step == steps:
+            state = {
+                "model": unet.state_dict(),
+                "ema": ema.state_dict(),
+                "optimizer": optimizer.state_dict(),
+                "lr_scheduler": lr_schedule.state_dict(),
+                "scaler": {},
+                "rng": {"generator": generator.get_state()},
+                "elapsed_seconds": time.time() - start,
+            }
+            ckpt.save_checkpoint(state, run_dir / "checkpoints", step, keep=2)
+    if step < steps:
+        print(f"stopped at step {step} (--stop-at); continue with --resume")
+        return
     ema.copy_to(unet)
-    out_dir.mkdir(parents=True, exist_ok=True)
-    unet.save_pretrained(out_dir, safe_serialization=True)
-    scheduler.save_pretrained(out_dir)
-    print(f"wrote the source model to {out_dir} in {time.time() - start:.0f} s")
+    folder = out / "source_model"
+    unet.save_pretrained(folder, safe_serialization=True)
+    scheduler.save_pretrained(folder)
+    print(
+        f"wrote the source model (EMA weights) to {folder}: {step} steps, "
+        f"{time.time() - start:.0f} s of training"
+    )
 
 
-def main(argv=None) -> None:
+def build_parser() -> argparse.ArgumentParser:
     parser = argparse.ArgumentParser(
         description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter
     )
+    parser.add_argument("stage", choices=("data", "classifier", "source", "all"))
     parser.add_argument("--out", type=Path, default=REPO / "assets", help="output folder (default: assets/)")
     parser.add_argument("--seed", type=int, default=0)
-    parser.add_argument("--steps", type=int, default=2000, help="pretraining steps of the source model")
-    parser.add_argument("--batch-size", type=int, default=16)
-    parser.add_argument("--lr", type=float, default=5e-4)
+    parser.add_argument("--threads", type=int, default=2, help="torch threads (fixes the summation order)")
+    parser.add_argument("--classifier-epochs", type=int, default=3)
+    parser.add_argument("--steps", type=int, default=2500, help="source pretraining steps")
+    parser.add_argument("--batch-size", type=int, default=64)
+    parser.add_argument("--lr", type=float, default=7e-4)
+    parser.add_argument("--checkpoint-every", type=int, default=250)
     parser.add_argument(
-        "--threads", type=int, default=2, help="torch threads (fixes the float summation order)"
+        "--run-dir",
+        default=str(REPO / "runs" / "pretrain_source"),
+        help="checkpoints of the source pretraining (default: runs/pretrain_source)",
     )
-    parser.add_argument("--only-target", action="store_true", help="write the target set only")
-    args = parser.parse_args(argv)
-    write_target_set(args.out / "target_10shot", args.seed)
-    if not args.only_target:
-        pretrain_source(
-            args.out / "source_model", args.seed, args.steps, args.batch_size, args.lr, args.threads
-        )
+    parser.add_argument(
+        "--resume", action="store_true", help="continue from the newest checkpoint in --run-dir"
+    )
+    parser.add_argument("--stop-at", type=int, default=0, help="stop after this step, as if interrupted")
+    return parser
+
+
+def main(argv=None) -> None:
+    args = build_parser().parse_args(argv)
+    if args.stage in ("data", "all"):
+        make_data(args.out, args.seed)
+    if args.stage in ("classifier", "all"):
+        make_classifier(args.out, args.seed, args.classifier_epochs, args.threads)
+    if args.stage in ("source", "all"):
+        pretrain_source(source_training_set()[0], args.out, args)
 
 
 if __name__ == "__main__":

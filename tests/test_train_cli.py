@@ -84,36 +84,24 @@ def test_train_sample_evaluate_round_trip(tmp_path, capsys):
     assert metrics["distance"] == "haar-multiscale-rms" and metrics["num_samples"] == 6
 
 
-def test_tiny_demo_writes_grids_metrics_and_table(tmp_path, capsys):
-    config = tiny_config(tmp_path)
-    assert (
-        cli.main(
-            [
-                "demo",
-                "--model-dir",
-                config.model_dir,
-                "--data-dir",
-                config.data_dir,
-                "--output-dir",
-                str(tmp_path / "demo"),
-                "--steps",
-                "2",
-                "--batch-size",
-                "4",
-                "--num-samples",
-                "6",
-                "--sample-steps",
-                "2",
-                "--backend",
-                "torch",
-                "--no-progress",
-            ]
-        )
-        == 0
-    )
-    out = capsys.readouterr().out
-    assert "intra-cluster div." in out and ("haar-multiscale-rms" in out or "lpips" in out)
-    metrics = json.loads((tmp_path / "demo" / "metrics.json").read_text())
-    assert set(metrics["results"]) == {"source", "ddpm-pa", "finetune"}
-    for name in metrics["results"]:
-        assert (tmp_path / "demo" / name / "samples.png").is_file()
+def test_tiny_demo_writes_figures_metrics_and_table(tmp_path, capsys):
+    """The main job on the bundled assets, shrunk: 2 steps, 12 samples of 2 DDIM steps, in this process."""
+    out = tmp_path / "demo"
+    argv = ["demo", "--output-dir", str(out), "--steps", "2", "--eval-every", "1", "--num-samples", "12"]
+    argv += ["--sample-steps", "2", "--jobs", "1", "--backend", "torch", "--split", "validation"]
+    assert cli.main(argv) == 0
+    printed = capsys.readouterr().out
+    assert "intra-cluster div." in printed and "classifier-lpips" in printed and "KID" in printed
+    metrics = json.loads((out / "metrics.json").read_text())
+    assert metrics["domain"] == "sandal" and metrics["distance"] == "classifier-lpips"
+    assert [(r["method"], r["step"]) for r in metrics["rows"]] == [
+        ("source", 0),
+        ("finetune", 1),
+        ("finetune", 2),
+        ("ddpm-pa", 1),
+        ("ddpm-pa", 2),
+    ]
+    for name in ("source", "finetune", "ddpm-pa"):
+        assert (out / name / "samples.png").is_file()
+    for name in ("comparison.png", "curves.png"):
+        assert (out / name).read_bytes()[:4] == b"\x89PNG"

@@ -41,6 +41,7 @@ from .ema import EMA
 from .sampling import load_model_folder, sample_images, save_grid
 
 METHODS = ("ddpm-pa", "finetune")
+PAIR_TIMESTEPS = ("shared", "per-sample")
 PRECISIONS = {"fp32": torch.float32, "fp16": torch.float16, "bf16": torch.bfloat16}
 
 
@@ -54,18 +55,19 @@ class TrainConfig:
     data_dir: str
     output_dir: str
     method: str = "ddpm-pa"
-    steps: int = 300
+    steps: int = 1000
     batch_size: int = 8
-    lr: float = 1e-4
+    lr: float = 2e-4
     weight_decay: float = 0.0
     warmup_steps: int = 0
-    grad_clip: float = 1.0
+    grad_clip: float = 0.0
     w_pair: float = 4.0
     w_hf_pair: float = 4.0
     w_hf_mse: float = 1.0
     tau: float = 1.0
     reduction: str = "mean"
     pair_size: int = 3
+    pair_timesteps: str = "shared"
     w_vlb: float = 1.0
     backend: str = "auto"
     precision: str = "fp32"
@@ -93,6 +95,10 @@ class TrainConfig:
 
         if self.method not in METHODS:
             raise ConfigError(f"--method must be one of {', '.join(METHODS)}, got {self.method!r}")
+        if self.pair_timesteps not in PAIR_TIMESTEPS:
+            raise ConfigError(
+                f"--pair-timesteps must be one of {', '.join(PAIR_TIMESTEPS)}, got {self.pair_timesteps!r}"
+            )
         if self.precision not in PRECISIONS:
             raise ConfigError(f"--precision must be one of {', '.join(PRECISIONS)}, got {self.precision!r}")
         if self.source_precision not in ("same", "fp16", "bf16"):
@@ -238,11 +244,16 @@ class Trainer:
             self.device
         )
         noise = torch.randn(x0.shape, generator=self.noise_generator).to(self.device)
-        x_t = self.schedule.q_sample(x0, t, noise)
-
         eps_src = pair = rest = None
         if c.method == "ddpm-pa":
             pair, rest = self._draw_pairs(n)
+            if c.pair_timesteps == "shared":
+                # One t for the whole pair subset, as the authors' text-to-image code and the paper's
+                # figure have it: the similarities then compare predictions at one noise level.
+                t[pair] = t[pair[0]].clone()
+        x_t = self.schedule.q_sample(x0, t, noise)
+
+        if c.method == "ddpm-pa":
             with annotate("train/source_forward"):
                 eps_src = self.source_eps(x_t, t, pair)
         with annotate("train/adapted_forward"), self._autocast():
@@ -408,8 +419,11 @@ class Trainer:
 
     # ---- loop ----
 
-    def train(self) -> dict:
-        """Runs to config.steps; returns a summary (final loss terms, wall time, steps per second)."""
+    def train(self, on_step=None) -> dict:
+        """Runs to config.steps; returns a summary (final loss terms, wall time, steps per second).
+
+        on_step(trainer), if given, runs after every step (after its checkpoint and samples), e.g. to
+        evaluate along the run; its time counts in train_seconds."""
         from tqdm.auto import tqdm
 
         c = self.config
@@ -435,6 +449,8 @@ class Trainer:
                     save_grid(
                         self.sample(c.num_samples), self.output_dir / "samples" / f"step-{self.step:08d}.png"
                     )
+                if on_step is not None:
+                    on_step(self)
         finally:
             bar.close()
         elapsed = time.perf_counter() - start

@@ -1,0 +1,285 @@
+"""The few-shot study: does DDPM-PA keep more diversity than plain fine-tuning on real images?
+
+    python -m benchmarks.fewshot_study                   # the whole study: checks, validation, test
+    python -m benchmarks.fewshot_study validation        # the sweep on the validation domain only
+    python -m benchmarks.fewshot_study test              # the frozen settings on the test domain only
+    python -m benchmarks.fewshot_study ddim              # sampler check: metrics vs DDIM steps
+    python -m benchmarks.fewshot_study source            # does the source model make clothing?
+    python -m benchmarks.fewshot_study report            # tables and plots from the committed JSON
+
+Setting (ddpm_pa_fast/train/fashion.py): the source UNet pretrained on 8 Fashion-MNIST classes is
+adapted to 10 shots of a held-out class. Settings are chosen on the validation domain (sandal) only;
+the test domain (ankle boot) runs once, with the frozen settings, which are TrainConfig's defaults.
+Both methods start from the same source model with the same seeds, steps and settings, and every
+evaluation samples the same starting noise (ddpm_pa_fast/train/study.py lists the metrics).
+
+Runs are independent worker processes, --jobs at a time with one torch thread each (on this 2-core
+machine two single-thread runs do more work per second than one two-thread run: the batches are
+small). Each run writes one JSON file of rows under benchmarks/results/fewshot/<split>/; a finished
+file is not run again, so an interrupted study continues where it stopped.
+"""
+
+from __future__ import annotations
+
+import argparse
+import dataclasses
+import json
+import os
+import platform
+import tempfile
+import time
+from pathlib import Path
+
+ROOT = Path(__file__).resolve().parents[1]
+RESULTS = ROOT / "benchmarks" / "results" / "fewshot"
+
+# Evaluation protocol, fixed for the whole study.
+NUM_SAMPLES = 256
+SAMPLE_SEED = 1234
+EVAL_EVERY = 250
+SEEDS = (0, 1, 2)
+
+# The validation sweep: a base (the authors' loss weights, no clipping, one t per pair subset) and
+# variants that each change it in one respect, run for both methods where the change applies to both.
+# Pinned here, so that the sweep reruns the same whatever the defaults became. Name -> (methods, overrides).
+VALIDATION_BASE = {
+    "steps": 1000,
+    "batch_size": 8,
+    "lr": 2e-4,
+    "grad_clip": 0.0,
+    "ema_decay": 0.999,
+    "w_pair": 4.0,
+    "w_hf_pair": 4.0,
+    "w_hf_mse": 1.0,
+    "pair_size": 3,
+    "pair_timesteps": "shared",
+}
+VALIDATION_VARIANTS = {
+    "base": (("finetune", "ddpm-pa"), {}),
+    "per-sample-t": (("ddpm-pa",), {"pair_timesteps": "per-sample"}),
+    "no-hf-terms": (("ddpm-pa",), {"w_hf_pair": 0.0, "w_hf_mse": 0.0}),
+    "pair-x4": (("ddpm-pa",), {"w_pair": 16.0, "w_hf_pair": 16.0}),
+    "clip-1": (("ddpm-pa",), {"grad_clip": 1.0}),
+    "lr-5e-4": (("finetune", "ddpm-pa"), {"lr": 5e-4}),
+}
+VALIDATION_SEEDS = (0,)
+
+
+@dataclasses.dataclass(frozen=True)
+class Run:
+    split: str
+    variant: str
+    method: str
+    seed: int
+    overrides: tuple = ()
+
+    @property
+    def path(self) -> Path:
+        return RESULTS / self.split / f"{self.variant}--{self.method}--seed{self.seed}.json"
+
+
+def planned_runs(split: str) -> list[Run]:
+    if split == "test":
+        return [Run("test", "frozen", m, s) for s in SEEDS for m in ("finetune", "ddpm-pa")]
+    return [
+        Run("validation", name, m, s, tuple(sorted({**VALIDATION_BASE, **overrides}.items())))
+        for name, (methods, overrides) in VALIDATION_VARIANTS.items()
+        for s in VALIDATION_SEEDS
+        for m in methods
+    ]
+
+
+def run_one(run: Run) -> None:
+    """Trains and evaluates one run in this process; writes run.path."""
+    from ddpm_pa_fast.train import fashion
+    from ddpm_pa_fast.train.study import DomainEvaluator, track_adaptation
+    from ddpm_pa_fast.train.trainer import TrainConfig
+
+    evaluator = DomainEvaluator(run.split)
+    with tempfile.TemporaryDirectory() as tmp:
+        config = TrainConfig(
+            model_dir=str(fashion.SOURCE_MODEL_DIR),
+            data_dir=str(fashion.shots_dir(run.split)),
+            output_dir=tmp,
+            method=run.method,
+            seed=run.seed,
+            progress=False,
+            save_model=False,
+            **dict(run.overrides),
+        )
+        rows, _ = track_adaptation(config, evaluator, EVAL_EVERY, NUM_SAMPLES, SAMPLE_SEED)
+    for row in rows:
+        row["variant"] = run.variant
+    record = {"run": dataclasses.asdict(run), "config": dataclasses.asdict(config), "rows": rows}
+    run.path.parent.mkdir(parents=True, exist_ok=True)
+    tmp_path = run.path.with_suffix(".tmp")
+    tmp_path.write_text(json.dumps(record, indent=1))
+    os.replace(tmp_path, run.path)
+
+
+def source_rows(split: str) -> Path:
+    """The source model's metrics on a domain (the step-0 point of every curve)."""
+    from ddpm_pa_fast.train import fashion
+    from ddpm_pa_fast.train.study import DomainEvaluator, source_row
+    from ddpm_pa_fast.train.trainer import TrainConfig
+
+    path = RESULTS / split / "source.json"
+    if not path.exists():
+        row, _ = source_row(
+            str(fashion.SOURCE_MODEL_DIR),
+            DomainEvaluator(split),
+            NUM_SAMPLES,
+            TrainConfig("", "", "").sample_steps,
+            SAMPLE_SEED,
+        )
+        path.parent.mkdir(parents=True, exist_ok=True)
+        path.write_text(json.dumps({"rows": [row]}, indent=1))
+    return path
+
+
+def launch(runs: list[Run], jobs: int) -> None:
+    """Runs the unfinished runs, `jobs` at a time in worker processes of one torch thread each."""
+    from ddpm_pa_fast.train.study import run_in_parallel
+
+    todo = [r for r in runs if not r.path.exists()]
+    print(
+        f"{len(runs) - len(todo)} of {len(runs)} runs already done; {len(todo)} to run, {jobs} at a time",
+        flush=True,
+    )
+
+    def done(task, _, seconds):
+        run = task[0]
+        print(
+            f"{run.split}/{run.variant}/{run.method}/seed{run.seed}: done, {seconds:.0f} s into the batch",
+            flush=True,
+        )
+
+    run_in_parallel(run_one, [(run,) for run in todo], jobs, on_done=done)
+
+
+def load_rows(split: str) -> list[dict]:
+    rows = []
+    for path in sorted((RESULTS / split).glob("*.json")):
+        rows.extend(json.loads(path.read_text())["rows"])
+    return rows
+
+
+def report(split: str) -> None:
+    from ddpm_pa_fast.train.study import markdown_table, plot_curves
+
+    rows = load_rows(split)
+    if not rows:
+        print(f"no results for {split} yet")
+        return
+    source = [r for r in rows if r["method"] == "source"]
+    for r in source:
+        r.setdefault("variant", "source")
+    variants = sorted({r["variant"] for r in rows if r["method"] != "source"})
+    out = RESULTS / split
+    lines = [f"# Few-shot study, {split} domain", ""]
+    for variant in variants:
+        chosen = source + [r for r in rows if r.get("variant") == variant]
+        lines += [f"## {variant}", "", markdown_table(chosen), ""]
+        plot_curves(chosen, out / f"curves-{variant}.png", f"{split} domain, {variant}")
+    (out / "summary.md").write_text("\n".join(lines))
+    keys = sorted({k for r in rows for k, v in r.items() if not isinstance(v, (list, dict))})
+    with open(out / "rows.csv", "w") as f:
+        f.write(",".join(keys) + "\n")
+        for r in rows:
+            f.write(",".join(str(r.get(k, "")) for k in keys) + "\n")
+    print("\n".join(lines))
+    print(f"wrote {out / 'summary.md'}, {out / 'rows.csv'} and curves-*.png")
+
+
+def ddim_check(split: str, steps_list: list[int]) -> None:
+    """Source-model metrics against the number of DDIM steps: the sampler's own error."""
+    from ddpm_pa_fast.train import fashion
+    from ddpm_pa_fast.train.study import DomainEvaluator, source_row
+
+    evaluator = DomainEvaluator(split)
+    rows = []
+    for n in steps_list:
+        t0 = time.time()
+        row, _ = source_row(str(fashion.SOURCE_MODEL_DIR), evaluator, NUM_SAMPLES, n, SAMPLE_SEED)
+        row.update(ddim_steps=n, seconds=time.time() - t0)
+        rows.append(row)
+        print(
+            f"DDIM {n:4d}: diversity {row['intra_cluster_diversity']:.4f} KID {row['kid']:.4f} "
+            f"nearest {row['nearest_train_distance']:.4f} haar div {row['haar_intra_cluster_diversity']:.4f} "
+            f"({row['seconds']:.0f} s)",
+            flush=True,
+        )
+    path = RESULTS / "ddim_steps.json"
+    path.parent.mkdir(parents=True, exist_ok=True)
+    path.write_text(
+        json.dumps(
+            {"split": split, "machine": platform.processor() or platform.machine(), "rows": rows}, indent=1
+        )
+    )
+
+
+def source_check(num_samples: int = 1000) -> None:
+    """The source model on its own domain: over num_samples samples, the share that the classifier puts
+    in a source class with probability > 0.5, and KID against the source classes' test images."""
+    import torch
+
+    from ddpm_pa_fast.train import fashion
+    from ddpm_pa_fast.train.classifier import load_classifier
+    from ddpm_pa_fast.train.evaluate import class_probabilities, kid
+    from ddpm_pa_fast.train.sampling import load_model_folder, sample_images, save_grid
+    from ddpm_pa_fast.train.trainer import TrainConfig
+
+    sample_steps = TrainConfig("", "", "").sample_steps
+    classifier = load_classifier(fashion.CLASSIFIER_DIR)
+    unet, scheduler = load_model_folder(fashion.SOURCE_MODEL_DIR)
+    t0 = time.time()
+    samples = sample_images(unet, scheduler, num_samples, sample_steps, seed=SAMPLE_SEED)
+    seconds = time.time() - t0
+    probabilities = class_probabilities(samples, classifier)
+    confident = probabilities.max(1).values > 0.5
+    counts = torch.bincount(probabilities.argmax(1)[confident], minlength=len(fashion.SOURCE_CLASSES))
+    test = fashion.load_uint8_images(fashion.SOURCE_TEST_FILE)
+    real = fashion.to_model_range(test["images"])
+    result = {
+        "num_samples": num_samples,
+        "ddim_steps": sample_steps,
+        "sample_seconds": seconds,
+        "share_in_a_source_class_p_gt_0.5": confident.double().mean().item(),
+        "confident_samples_per_class": dict(zip(fashion.SOURCE_CLASSES, counts.tolist(), strict=True)),
+        "kid_vs_source_test": kid(samples, real, classifier),
+        # The floor of that KID: real images against real images of the same classes.
+        "kid_source_test_halves": kid(real[::2], real[1::2], classifier),
+    }
+    RESULTS.mkdir(parents=True, exist_ok=True)
+    (RESULTS / "source_model.json").write_text(json.dumps(result, indent=1))
+    save_grid(samples[:100], RESULTS / "source_model_samples.png", columns=10, scale=3)
+    print(json.dumps(result, indent=1))
+
+
+def main(argv=None) -> None:
+    parser = argparse.ArgumentParser(
+        description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter
+    )
+    parser.add_argument(
+        "what", nargs="?", default="all", choices=("all", "validation", "test", "report", "ddim", "source")
+    )
+    parser.add_argument("--jobs", type=int, default=2, help="runs in parallel (default %(default)s)")
+    parser.add_argument("--ddim-steps", type=int, nargs="+", default=[10, 25, 50, 100])
+    args = parser.parse_args(argv)
+    # The source and sampler checks run for "all" unless their results exist already.
+    if args.what == "source" or (args.what == "all" and not (RESULTS / "source_model.json").exists()):
+        source_check()
+    if args.what == "ddim" or (args.what == "all" and not (RESULTS / "ddim_steps.json").exists()):
+        ddim_check("validation", args.ddim_steps)
+    if args.what in ("source", "ddim"):
+        return
+    splits = {"all": ("validation", "test"), "validation": ("validation",), "test": ("test",), "report": ()}
+    for split in splits[args.what]:
+        source_rows(split)
+        launch(planned_runs(split), args.jobs)
+    for split in ("validation", "test"):
+        report(split)
+
+
+if __name__ == "__main__":
+    main()

@@ -1,0 +1,274 @@
+"""The few-shot study on Fashion-MNIST: adapt the source model to a held-out class with DDPM-PA and with
+plain fine-tuning, and evaluate both along the run. `ddpm-pa-fast demo` and benchmarks/fewshot_study.py
+are built on it.
+
+Every evaluation samples `num_samples` images with DDIM from one fixed starting noise (so the source,
+fine-tuned and DDPM-PA models are compared on the same noise), and reports, against the domain's 10
+shots and its 1,000 held-out reference images (fashion.py):
+- intra_cluster_diversity / nearest_train_distance with the classifier-LPIPS distance (evaluate.py);
+- the same two with the weights-free Haar distance (haar_*), as a cross-check;
+- kid / kid_std against the reference set in the classifier's feature space.
+"""
+
+from __future__ import annotations
+
+import math
+import time
+from pathlib import Path
+
+import torch
+
+from . import fashion
+from .classifier import load_classifier
+from .data import load_images
+from .evaluate import ClassifierPerceptualDistance, HaarMultiscaleDistance, evaluate_samples, kid
+from .trainer import TrainConfig, Trainer
+
+# The curves and tables: (metric key, label, higher is better).
+CURVE_METRICS = (
+    ("intra_cluster_diversity", "intra-cluster diversity (classifier-LPIPS)", True),
+    ("kid", "KID vs held-out images (classifier features)", False),
+    ("nearest_train_distance", "nearest-shot distance (classifier-LPIPS)", True),
+    ("haar_intra_cluster_diversity", "intra-cluster diversity (Haar, cross-check)", True),
+)
+METHOD_LABELS = {"source": "source", "finetune": "fine-tuning", "ddpm-pa": "DDPM-PA"}
+
+
+class DomainEvaluator:
+    """The metrics of samples for one target domain ("validation" or "test"), its fixed inputs loaded once."""
+
+    def __init__(self, split: str, classifier_dir: str | Path | None = None):
+        self.split = split
+        self.domain = fashion.TARGET_DOMAINS[split] if split in fashion.TARGET_DOMAINS else None
+        self.shots = load_images(fashion.shots_dir(split), channels=1, size=fashion.IMAGE_SIZE)
+        self.reference = fashion.reference_images(split)
+        self.classifier = load_classifier(classifier_dir or fashion.CLASSIFIER_DIR)
+        self.distance = ClassifierPerceptualDistance(self.classifier)
+        self.haar = HaarMultiscaleDistance()
+
+    def __call__(self, samples: torch.Tensor) -> dict:
+        metrics = evaluate_samples(samples, self.shots, self.distance)
+        haar = evaluate_samples(samples, self.shots, self.haar)
+        metrics["haar_intra_cluster_diversity"] = haar["intra_cluster_diversity"]
+        metrics["haar_nearest_train_distance"] = haar["nearest_train_distance"]
+        metrics.update(kid(samples, self.reference, self.classifier))
+        return metrics
+
+
+def track_adaptation(
+    config: TrainConfig,
+    evaluator: DomainEvaluator,
+    eval_every: int,
+    num_samples: int,
+    sample_seed: int,
+) -> tuple[list[dict], torch.Tensor]:
+    """Trains config (from its source model) and evaluates its EMA weights every eval_every steps and at
+    the end. Returns one row per evaluation (method, seed, step, train_seconds without the evaluations,
+    metrics) and the samples of the last one (the final model)."""
+    trainer = Trainer(config)
+    rows: list[dict] = []
+    last: list[torch.Tensor] = []
+    eval_seconds = 0.0
+    start = time.perf_counter()
+
+    def on_step(t: Trainer) -> None:
+        nonlocal eval_seconds
+        if t.step % eval_every and t.step != config.steps:
+            return
+        t0 = time.perf_counter()
+        last[:] = [t.sample(num_samples, seed=sample_seed)]
+        metrics = evaluator(last[0])
+        eval_seconds += time.perf_counter() - t0
+        row = {
+            "method": config.method,
+            "seed": config.seed,
+            "step": t.step,
+            "train_seconds": time.perf_counter() - start - eval_seconds,
+            **metrics,
+        }
+        rows.append(row)
+        print(
+            f"  {METHOD_LABELS[config.method]} seed {config.seed} step {t.step}: diversity "
+            f"{row['intra_cluster_diversity']:.4f}, nearest-shot {row['nearest_train_distance']:.4f}, "
+            f"KID {row['kid']:.4f} ({row['train_seconds']:.0f} s training, {eval_seconds:.0f} s evaluating)",
+            flush=True,
+        )
+
+    trainer.train(on_step)
+    return rows, last[0]
+
+
+def source_row(
+    model_dir: str, evaluator: DomainEvaluator, num_samples: int, sample_steps: int, sample_seed: int
+):
+    """(the step-0 row: the source model's metrics, its samples)."""
+    from .sampling import load_model_folder, sample_images
+
+    unet, scheduler = load_model_folder(model_dir)
+    samples = sample_images(unet, scheduler, num_samples, sample_steps, sample_seed)
+    return {"method": "source", "seed": -1, "step": 0, "train_seconds": 0.0, **evaluator(samples)}, samples
+
+
+def summarise(rows: list[dict], key: str) -> dict[tuple[str, int], tuple[float, float, int]]:
+    """{(method, step): (mean, sample std over seeds, seed count)} of one metric."""
+    groups: dict[tuple[str, int], list[float]] = {}
+    for row in rows:
+        groups.setdefault((row["method"], row["step"]), []).append(row[key])
+    out = {}
+    for group, values in groups.items():
+        mean = sum(values) / len(values)
+        std = math.sqrt(sum((v - mean) ** 2 for v in values) / (len(values) - 1)) if len(values) > 1 else 0.0
+        out[group] = (mean, std, len(values))
+    return out
+
+
+def markdown_table(rows: list[dict], steps: list[int] | None = None) -> str:
+    """Mean +- std over seeds of every CURVE_METRICS metric, per method and evaluated step."""
+    steps = steps or sorted({r["step"] for r in rows})
+    stats = {key: summarise(rows, key) for key, _, _ in CURVE_METRICS}
+    header = "| method | step | seeds | " + " | ".join(label for _, label, _ in CURVE_METRICS) + " |"
+    lines = [header, "|" + " --- |" * (3 + len(CURVE_METRICS))]
+    methods = [m for m in METHOD_LABELS if any(r["method"] == m for r in rows)]
+    for method in methods:
+        for step in steps:
+            if (method, step) not in stats[CURVE_METRICS[0][0]]:
+                continue
+            cells = []
+            for key, _, _ in CURVE_METRICS:
+                mean, std, n = stats[key][(method, step)]
+                cells.append(f"{mean:.4f} +- {std:.4f}" if n > 1 else f"{mean:.4f}")
+            lines.append(f"| {METHOD_LABELS[method]} | {step} | {n} | " + " | ".join(cells) + " |")
+    return "\n".join(lines)
+
+
+def plot_curves(rows: list[dict], path: str | Path, title: str) -> Path:
+    """Each CURVE_METRICS metric against steps: per method the mean over seeds and its min-max band; the
+    source model's value at step 0 starts both curves."""
+    import matplotlib
+
+    matplotlib.use("Agg")
+    import matplotlib.pyplot as plt
+
+    source = [r for r in rows if r["method"] == "source"]
+    fig, axes = plt.subplots(1, len(CURVE_METRICS), figsize=(4.2 * len(CURVE_METRICS), 3.6))
+    colours = {"finetune": "tab:orange", "ddpm-pa": "tab:blue"}
+    for ax, (key, label, higher_better) in zip(axes, CURVE_METRICS, strict=True):
+        for method, colour in colours.items():
+            runs = [r for r in rows if r["method"] == method]
+            if not runs:
+                continue
+            steps = sorted({r["step"] for r in runs})
+            per_step = [[r[key] for r in runs if r["step"] == s] for s in steps]
+            if source:
+                steps, per_step = [0, *steps], [[source[0][key]], *per_step]
+            means = [sum(v) / len(v) for v in per_step]
+            seeds = len({r["seed"] for r in runs})
+            ax.plot(
+                steps, means, color=colour, marker="o", ms=3, label=f"{METHOD_LABELS[method]} ({seeds} seeds)"
+            )
+            ax.fill_between(
+                steps, [min(v) for v in per_step], [max(v) for v in per_step], color=colour, alpha=0.2
+            )
+        ax.set_title(label + (" (higher: better)" if higher_better else " (lower: better)"), fontsize=8)
+        ax.set_xlabel("adaptation step")
+        ax.grid(alpha=0.3)
+    axes[0].legend(fontsize=8)
+    fig.suptitle(title, fontsize=10)
+    fig.tight_layout()
+    path = Path(path)
+    path.parent.mkdir(parents=True, exist_ok=True)
+    fig.savefig(path, dpi=110)
+    plt.close(fig)
+    return path
+
+
+def comparison_figure(
+    shots: torch.Tensor, panels: dict[str, torch.Tensor], path: str | Path, title: str
+) -> Path:
+    """The paper's kind of figure: the 10 shots, then one grid per model from the same starting noise."""
+    import matplotlib
+
+    matplotlib.use("Agg")
+    import matplotlib.pyplot as plt
+
+    def grid(images: torch.Tensor, columns: int):
+        rows = math.ceil(len(images) / columns)
+        size = images.shape[-1] + 2
+        canvas = torch.ones(rows * size, columns * size)
+        for i, image in enumerate(images):
+            r, c = divmod(i, columns)
+            canvas[
+                r * size + 1 : r * size + 1 + image.shape[-1], c * size + 1 : c * size + 1 + image.shape[-1]
+            ] = (image[0].clamp(-1, 1) + 1) / 2
+        return canvas.numpy()
+
+    columns = 8
+    fig = plt.figure(figsize=(3.3 * len(panels), 5.0))
+    spec = fig.add_gridspec(2, len(panels), height_ratios=[1, 5])
+    top = fig.add_subplot(spec[0, :])
+    top.imshow(grid(shots, len(shots)), cmap="gray", vmin=0, vmax=1, interpolation="nearest")
+    top.set_title(f"the {len(shots)} training shots", fontsize=9)
+    top.axis("off")
+    for i, (name, images) in enumerate(panels.items()):
+        ax = fig.add_subplot(spec[1, i])
+        ax.imshow(grid(images, columns), cmap="gray", vmin=0, vmax=1, interpolation="nearest")
+        ax.set_title(name, fontsize=9)
+        ax.axis("off")
+    fig.suptitle(title, fontsize=10)
+    fig.tight_layout()
+    path = Path(path)
+    path.parent.mkdir(parents=True, exist_ok=True)
+    fig.savefig(path, dpi=130)
+    plt.close(fig)
+    return path
+
+
+def _one_torch_thread() -> None:
+    torch.set_num_threads(1)
+
+
+def run_in_parallel(function, tasks: list[tuple], jobs: int, on_done=None) -> list:
+    """function(*task) for every task in `jobs` spawned worker processes of one torch thread each (in this
+    process, as it is, when jobs is 1); results in task order. Few-shot steps and sampling batches are
+    small, so on a 2-core machine two one-thread workers do more per second than one two-thread process.
+    on_done(task, result, seconds) is called as each finishes; an exception in a worker is raised here."""
+    import multiprocessing
+    from concurrent.futures import ProcessPoolExecutor, as_completed
+
+    results: list = [None] * len(tasks)
+    if jobs <= 1:
+        started = time.perf_counter()
+        for i, task in enumerate(tasks):
+            results[i] = function(*task)
+            if on_done is not None:
+                on_done(task, results[i], time.perf_counter() - started)
+        return results
+    context = multiprocessing.get_context("spawn")
+    with ProcessPoolExecutor(jobs, mp_context=context, initializer=_one_torch_thread) as pool:
+        started = time.perf_counter()
+        futures = {pool.submit(function, *task): i for i, task in enumerate(tasks)}
+        for future in as_completed(futures):
+            i = futures[future]
+            results[i] = future.result()
+            if on_done is not None:
+                on_done(tasks[i], results[i], time.perf_counter() - started)
+    return results
+
+
+def adapt(config: TrainConfig, split: str, eval_every: int, num_samples: int, sample_seed: int):
+    """Worker entry: track_adaptation of one run on the domain `split`, its evaluator built in the worker."""
+    return track_adaptation(config, DomainEvaluator(split), eval_every, num_samples, sample_seed)
+
+
+__all__ = [
+    "CURVE_METRICS",
+    "DomainEvaluator",
+    "comparison_figure",
+    "markdown_table",
+    "plot_curves",
+    "source_row",
+    "summarise",
+    "adapt",
+    "run_in_parallel",
+    "track_adaptation",
+]

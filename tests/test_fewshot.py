@@ -1,0 +1,256 @@
+"""The Fashion-MNIST few-shot benchmark: committed assets, the classifier distance, KID, the study's
+tables, and the trainer's pair-timestep option."""
+
+from __future__ import annotations
+
+import json
+import math
+
+import pytest
+import torch
+
+from ddpm_pa_fast.train import evaluate as E
+from ddpm_pa_fast.train import fashion, study
+from ddpm_pa_fast.train import trainer as T
+from ddpm_pa_fast.train.classifier import SourceClassifier, load_classifier, save_classifier
+from ddpm_pa_fast.train.data import load_images
+from ddpm_pa_fast.train.sampling import load_model_folder
+
+from .test_train_common import tiny_config
+
+
+@pytest.fixture(scope="module")
+def classifier():
+    return load_classifier(fashion.CLASSIFIER_DIR)
+
+
+# ---- committed assets ----
+
+
+@pytest.mark.parametrize("split", ["validation", "test"])
+def test_each_target_domain_has_10_shots_and_1000_reference_images(split):
+    shots = load_images(fashion.shots_dir(split), channels=1, size=fashion.IMAGE_SIZE)
+    reference = fashion.reference_images(split)
+    assert shots.shape == (10, 1, 32, 32) and reference.shape == (1000, 1, 32, 32)
+    assert reference.min() >= -1 and reference.max() <= 1
+    # The 2-pixel padding is background (-1), as in every Fashion-MNIST image here.
+    assert torch.all(shots[..., :2, :] == -1) and torch.all(reference[..., :, -2:] == -1)
+    # The shots come from the training split, the reference set from the test split: no shot is in it.
+    distances = torch.cdist(shots.flatten(1), reference.flatten(1))
+    assert distances.min() > 1.0
+
+
+def test_the_two_target_domains_are_held_out_and_differ():
+    assert set(fashion.TARGET_DOMAINS.values()) == {"sandal", "ankle_boot"}
+    assert len(fashion.SOURCE_CLASSES) == 8
+    assert not set(fashion.TARGET_DOMAINS.values()) & set(fashion.SOURCE_CLASSES)
+    with pytest.raises(ValueError, match="held-out"):
+        fashion.source_index(torch.tensor([5]).numpy())
+
+
+def test_classifier_recognises_source_test_images(classifier):
+    test = fashion.load_uint8_images(fashion.SOURCE_TEST_FILE)
+    probabilities = E.class_probabilities(fashion.to_model_range(test["images"]), classifier)
+    accuracy = (probabilities.argmax(1) == test["labels"]).double().mean().item()
+    assert accuracy > 0.85
+
+
+def test_source_model_is_the_fashion_mnist_unet():
+    unet, scheduler = load_model_folder(fashion.SOURCE_MODEL_DIR)
+    assert (unet.config.in_channels, unet.config.out_channels, unet.config.sample_size) == (1, 1, 32)
+    assert scheduler.config.prediction_type == "epsilon"
+    built, _ = fashion.build_source_model()
+    assert list(unet.config.block_out_channels) == list(built.config.block_out_channels)
+
+
+def test_classifier_save_load_round_trip_and_missing_file(tmp_path):
+    torch.manual_seed(0)
+    model = SourceClassifier().eval()
+    save_classifier(model, tmp_path / "c", {"note": 1})
+    loaded = load_classifier(tmp_path / "c")
+    x = torch.rand(3, 1, 32, 32) * 2 - 1
+    torch.testing.assert_close(loaded(x), model(x))
+    assert not any(p.requires_grad for p in loaded.parameters())
+    (tmp_path / "c" / "model.safetensors").unlink()
+    with pytest.raises(FileNotFoundError, match="model.safetensors"):
+        load_classifier(tmp_path / "c")
+
+
+# ---- the classifier distance and KID ----
+
+
+def test_classifier_distance_is_lpips_recipe_by_hand(classifier):
+    g = torch.Generator().manual_seed(0)
+    a, b = torch.rand(3, 1, 32, 32, generator=g) * 2 - 1, torch.rand(2, 1, 32, 32, generator=g) * 2 - 1
+    d = E.ClassifierPerceptualDistance(classifier).matrix(a, b)
+    with torch.no_grad():
+        fa, fb = classifier.stage_features(a), classifier.stage_features(b)
+    for i in range(3):
+        for j in range(2):
+            terms = []
+            for x, y in zip(fa, fb, strict=True):
+                ux = x[i].double() / (x[i].double().norm(dim=0, keepdim=True) + 1e-10)
+                uy = y[j].double() / (y[j].double().norm(dim=0, keepdim=True) + 1e-10)
+                terms.append((ux - uy).square().sum(0).mean())
+            torch.testing.assert_close(d[i, j], torch.stack(terms).mean(), rtol=1e-9, atol=1e-12)
+    assert torch.all((d >= 0) & (d <= 2))
+
+
+def test_classifier_distance_zero_on_copies_and_symmetric(classifier):
+    x = fashion.reference_images("validation")[:6]
+    d = E.ClassifierPerceptualDistance(classifier).matrix(x, x)
+    assert torch.all(d.diagonal().abs() < 1e-12)
+    torch.testing.assert_close(d, d.T)
+    assert torch.all(d + torch.eye(6, dtype=d.dtype) > 0.01)
+
+
+def test_classifier_distance_names_the_shape_it_takes(classifier):
+    with pytest.raises(ValueError, match=r"\(N, 1, 32, 32\)"):
+        E.ClassifierPerceptualDistance(classifier).matrix(
+            torch.zeros(2, 3, 32, 32), torch.zeros(2, 3, 32, 32)
+        )
+
+
+def test_get_distance_classifier():
+    assert E.get_distance("classifier").name == "classifier-lpips"
+
+
+def test_kid_separates_domains_and_is_near_zero_within_one(classifier):
+    sandals, boots = fashion.reference_images("validation"), fashion.reference_images("test")
+    same = E.kid(sandals[:300], sandals[300:], classifier, subsets=20)
+    other = E.kid(boots[:300], sandals[300:], classifier, subsets=20)
+    assert abs(same["kid"]) < 3 * same["kid_std"] + 1e-3
+    assert other["kid"] > 20 * max(same["kid"], 1e-3)
+    assert E.kid(boots[:300], sandals[300:], classifier, subsets=20) == other  # seeded subsets
+
+
+# ---- the study's evaluator and tables ----
+
+
+def test_domain_evaluator_on_the_shots_themselves():
+    evaluator = study.DomainEvaluator("validation")
+    m = evaluator(evaluator.shots.repeat(3, 1, 1, 1))
+    assert m["nearest_train_distance"] == pytest.approx(0.0, abs=1e-9)
+    assert m["intra_cluster_diversity"] == pytest.approx(0.0, abs=1e-9)
+    assert m["haar_intra_cluster_diversity"] == pytest.approx(0.0, abs=1e-9)
+    assert m["cluster_sizes"] == [3] * 10
+    assert m["distance"] == "classifier-lpips" and m["kid"] > 0
+
+
+def _row(method, seed, step, value):
+    return {
+        "method": method,
+        "seed": seed,
+        "step": step,
+        **{key: value for key, _, _ in study.CURVE_METRICS},
+    }
+
+
+def test_summary_mean_and_sample_std_over_seeds():
+    rows = [_row("ddpm-pa", s, 100, v) for s, v in enumerate([1.0, 2.0, 4.0])] + [_row("source", -1, 0, 5.0)]
+    stats = study.summarise(rows, "kid")
+    mean, std, n = stats[("ddpm-pa", 100)]
+    assert (mean, n) == (pytest.approx(7 / 3), 3)
+    assert std == pytest.approx(math.sqrt(((1 - 7 / 3) ** 2 + (2 - 7 / 3) ** 2 + (4 - 7 / 3) ** 2) / 2))
+    table = study.markdown_table(rows)
+    assert "| DDPM-PA | 100 | 3 | 2.3333 +- 1.5275 |" in table and "| source | 0 | 1 | 5.0000 |" in table
+
+
+def test_plot_curves_writes_a_png(tmp_path):
+    rows = [_row("source", -1, 0, 1.0)] + [
+        _row(m, s, step, 1.0 + 0.1 * s) for m in ("finetune", "ddpm-pa") for s in (0, 1) for step in (5, 10)
+    ]
+    path = study.plot_curves(rows, tmp_path / "c.png", "t")
+    assert path.read_bytes()[:8] == b"\x89PNG\r\n\x1a\n"
+
+
+def test_run_in_parallel_keeps_task_order_in_workers_and_in_process():
+    done = []
+    tasks = [(2, 10), (3, 2), (5, 1)]
+    assert study.run_in_parallel(pow, tasks, jobs=2, on_done=lambda t, r, s: done.append(t)) == [1024, 9, 5]
+    assert sorted(done) == sorted(tasks)
+    threads = torch.get_num_threads()
+    assert study.run_in_parallel(pow, tasks, jobs=1) == [1024, 9, 5]
+    assert torch.get_num_threads() == threads
+
+
+# ---- the trainer's pair timesteps ----
+
+
+@pytest.mark.parametrize("mode", ["shared", "per-sample"])
+def test_pair_timesteps(tmp_path, monkeypatch, mode):
+    trainer = T.Trainer(tiny_config(tmp_path, batch_size=6, pair_size=3, pair_timesteps=mode))
+    seen = {}
+    original = trainer.schedule.q_sample
+
+    def spy(x0, t, noise):
+        seen["t"] = t.clone()
+        return original(x0, t, noise)
+
+    monkeypatch.setattr(trainer.schedule, "q_sample", spy)
+    state = trainer.pair_generator.get_state()
+    shared_steps = 0
+    for _ in range(4):
+        pair = torch.randperm(6, generator=torch.Generator().set_state(state))[:3]
+        trainer.training_step()
+        state = trainer.pair_generator.get_state()
+        shared_steps += int(torch.unique(seen["t"][pair]).numel() == 1)
+    # 4 steps of 3 independent draws from 100 timesteps: all equal by chance has probability ~4e-4.
+    assert shared_steps == (4 if mode == "shared" else 0)
+
+
+def test_pair_timesteps_is_checked_and_saved(tmp_path):
+    with pytest.raises(T.ConfigError, match="--pair-timesteps"):
+        T.Trainer(tiny_config(tmp_path, pair_timesteps="one"))
+    trainer = T.Trainer(tiny_config(tmp_path, pair_timesteps="per-sample"))
+    assert trainer.state_dict()["config"]["pair_timesteps"] == "per-sample"
+
+
+def test_on_step_runs_after_every_step(tmp_path):
+    steps = []
+    T.Trainer(tiny_config(tmp_path, steps=3)).train(on_step=lambda t: steps.append(t.step))
+    assert steps == [1, 2, 3]
+
+
+def test_frozen_defaults_are_the_studys(tmp_path):
+    """The trainer's defaults are the settings the validation study froze (docs/training.md)."""
+    frozen = json.loads((fashion.REPO / "benchmarks" / "results" / "fewshot" / "frozen.json").read_text())
+    defaults = T.TrainConfig("", "", "")
+    for key, value in frozen["settings"].items():
+        assert getattr(defaults, key) == value, key
+
+
+# ---- source pretraining (scripts/make_assets.py) ----
+
+
+def _make_assets_module():
+    import importlib.util
+
+    path = fashion.REPO / "scripts" / "make_assets.py"
+    spec = importlib.util.spec_from_file_location("make_assets", path)
+    module = importlib.util.module_from_spec(spec)
+    spec.loader.exec_module(module)
+    return module
+
+
+def test_source_pretraining_resumes_exactly(tmp_path):
+    """An interrupted pretraining continued with --resume ends with the same weights, bit for bit."""
+    from safetensors.torch import load_file
+
+    make_assets = _make_assets_module()
+    x = torch.rand(16, 1, 32, 32, generator=torch.Generator().manual_seed(0)) * 2 - 1
+    common = ["source", "--steps", "4", "--batch-size", "2", "--checkpoint-every", "1", "--threads", "1"]
+
+    def run(name, *extra):
+        args = make_assets.build_parser().parse_args(
+            [*common, "--out", str(tmp_path / name), "--run-dir", str(tmp_path / f"run-{name}"), *extra]
+        )
+        make_assets.pretrain_source(x, args.out, args)
+        return tmp_path / name / "source_model" / "diffusion_pytorch_model.safetensors"
+
+    straight = load_file(run("straight"))
+    run("resumed", "--stop-at", "2")
+    assert not (tmp_path / "resumed" / "source_model").exists()
+    resumed = load_file(run("resumed", "--resume"))
+    assert straight.keys() == resumed.keys()
+    assert all(torch.equal(straight[k], resumed[k]) for k in straight)
