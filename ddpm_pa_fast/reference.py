@@ -2,11 +2,17 @@
 
 Written for clarity, not speed: each function is the spec's formula (../shared/docs/ddpm_pa_spec.md,
 copied to docs/ddpm_pa_spec.md) in vectorised PyTorch, differentiable by autograd, for every float dtype.
-It computes in the dtype it is given; tests call it in float64 to get the truth for all dtypes.
+
+Precision: float64 inputs are computed in float64 (tests call it in float64 to get the truth for all
+dtypes). float32, float16 and bfloat16 inputs are computed in float32, as the kernels accumulate, with the
+caller's autocast turned off, and each result is rounded to the input dtype once, at the end. Computed in
+half precision, the norms, Gram matrix, softmax, log and sums would lose the similarities, overflow
+(float16 tops out at 65504) or divide by a clamp that rounds to 0 (1e-8 is 0 in float16).
 """
 
 from __future__ import annotations
 
+import contextlib
 import functools
 from typing import NamedTuple
 
@@ -29,6 +35,23 @@ class DDPMPALossOutput(NamedTuple):
     pair_hf: torch.Tensor
 
 
+def _compute_dtype(dtype: torch.dtype) -> torch.dtype:
+    return torch.float64 if dtype == torch.float64 else torch.float32
+
+
+def _upcast(x: torch.Tensor) -> torch.Tensor:
+    """x in the dtype the reference computes it in (see the module docstring)."""
+    return x.to(_compute_dtype(x.dtype))
+
+
+def _autocast_off(device: torch.device):
+    """A context in which the caller's autocast does not lower the dtype of ops on device (it would run
+    the Gram matrix in float16 or bfloat16)."""
+    if torch.amp.is_autocast_available(device.type):
+        return torch.autocast(device.type, enabled=False)
+    return contextlib.nullcontext()
+
+
 def _blocks(x: torch.Tensor):
     """The four pixels (a b / c d) of every 2x2 block; an odd last row or column is dropped."""
     h, w = x.shape[-2] // 2 * 2, x.shape[-1] // 2 * 2
@@ -41,8 +64,11 @@ def ddpm_pa_high_frequency(x: torch.Tensor) -> torch.Tensor:
     Per 2x2 block (a b / c d): (3d - a - b - c) / 2. An odd last row or column is dropped.
     """
     V.check_images(x, "x", min_size=2)
-    a, b, c, d = _blocks(x)
-    return (3 * d - a - b - c) * 0.5
+    with _autocast_off(x.device):
+        a, b, c, d = _blocks(_upcast(x))
+        # 3d - a - b - c as differences, which are exactly 0 on a flat block: 3d rounds, and the rounding
+        # residue of a flat image would be a constant map whose cosine similarities are not 0.
+        return (((d - a) + (d - b) + (d - c)) * 0.5).to(x.dtype)
 
 
 def _pad_to_even(x: torch.Tensor, mode: str) -> torch.Tensor:
@@ -91,7 +117,9 @@ def haar_dwt2d(
     V.check_images(x, "x")
     V.check_levels(levels)
     V.check_choice(mode, "mode", V.DWT_MODES)
-    return analysis_levels(_haar_analysis, x, levels, mode)
+    with _autocast_off(x.device):
+        yl, yh = analysis_levels(_haar_analysis, _upcast(x), levels, mode)
+        return yl.to(x.dtype), [band.to(x.dtype) for band in yh]
 
 
 def haar_idwt2d(yl: torch.Tensor, yh, mode: str = "zero") -> torch.Tensor:
@@ -103,11 +131,16 @@ def haar_idwt2d(yl: torch.Tensor, yh, mode: str = "zero") -> torch.Tensor:
     """
     V.check_dwt_coefficients(yl, yh)
     V.check_choice(mode, "mode", V.DWT_MODES)
-    return synthesis_levels(_haar_synthesis, yl, yh)
+    with _autocast_off(yl.device):
+        bands = [None if band is None else _upcast(band) for band in yh]
+        return synthesis_levels(_haar_synthesis, _upcast(yl), bands).to(yl.dtype)
 
 
 def similarity_logits(features: torch.Tensor) -> torch.Tensor:
-    """Cosine similarities of each sample to every other: (N, ...) -> (N, N - 1), diagonal removed."""
+    """Cosine similarities of each sample to every other: (N, ...) -> (N, N - 1), diagonal removed.
+
+    Computes in features' dtype: pairwise_similarity_kl calls it in float32 or float64.
+    """
     f = features.reshape(features.shape[0], -1)
     n = f.shape[0]
     gram = f @ f.T
@@ -142,10 +175,11 @@ def pairwise_similarity_kl(
     V.check_batch_for_pairs(src, "src")
     tau = V.check_positive(tau, "tau")
     V.check_choice(reduction, "reduction", V.KL_REDUCTIONS)
-    log_p_src = torch.log_softmax(similarity_logits(src.detach()) / tau, dim=1)
-    log_p_ada = torch.log_softmax(similarity_logits(ada) / tau, dim=1)
-    terms = log_p_src.exp() * (log_p_src - log_p_ada)
-    return reduce_kl_rows(terms, reduction)
+    with _autocast_off(src.device):
+        log_p_src = torch.log_softmax(similarity_logits(_upcast(src.detach())) / tau, dim=1)
+        log_p_ada = torch.log_softmax(similarity_logits(_upcast(ada)) / tau, dim=1)
+        terms = log_p_src.exp() * (log_p_src - log_p_ada)
+        return reduce_kl_rows(terms, reduction).to(src.dtype)
 
 
 def _per_sample(coef: torch.Tensor, like: torch.Tensor) -> torch.Tensor:
@@ -202,15 +236,19 @@ def ddpm_pa_loss(
     (x_t, eps_ada, eps_src, noise), (w_pair, w_hf_pair, w_hf_mse, tau) = check_loss_inputs(
         x_t, eps_ada, eps_src, noise, a_t, b_t, w_pair, w_hf_pair, w_hf_mse, tau, reduction
     )
-    x_t, eps_src, noise = x_t.detach(), eps_src.detach(), noise.detach()
-    a, b = _per_sample(a_t, x_t), _per_sample(b_t, x_t)
-    x0_ada = a * x_t - b * eps_ada
-    x0_src = a * x_t - b * eps_src
-    x0_tgt = a * x_t - b * noise
-    hf_ada = ddpm_pa_high_frequency(x0_ada)
-    mse = (noise - eps_ada).square().mean()
-    hf_mse = (hf_ada - ddpm_pa_high_frequency(x0_tgt)).square().mean()
-    pair_img = pairwise_similarity_kl(x0_src, x0_ada, tau, reduction)
-    pair_hf = pairwise_similarity_kl(ddpm_pa_high_frequency(x0_src), hf_ada, tau, reduction)
-    loss = mse + w_pair * pair_img + w_hf_pair * pair_hf + w_hf_mse * hf_mse
-    return DDPMPALossOutput(loss, mse, hf_mse, pair_img, pair_hf)
+    dtype = x_t.dtype
+    with _autocast_off(x_t.device):
+        x_t, eps_src, noise = _upcast(x_t.detach()), _upcast(eps_src.detach()), _upcast(noise.detach())
+        eps_ada = _upcast(eps_ada)
+        # The coefficients too are used in the compute dtype, not rounded to a half-precision input's.
+        a, b = _per_sample(a_t, x_t), _per_sample(b_t, x_t)
+        x0_ada = a * x_t - b * eps_ada
+        x0_src = a * x_t - b * eps_src
+        x0_tgt = a * x_t - b * noise
+        hf_ada = ddpm_pa_high_frequency(x0_ada)
+        mse = (noise - eps_ada).square().mean()
+        hf_mse = (hf_ada - ddpm_pa_high_frequency(x0_tgt)).square().mean()
+        pair_img = pairwise_similarity_kl(x0_src, x0_ada, tau, reduction)
+        pair_hf = pairwise_similarity_kl(ddpm_pa_high_frequency(x0_src), hf_ada, tau, reduction)
+        loss = mse + w_pair * pair_img + w_hf_pair * pair_hf + w_hf_mse * hf_mse
+        return DDPMPALossOutput(*(term.to(dtype) for term in (loss, mse, hf_mse, pair_img, pair_hf)))
