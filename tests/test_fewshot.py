@@ -254,3 +254,28 @@ def test_source_pretraining_resumes_exactly(tmp_path):
     resumed = load_file(run("resumed", "--resume"))
     assert straight.keys() == resumed.keys()
     assert all(torch.equal(straight[k], resumed[k]) for k in straight)
+
+
+# ---- sampling ----
+
+
+def test_sampling_in_chunks_equals_one_batch_and_matches_the_solver_by_hand(tmp_path):
+    """The multistep solver keeps state between steps: every chunk must start it afresh (a shared
+    solver ran off its timestep table on the second chunk)."""
+    from diffusers import DPMSolverMultistepScheduler
+
+    from ddpm_pa_fast.train.sampling import sample_images
+
+    from .test_train_common import write_tiny_model
+
+    unet, scheduler = load_model_folder(write_tiny_model(tmp_path / "m"))
+    whole = sample_images(unet, scheduler, 5, num_steps=4, seed=3, batch_size=5)
+    chunked = sample_images(unet, scheduler, 5, num_steps=4, seed=3, batch_size=2)
+    torch.testing.assert_close(chunked, whole, rtol=1e-5, atol=1e-6)
+    solver = DPMSolverMultistepScheduler.from_config(scheduler.config, algorithm_type="dpmsolver++")
+    solver.set_timesteps(4)
+    x = torch.randn(5, 3, 8, 8, generator=torch.Generator().manual_seed(3))
+    with torch.no_grad():
+        for t in solver.timesteps:
+            x = solver.step(unet(x, t).sample, t, x).prev_sample
+    torch.testing.assert_close(whole, x.clamp(-1, 1), rtol=1e-5, atol=1e-6)
