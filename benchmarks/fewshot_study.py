@@ -215,6 +215,82 @@ def report(split: str) -> None:
     print(f"wrote {out / 'summary.md'}, {out / 'rows.csv'} and curves-*.png")
 
 
+KID_TOLERANCE = 1.1
+
+
+def _last(rows: list[dict], variant: str, method: str) -> dict:
+    run = [r for r in rows if r.get("variant") == variant and r["method"] == method]
+    return max(run, key=lambda r: r["step"])
+
+
+def _drifts(rows: list[dict], variant: str) -> bool:
+    """Fine-tuning drifts towards copies: nearest-shot distance and diversity lower at the last
+    evaluation than at the first."""
+    run = sorted(
+        (r for r in rows if r.get("variant") == variant and r["method"] == "finetune"),
+        key=lambda r: r["step"],
+    )
+    first, last = run[0], run[-1]
+    return (
+        last["nearest_train_distance"] < first["nearest_train_distance"]
+        and last["intra_cluster_diversity"] < first["intra_cluster_diversity"]
+    )
+
+
+def freeze() -> dict:
+    """Applies the rule of the module doc to the validation results; writes frozen.json."""
+    rows = load_rows("validation")
+    lr_variants = sorted(
+        (v for v, (methods, o) in VALIDATION_VARIANTS.items() if "finetune" in methods and set(o) <= {"lr"}),
+        key=lambda v: VALIDATION_VARIANTS[v][1].get("lr", VALIDATION_BASE["lr"]),
+    )
+    drifting = [v for v in lr_variants if _drifts(rows, v)]
+    lr_variant = drifting[0] if drifting else lr_variants[-1]
+    settings = {**VALIDATION_BASE, **VALIDATION_VARIANTS[lr_variant][1]}
+    finetune_kid = _last(rows, lr_variant, "finetune")["kid"]
+    candidates = {}
+    for variant, (methods, overrides) in VALIDATION_VARIANTS.items():
+        # Candidates run at the chosen learning rate; the other learning rates were compared above.
+        if "ddpm-pa" not in methods or overrides.get("lr", VALIDATION_BASE["lr"]) != settings["lr"]:
+            continue
+        last = _last(rows, variant, "ddpm-pa")
+        candidates[variant] = {
+            "intra_cluster_diversity": last["intra_cluster_diversity"],
+            "kid": last["kid"],
+            "kid_ok": last["kid"] <= KID_TOLERANCE * finetune_kid,
+        }
+    admissible = [v for v, c in candidates.items() if c["kid_ok"]]
+    chosen = (
+        max(admissible, key=lambda v: candidates[v]["intra_cluster_diversity"]) if admissible else lr_variant
+    )
+    settings.update(VALIDATION_VARIANTS[chosen][1])
+    record = {
+        "settings": settings,
+        "learning_rate_from": lr_variant,
+        "finetune_drifts": {v: _drifts(rows, v) for v in lr_variants},
+        "ddpm_pa_variant": chosen,
+        "finetune_kid_at_last_step": finetune_kid,
+        "ddpm_pa_candidates_at_last_step": candidates,
+        "rule": "lr: the smallest at which fine-tuning drifts (nearest-shot distance and diversity lower at "
+        "the last evaluation than at the first); DDPM-PA: the highest diversity at the last step with KID "
+        f"<= {KID_TOLERANCE} x fine-tuning's",
+    }
+    (RESULTS / "frozen.json").write_text(json.dumps(record, indent=1) + "\n")
+    print(json.dumps(record, indent=1))
+    return record
+
+
+def check_defaults_are_frozen() -> None:
+    """The test domain runs TrainConfig's defaults: they must be the frozen settings."""
+    from ddpm_pa_fast.train.trainer import TrainConfig
+
+    frozen = json.loads((RESULTS / "frozen.json").read_text())["settings"]
+    defaults = TrainConfig("", "", "")
+    differ = {k: (getattr(defaults, k), v) for k, v in frozen.items() if getattr(defaults, k) != v}
+    if differ:
+        raise SystemExit(f"TrainConfig's defaults differ from frozen.json (default, frozen): {differ}")
+
+
 def sampler_check(split: str, steps_list: list[int]) -> None:
     """Source-model metrics against the number of sampler steps: the sampler's own error."""
     from ddpm_pa_fast.train import fashion
@@ -299,8 +375,12 @@ def main(argv=None) -> None:
         return
     splits = {"all": ("validation", "test"), "validation": ("validation",), "test": ("test",), "report": ()}
     for split in splits[args.what]:
+        if split == "test":
+            check_defaults_are_frozen()
         source_rows(split)
         launch(planned_runs(split), args.jobs)
+        if split == "validation":
+            freeze()
     for split in ("validation", "test"):
         report(split)
 
