@@ -24,9 +24,27 @@ VENV="${VENV:-$_ddpm_pa_repo/.venv}"
   echo "[setup] installing $torch_spec and the build tools"
   # setuptools < 81: pytorch_wavelets (a test peer) still imports pkg_resources.
   "${pip[@]}" "$torch_spec" "setuptools>=77,<81" wheel numpy pybind11 ninja
-  echo "[setup] building ddpm_pa_fast (C++ extension) and installing its extras"
-  # --no-build-isolation: the extension must be compiled against the torch installed above.
-  MAX_JOBS="${MAX_JOBS:-2}" "${pip[@]}" --no-build-isolation -e "$_ddpm_pa_repo[triton,train,test,bench]"
+  # The build is skipped when nothing it depends on changed since the last successful one: the sources
+  # it compiles and the files that say how (content hashes), torch's version and the build switches.
+  # So the second README command after the first takes seconds, not a rebuild.
+  stamp_file="$VENV/.ddpm_pa_fast_build_stamp"
+  stamp=$(
+    cd "$_ddpm_pa_repo"
+    "$VENV/bin/python" -c 'import torch; print(torch.__version__)'
+    env | grep -E '^(FORCE_CUDA|FORCE_ONLY_CPU|TORCH_CUDA_ARCH_LIST|CUDA_HOME|CC|CXX|CFLAGS|CXXFLAGS)=' | sort || true
+    find csrc kernels setup.py pyproject.toml -type f -print0 | sort -z | xargs -0 sha256sum
+  )
+  stamp=$(printf '%s' "$stamp" | sha256sum | cut -d' ' -f1)
+  if [ -f "$stamp_file" ] && [ "$(cat "$stamp_file")" = "$stamp" ] \
+    && "$VENV/bin/python" -c 'import ddpm_pa_fast._C' 2>/dev/null; then
+    echo "[setup] ddpm_pa_fast is built and installed for these sources, torch and flags: no rebuild"
+  else
+    rm -f "$stamp_file"
+    echo "[setup] building ddpm_pa_fast (C++ extension) and installing its extras"
+    # --no-build-isolation: the extension must be compiled against the torch installed above.
+    MAX_JOBS="${MAX_JOBS:-2}" "${pip[@]}" --no-build-isolation -e "$_ddpm_pa_repo[triton,train,test,bench]"
+    echo "$stamp" > "$stamp_file"
+  fi
   "$VENV/bin/python" -c "import ddpm_pa_fast, torch; print('[setup] ready: torch', torch.__version__, \
 '| backends for CPU tensors:', ddpm_pa_fast.available_backends('cpu'))"
 ) || { echo "[setup] failed" >&2; return 1 2>/dev/null || exit 1; }

@@ -39,8 +39,8 @@ class DomainEvaluator:
 
     def __init__(self, split: str, classifier_dir: str | Path | None = None):
         self.split = split
-        self.domain = fashion.TARGET_DOMAINS[split] if split in fashion.TARGET_DOMAINS else None
         self.shots = load_images(fashion.shots_dir(split), channels=1, size=fashion.IMAGE_SIZE)
+        self.domain = fashion.TARGET_DOMAINS[split]
         self.reference = fashion.reference_images(split)
         self.classifier = load_classifier(classifier_dir or fashion.CLASSIFIER_DIR)
         self.distance = ClassifierPerceptualDistance(self.classifier)
