@@ -203,6 +203,9 @@ def report(split: str) -> None:
     lines.append("")
     for variant in variants:
         chosen = source + [r for r in rows if r.get("variant") == variant]
+        if not any(r["method"] == "finetune" for r in chosen):
+            # A DDPM-PA-only variant is compared with fine-tuning at the base settings.
+            chosen += [r for r in rows if r.get("variant") == "base" and r["method"] == "finetune"]
         lines += [f"## {variant}", "", markdown_table(chosen), ""]
         plot_curves(chosen, out / f"curves-{variant}.png", f"{split} domain, {variant}")
     (out / "summary.md").write_text("\n".join(lines))

@@ -95,7 +95,7 @@ def _add_training_options(p: argparse.ArgumentParser) -> None:
     g.add_argument("--compile", action="store_true", help="torch.compile the source and adapted models")
     g.add_argument("--device", default=defaults["device"], help="cpu, cuda, cuda:N (default %(default)s)")
     g.add_argument(
-        "--sample-steps", type=int, default=defaults["sample_steps"], help="DPM-Solver++ steps when sampling"
+        "--sample-steps", type=int, default=defaults["sample_steps"], help="DDIM steps when sampling"
     )
     g.add_argument("--no-progress", action="store_true", help="no tqdm bar")
 
@@ -138,11 +138,11 @@ def build_parser() -> argparse.ArgumentParser:
     p = sub.add_parser(
         "sample",
         help="sample images from a model folder",
-        description="Sample with the deterministic DPM-Solver++ (2M) from a model folder (a trained model/).",
+        description="Sample with deterministic DDIM from a model folder (a trained model/).",
     )
     p.add_argument("--model-dir", required=True)
     p.add_argument("--num-images", type=int, default=16)
-    p.add_argument("--sample-steps", type=int, default=25, help="DPM-Solver++ steps")
+    p.add_argument("--sample-steps", type=int, default=25, help="DDIM steps")
     p.add_argument("--seed", type=int, default=0)
     p.add_argument("--device", default="cpu")
     p.add_argument("--grid", required=True, help="PNG grid to write")

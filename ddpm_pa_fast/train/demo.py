@@ -51,7 +51,7 @@ def run_demo(
     evaluator = DomainEvaluator(split)
     print(
         f"[demo] {split} domain: {domain}, {len(evaluator.shots)} shots; {num_samples} samples per "
-        f"evaluation, DPM-Solver++ {base.sample_steps} steps; evaluating the source model",
+        f"evaluation, DDIM {base.sample_steps} steps; evaluating the source model",
         flush=True,
     )
     source, source_samples = source_row(

@@ -2,7 +2,7 @@
 plain fine-tuning, and evaluate both along the run. `ddpm-pa-fast demo` and benchmarks/fewshot_study.py
 are built on it.
 
-Every evaluation samples `num_samples` images (DPM-Solver++, sampling.py) from one fixed starting
+Every evaluation samples `num_samples` images (DDIM, sampling.py) from one fixed starting
 noise (so the source, fine-tuned and DDPM-PA models are compared on the same noise), and reports,
 against the domain's 10 shots and its 1,000 held-out reference images (fashion.py):
 - intra_cluster_diversity / nearest_train_distance with the classifier-LPIPS distance (evaluate.py);
