@@ -236,8 +236,16 @@ sanitize() {
     "$PY" scripts/gpu_check/ops_once.py --device cpu --backend cpu
   fi
 }
-body_memcheck() { sanitize memcheck cuda --kernel-name kns=ddpm_pa; }
-body_racecheck() { sanitize racecheck cuda --kernel-name kns=ddpm_pa --racecheck-report analysis; }
+# Only our CUDA kernels (namespace ddpm_pa) are instrumented, where this compute-sanitizer can filter.
+ours_only() {
+  if [ "$MODE" != "gpu" ] || compute-sanitizer --help 2>/dev/null | grep -q -- "--kernel-name"; then
+    echo "--kernel-name kns=ddpm_pa"
+  fi
+}
+# shellcheck disable=SC2046
+body_memcheck() { sanitize memcheck cuda $(ours_only); }
+# shellcheck disable=SC2046
+body_racecheck() { sanitize racecheck cuda $(ours_only) --racecheck-report analysis; }
 body_memcheck_triton() {
   if [ "$MODE" = "gpu" ]; then sanitize memcheck triton; else
     echo "rehearsal: ops_once.py on the Triton interpreter stands in for memcheck of the Triton kernels"
@@ -281,8 +289,8 @@ wanted() { [ -z "$ONLY" ] || [[ ",$ONLY," == *",$1,"* ]]; }
 if [ -z "$ONLY" ]; then
   rm -f "$OUTDIR"/*.log "$OUTDIR"/*.xml "$OUTDIR/steps.tsv" "$OUTDIR/summary.md" "$OUTDIR/train.json"
   rm -rf "$OUTDIR/bench"
-  printf 'step\tstatus\trc\tseconds\tbudget\tlog\tnote\n' > "$OUTDIR/steps.tsv"
 fi
+[ -f "$OUTDIR/steps.tsv" ] || printf 'step\tstatus\trc\tseconds\tbudget\tlog\tnote\n' > "$OUTDIR/steps.tsv"
 {
   echo "MODE=$MODE"
   echo "STARTED=$(date -u '+%Y-%m-%d %H:%M:%S UTC')"

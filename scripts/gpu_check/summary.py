@@ -80,6 +80,8 @@ def pytest_counts(outdir, name):
 
 def step_detail(outdir, step):
     """A short line of what the step's log says."""
+    if step["status"] == "skipped" and step["note"]:
+        return step["note"]
     name, log = step["name"], _read(os.path.join(outdir, step["log"])) if step["log"] else ""
     if name.startswith("tests_"):
         parts = []
@@ -171,6 +173,8 @@ def write_summary(outdir):
     ]
     for s in steps:
         detail = step_detail(outdir, s).replace("|", "/")
+        if s["status"] == "timeout":
+            detail = f"{s['note']}; so far: {detail}"
         cells = [s["name"], s["status"], f"{s['seconds']} / {s['budget']}", detail, s["log"]]
         lines.append("| " + " | ".join(cells) + " |")
     for s in steps:
