@@ -173,7 +173,7 @@ def write_summary(outdir):
     ]
     for s in steps:
         detail = step_detail(outdir, s).replace("|", "/")
-        if s["status"] == "timeout":
+        if s["status"] == "timeout" and detail != s["note"]:
             detail = f"{s['note']}; so far: {detail}"
         cells = [s["name"], s["status"], f"{s['seconds']} / {s['budget']}", detail, s["log"]]
         lines.append("| " + " | ".join(cells) + " |")
