@@ -1,9 +1,11 @@
 """Benchmark of the five ops against the reference, torch.compile, the authors' code and the Haar peers.
 
     python -m benchmarks.bench_ops [--device cpu|cuda] [--ops OP ...] [--providers P ...] [--quick]
+                                   [--sizes SIZE ...] [--few-repeats]
     python -m benchmarks.bench_ops --on-paper        # bytes per op and time at H100 / H200 bandwidth
 
-Writes benchmarks/results/<device>.csv and <device>.md (with --quick: <device>_quick.*, not committed).
+Writes benchmarks/results/<device>.csv and <device>.md (with --quick: <device>_quick.*, not committed),
+again after every case, so that a run stopped part-way leaves the cases it finished.
 Each op and size runs every provider side by side: ours (backend "cpu" on CPU, "cuda" and "triton" on
 CUDA, through the public API), the vectorised reference (backend "torch"), torch.compile of the
 reference, the authors' formulation (benchmarks/authors.py) and, for the Haar maps, pytorch_wavelets,
@@ -193,7 +195,9 @@ def reference_outputs(op: str, levels: int | None):
     return _list_output(getattr(reference, op))
 
 
-def build_cases(ops, quick: bool) -> list[Case]:
+def build_cases(ops, quick: bool, sizes=None) -> list[Case]:
+    """The cases of ops at the full (or quick) sizes; sizes, if given, keeps only those size labels
+    ("8x3x256x256", or "8x3x256x256/J3" for one DWT level count)."""
     image_sizes = QUICK_IMAGE_SIZES if quick else IMAGE_SIZES
     dwt_sizes = QUICK_DWT_SIZES if quick else DWT_SIZES
     cases = []
@@ -233,6 +237,12 @@ def build_cases(ops, quick: bool) -> list[Case]:
                     ))
         else:
             raise ValueError(f"--ops: unknown op {op!r}; expected some of {', '.join(OPS)}")
+    if sizes:
+        known = dict.fromkeys(c.size for c in cases)
+        unknown = [s for s in sizes if s not in known]
+        if unknown:
+            raise ValueError(f"--sizes: {', '.join(unknown)} not among this run's sizes: {', '.join(known)}")
+        cases = [c for c in cases if c.size in sizes]
     return cases
 
 
@@ -331,19 +341,22 @@ def package_version() -> str:
     return f"{ddpm_pa_fast.__version__}+g{commit}" if commit else ddpm_pa_fast.__version__
 
 
-def run(args):
-    """Every case and provider; returns the rows and the bandwidth measured before each case."""
+# --quick's repetition budget, which --few-repeats applies at the full sizes.
+FEW_REPEATS = TimingConfig(warmup=1, min_repeats=3, max_repeats=20, min_time=0.05, slow_repeats=2,
+                           cuda_warmup_ms=5, cuda_rep_ms=20)
+
+
+def run(args, after_case=None):
+    """Every case and provider; returns the rows and the bandwidth measured before each case.
+
+    after_case(rows, bandwidths), if given, runs after each case with everything measured so far."""
     device, dtype = args.device, getattr(torch, args.dtype)
-    config = (
-        TimingConfig(warmup=1, min_repeats=3, max_repeats=20, min_time=0.05, slow_repeats=2,
-                     cuda_warmup_ms=5, cuda_rep_ms=20)
-        if args.quick else TimingConfig()
-    )
+    config = FEW_REPEATS if args.quick or args.few_repeats else TimingConfig()
     selected = set(args.providers or [p for p in PROVIDERS if not (args.quick and p == "compile")])
     version = package_version()
     probe = BandwidthProbe(device, megabytes=128 if args.quick else 512)
     rows, bandwidths = [], []
-    for case in build_cases(args.ops, args.quick):
+    for case in build_cases(args.ops, args.quick, args.sizes):
         # Measured again for every case, just before our kernel (the first provider) is timed: on a
         # machine that shares its memory system, bandwidth drifts by tens of percent within one run,
         # and a bound taken minutes earlier would compare the kernel with another machine state.
@@ -359,6 +372,8 @@ def run(args):
             skipped = Provider("compile", unavailable="skipped: --quick (compiling takes ~30 s per shape)")
             rows += measure(case, skipped, expected, dtype, device, config, bandwidth, passes=args.passes,
                             package_version=version)
+        if after_case is not None:
+            after_case(rows, bandwidths)
     return rows, bandwidths
 
 
@@ -373,6 +388,10 @@ def parse_args(argv=None):
     parser.add_argument("--passes", nargs="+", default=list(PASSES), choices=PASSES)
     parser.add_argument("--dtype", default="float32", choices=["float32", "float64", "float16", "bfloat16"])
     parser.add_argument("--quick", action="store_true", help="small sizes, few repetitions: a smoke test")
+    parser.add_argument("--sizes", nargs="+", metavar="SIZE",
+                        help="only these size labels, e.g. 8x3x256x256 8x3x256x256/J3 (default: all)")
+    parser.add_argument("--few-repeats", action="store_true",
+                        help="--quick's repetition budget at the full sizes (a time-boxed run)")
     parser.add_argument("--no-memory", action="store_true", help="skip the peak-memory measurement")
     parser.add_argument("--threads", type=int, help="torch.set_num_threads (default: torch's choice)")
     parser.add_argument("--out", default=os.path.join(os.path.dirname(os.path.abspath(__file__)), "results"))
@@ -392,11 +411,16 @@ def main(argv=None) -> None:
         raise SystemExit("--device cuda: no CUDA device is visible to torch")
     if args.threads:
         torch.set_num_threads(args.threads)
-    rows, bandwidths = run(args)
     stem = f"{args.device}_quick" if args.quick else args.device
     csv_path, md_path = os.path.join(args.out, f"{stem}.csv"), os.path.join(args.out, f"{stem}.md")
-    write_csv(rows, csv_path)
-    report.write_markdown(md_path, rows, bandwidths, args)
+
+    def write(rows, bandwidths):
+        write_csv(rows, csv_path)
+        report.write_markdown(md_path, rows, bandwidths, args)
+
+    # Written after every case as well as at the end: a run stopped by a time limit keeps what it measured.
+    rows, bandwidths = run(args, after_case=write)
+    write(rows, bandwidths)
     print(f"wrote {csv_path} and {md_path}")
 
 

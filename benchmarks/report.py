@@ -197,6 +197,9 @@ def write_markdown(path: str, rows: list[Row], bandwidths: list[Bandwidth], args
     if args.quick:
         lines += ["**Quick run: small sizes and few repetitions, a smoke test of the harness. "
                   "These are not results.**", ""]
+    elif getattr(args, "few_repeats", False):
+        lines += ["**Few repetitions (--few-repeats, a time-boxed run): medians over fewer samples than a "
+                  "full run; the quantiles show how far to trust them.**", ""]
     lines += [
         f"Measured {when}, ddpm_pa_fast {rows[0].package_version if rows else ''}. Command: "
         f"`python -m benchmarks.bench_ops {' '.join(sys.argv[1:])}`.",

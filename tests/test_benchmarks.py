@@ -269,3 +269,31 @@ def test_command_measures_bandwidth_per_case_and_reports_it(tmp_path, monkeypatc
     report = (tmp_path / "cpu_quick.md").read_text()
     assert f"read (sum) 10.0-{9 + len(cases)}.0 GB/s" in report
     assert "instruction set of our CPU kernels" in report
+
+
+def test_sizes_select_cases_and_each_finished_case_is_written(tmp_path, monkeypatch):
+    """--sizes keeps the named cases; the CSV and markdown are rewritten after every case, so a run
+    stopped part-way (here the second case's bandwidth probe fails) keeps the cases it finished."""
+    measured = []
+
+    class SecondProbeFails:
+        def __init__(self, device, megabytes=512):
+            pass
+
+        def measure(self, config=None):
+            if measured:
+                raise RuntimeError("stopped part-way")
+            measured.append(Bandwidth(read=10e9, write=5e9, copy=8e9))
+            return measured[-1]
+
+    monkeypatch.setattr(bench_ops, "BandwidthProbe", SecondProbeFails)
+    sizes = ["16x3x64x64/J1", "16x3x64x64/J3"]
+    assert [c.size for c in bench_ops.build_cases(["haar_dwt2d"], quick=False, sizes=sizes)] == sizes
+    with pytest.raises(ValueError, match="--sizes: 1x1 not among"):
+        bench_ops.build_cases(["haar_dwt2d"], quick=False, sizes=["1x1"])
+    with pytest.raises(RuntimeError, match="stopped part-way"):
+        bench_ops.main(["--few-repeats", "--ops", "haar_dwt2d", "--sizes", *sizes, "--providers", "torch",
+                        "--passes", "fwd", "--no-memory", "--out", str(tmp_path)])
+    rows = read_csv(str(tmp_path / "cpu.csv"))
+    assert [(r["size"], r["provider"], r["status"]) for r in rows] == [("16x3x64x64/J1", "torch", "ok")]
+    assert "Few repetitions (--few-repeats" in (tmp_path / "cpu.md").read_text()
