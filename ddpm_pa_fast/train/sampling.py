@@ -71,10 +71,8 @@ def to_uint8_hwc(images: torch.Tensor) -> torch.Tensor:
     return ((images.clamp(-1, 1) + 1) * 127.5).round().to(torch.uint8).permute(0, 2, 3, 1)
 
 
-def save_grid(images: torch.Tensor, path: str | Path, columns: int | None = None, scale: int = 2) -> Path:
-    """Writes images (N, C, H, W) in [-1, 1] as one PNG grid, upscaled by `scale` (nearest)."""
-    from PIL import Image
-
+def image_grid(images: torch.Tensor, columns: int | None = None) -> torch.Tensor:
+    """Images (N, C, H, W) in [-1, 1] as one uint8 (rows, columns, C) grid on white, 2-pixel gaps."""
     n, c, h, w = images.shape
     columns = columns or math.ceil(math.sqrt(n))
     rows = math.ceil(n / columns)
@@ -83,6 +81,15 @@ def save_grid(images: torch.Tensor, path: str | Path, columns: int | None = None
     for i in range(n):
         r, col = divmod(i, columns)
         grid[2 + r * (h + 2) : 2 + r * (h + 2) + h, 2 + col * (w + 2) : 2 + col * (w + 2) + w] = pixels[i]
+    return grid
+
+
+def save_grid(images: torch.Tensor, path: str | Path, columns: int | None = None, scale: int = 2) -> Path:
+    """Writes images (N, C, H, W) in [-1, 1] as one PNG grid, upscaled by `scale` (nearest)."""
+    from PIL import Image
+
+    grid = image_grid(images, columns)
+    c = grid.shape[-1]
     array = grid.numpy() if c != 1 else grid[..., 0].numpy()
     image = Image.fromarray(array)
     if scale > 1:

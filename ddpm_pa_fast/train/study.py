@@ -22,6 +22,7 @@ from . import fashion
 from .classifier import load_classifier
 from .data import load_images
 from .evaluate import ClassifierPerceptualDistance, HaarMultiscaleDistance, evaluate_samples, kid
+from .sampling import image_grid
 from .trainer import TrainConfig, Trainer
 
 # The curves and tables: (metric key, label, higher is better).
@@ -173,11 +174,17 @@ def plot_curves(rows: list[dict], path: str | Path, title: str) -> Path:
         ax.set_xlabel("adaptation step")
         ax.grid(alpha=0.3)
     axes[0].legend(fontsize=8)
+    return _save_figure(fig, path, title, dpi=110)
+
+
+def _save_figure(fig, path: str | Path, title: str, dpi: int) -> Path:
+    import matplotlib.pyplot as plt
+
     fig.suptitle(title, fontsize=10)
     fig.tight_layout()
     path = Path(path)
     path.parent.mkdir(parents=True, exist_ok=True)
-    fig.savefig(path, dpi=110)
+    fig.savefig(path, dpi=dpi)
     plt.close(fig)
     return path
 
@@ -192,35 +199,21 @@ def comparison_figure(
     import matplotlib.pyplot as plt
 
     def grid(images: torch.Tensor, columns: int):
-        rows = math.ceil(len(images) / columns)
-        size = images.shape[-1] + 2
-        canvas = torch.ones(rows * size, columns * size)
-        for i, image in enumerate(images):
-            r, c = divmod(i, columns)
-            canvas[
-                r * size + 1 : r * size + 1 + image.shape[-1], c * size + 1 : c * size + 1 + image.shape[-1]
-            ] = (image[0].clamp(-1, 1) + 1) / 2
-        return canvas.numpy()
+        return image_grid(images, columns)[..., 0].numpy()
 
     columns = 8
     fig = plt.figure(figsize=(3.3 * len(panels), 5.0))
     spec = fig.add_gridspec(2, len(panels), height_ratios=[1, 5])
     top = fig.add_subplot(spec[0, :])
-    top.imshow(grid(shots, len(shots)), cmap="gray", vmin=0, vmax=1, interpolation="nearest")
+    top.imshow(grid(shots, len(shots)), cmap="gray", vmin=0, vmax=255, interpolation="nearest")
     top.set_title(f"the {len(shots)} training shots", fontsize=9)
     top.axis("off")
     for i, (name, images) in enumerate(panels.items()):
         ax = fig.add_subplot(spec[1, i])
-        ax.imshow(grid(images, columns), cmap="gray", vmin=0, vmax=1, interpolation="nearest")
+        ax.imshow(grid(images, columns), cmap="gray", vmin=0, vmax=255, interpolation="nearest")
         ax.set_title(name, fontsize=9)
         ax.axis("off")
-    fig.suptitle(title, fontsize=10)
-    fig.tight_layout()
-    path = Path(path)
-    path.parent.mkdir(parents=True, exist_ok=True)
-    fig.savefig(path, dpi=130)
-    plt.close(fig)
-    return path
+    return _save_figure(fig, path, title, dpi=130)
 
 
 def _one_torch_thread() -> None:
