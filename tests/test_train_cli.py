@@ -105,3 +105,18 @@ def test_tiny_demo_writes_figures_metrics_and_table(tmp_path, capsys):
         assert (out / name / "samples.png").is_file()
     for name in ("comparison.png", "curves.png"):
         assert (out / name).read_bytes()[:4] == b"\x89PNG"
+
+
+def test_demo_script_passes_only_options_the_demo_takes():
+    """scripts/demo.sh is the README's main job: its `ddpm-pa-fast demo` line must parse (it once passed
+    --data-dir after the demo stopped taking it)."""
+    import shlex
+    from pathlib import Path
+
+    script = (Path(__file__).resolve().parents[1] / "scripts" / "demo.sh").read_text()
+    lines = [line for line in script.splitlines() if line.strip().startswith("ddpm-pa-fast demo")]
+    assert len(lines) == 1
+    words = [w for w in shlex.split(lines[0]) if w != "$@"]
+    words = ["out" if "DEMO_OUT" in w else w for w in words]
+    args = cli.build_parser().parse_args(words[1:])
+    assert args.command == "demo" and args.split == "test"
