@@ -8,6 +8,18 @@ from __future__ import annotations
 import torch
 
 
+def relayout(t: torch.Tensor, layout: str) -> torch.Tensor:
+    """The same values in another memory layout: "contiguous", "channels_last" (4-D) or "strided"
+    (every other element of a twice-as-wide last dimension)."""
+    if layout == "channels_last" and t.dim() == 4:
+        return t.contiguous(memory_format=torch.channels_last)
+    if layout == "strided":
+        wide = t.new_zeros(*t.shape[:-1], 2 * t.shape[-1])
+        wide[..., ::2] = t
+        return wide[..., ::2]
+    return t.contiguous()
+
+
 def ddpm_like_batch(shape, seed: int = 0) -> tuple[torch.Tensor, ...]:
     """(x_t, eps_ada, eps_src, noise, a_t, b_t) in float64, with realistic magnitudes.
 

@@ -18,6 +18,7 @@ import torch
 import ddpm_pa_fast as D
 from ddpm_pa_fast import ops
 from ddpm_pa_fast import reference as R
+from ddpm_pa_fast.testing import relayout
 
 from .common import (
     DEVICES,
@@ -43,17 +44,6 @@ LOSS_REDUCTIONS = ["mean", "batchmean", "sum"]
 
 def backend_for(device: str) -> str:
     return "cpu" if device == "cpu" else "cuda"
-
-
-def relayout(t: torch.Tensor, layout: str) -> torch.Tensor:
-    """The same values in another memory layout."""
-    if layout == "channels_last" and t.dim() == 4:
-        return t.contiguous(memory_format=torch.channels_last)
-    if layout == "strided":
-        wide = t.new_zeros(*t.shape[:-1], 2 * t.shape[-1])
-        wide[..., ::2] = t
-        return wide[..., ::2]
-    return t.contiguous()
 
 
 def check_close(

@@ -27,7 +27,7 @@ sys.path.insert(0, str(pathlib.Path(__file__).resolve().parents[2]))
 
 import ddpm_pa_fast as D  # noqa: E402
 from ddpm_pa_fast import reference as R  # noqa: E402
-from ddpm_pa_fast.testing import ddpm_like_batch  # noqa: E402
+from ddpm_pa_fast.testing import ddpm_like_batch, relayout  # noqa: E402
 
 # (rtol, atol) against the float64 reference, relative to the largest expected magnitude.
 TOLERANCE = {torch.float64: 1e-6, torch.float32: 1e-3, torch.float16: 3e-2, torch.bfloat16: 8e-2}
@@ -36,16 +36,6 @@ TOLERANCE = {torch.float64: 1e-6, torch.float32: 1e-3, torch.float16: 3e-2, torc
 def _randn(shape, seed, dtype, device):
     g = torch.Generator().manual_seed(seed)
     return torch.randn(shape, generator=g, dtype=torch.float64).to(device=device, dtype=dtype)
-
-
-def _layout(t, layout):
-    if layout == "channels_last" and t.dim() == 4:
-        return t.contiguous(memory_format=torch.channels_last)
-    if layout == "strided":
-        wide = t.new_zeros(*t.shape[:-1], 2 * t.shape[-1])
-        wide[..., ::2] = t
-        return wide[..., ::2]
-    return t
 
 
 def _check(actual, expected, dtype, what):
@@ -103,7 +93,7 @@ def cases(device, backend, dtypes):
         hf = functools.partial(D.ddpm_pa_high_frequency, backend=backend)
         for shape in [(2, 3, 2, 2), (2, 1, 17, 33), (3, 2, 9, 7)]:
             for layout in ["contiguous", "channels_last", "strided"]:
-                x = _layout(_randn(shape, 1, dtype, device), layout)
+                x = relayout(_randn(shape, 1, dtype, device), layout)
                 out.append((f"ddpm_pa_high_frequency {tag} {shape} {layout}", hf, R.ddpm_pa_high_frequency,
                             [x], dtype))
         for shape, levels in [((1, 1, 1, 1), 1), ((2, 3, 9, 7), 3), ((1, 2, 16, 11), 2)]:
