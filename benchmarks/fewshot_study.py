@@ -48,6 +48,10 @@ NUM_SAMPLES = 256
 SAMPLE_SEED = 1234
 EVAL_EVERY = 250
 SEEDS = (0, 1, 2)
+# The sampler's own error: the source model at these DDIM step counts (`sampler`), and the test domain's
+# final models of seed 0 at FINAL_SAMPLER_STEPS beside the study's own (TrainConfig.sample_steps).
+SAMPLER_STEPS = (10, 25, 50, 100, 200)
+FINAL_SAMPLER_STEPS = (100,)
 
 # The validation sweep: a base (the authors' loss weights, no clipping, one t per pair subset) and
 # variants that each change it in one respect, run for both methods where the change applies to both.
@@ -98,6 +102,11 @@ def planned_runs(split: str) -> list[Run]:
     ]
 
 
+def run_sampler_check(run: Run) -> tuple[int, ...]:
+    """The final models of the test domain's first seed are evaluated again at FINAL_SAMPLER_STEPS."""
+    return FINAL_SAMPLER_STEPS if run.split == "test" and run.seed == SEEDS[0] else ()
+
+
 def run_one(run: Run) -> None:
     """Trains and evaluates one run in this process; writes run.path."""
     from ddpm_pa_fast.train import fashion
@@ -116,7 +125,9 @@ def run_one(run: Run) -> None:
             save_model=False,
             **dict(run.overrides),
         )
-        rows, _ = track_adaptation(config, evaluator, EVAL_EVERY, NUM_SAMPLES, SAMPLE_SEED)
+        rows, _ = track_adaptation(
+            config, evaluator, EVAL_EVERY, NUM_SAMPLES, SAMPLE_SEED, run_sampler_check(run)
+        )
     for row in rows:
         row["variant"] = run.variant
     record = {"run": dataclasses.asdict(run), "config": dataclasses.asdict(config), "rows": rows}
@@ -208,6 +219,7 @@ def report(split: str) -> None:
             chosen += [r for r in rows if r.get("variant") == "base" and r["method"] == "finetune"]
         lines += [f"## {variant}", "", markdown_table(chosen), ""]
         plot_curves(chosen, out / f"curves-{variant}.png", f"{split} domain, {variant}")
+    lines += sampler_check_table(rows)
     (out / "summary.md").write_text("\n".join(lines))
     keys = sorted({k for r in rows for k, v in r.items() if not isinstance(v, (list, dict))})
     with open(out / "rows.csv", "w") as f:
@@ -216,6 +228,30 @@ def report(split: str) -> None:
             f.write(",".join(str(r.get(k, "")) for k in keys) + "\n")
     print("\n".join(lines))
     print(f"wrote {out / 'summary.md'}, {out / 'rows.csv'} and curves-*.png")
+
+
+def sampler_check_table(rows: list[dict]) -> list[str]:
+    """Markdown lines: the final models' metrics at the study's sampler steps and at FINAL_SAMPLER_STEPS."""
+    from ddpm_pa_fast.train.study import CURVE_METRICS, METHOD_LABELS
+    from ddpm_pa_fast.train.trainer import TrainConfig
+
+    checked = [r for r in rows if r.get("sampler_check")]
+    if not checked:
+        return []
+    study_steps = TrainConfig("", "", "").sample_steps
+    lines = [
+        "## The sampler's own error: final models from the same noise, DDIM steps",
+        "",
+        "| method | seed | DDIM steps | " + " | ".join(label for _, label, _ in CURVE_METRICS) + " |",
+        "|" + " --- |" * (3 + len(CURVE_METRICS)),
+    ]
+    for r in checked:
+        # JSON keeps the step counts as strings.
+        extra = sorted(r["sampler_check"].items(), key=lambda item: int(item[0]))
+        for steps, metrics in [(study_steps, r), *extra]:
+            cells = " | ".join(f"{metrics[key]:.4f}" for key, _, _ in CURVE_METRICS)
+            lines.append(f"| {METHOD_LABELS[r['method']]} | {r['seed']} | {steps} | {cells} |")
+    return [*lines, ""]
 
 
 KID_TOLERANCE = 1.1
@@ -300,7 +336,10 @@ def sampler_check(split: str, steps_list: list[int]) -> None:
     from ddpm_pa_fast.train.study import DomainEvaluator, source_row
 
     evaluator = DomainEvaluator(split)
-    rows = []
+    path = RESULTS / "sampler_steps.json"
+    # Step counts measured before are kept, so that one more count costs only its own sampling.
+    previous = json.loads(path.read_text())["rows"] if path.exists() else []
+    rows = [r for r in previous if r["sampler_steps"] not in steps_list]
     for n in steps_list:
         t0 = time.time()
         row, _ = source_row(str(fashion.SOURCE_MODEL_DIR), evaluator, NUM_SAMPLES, n, SAMPLE_SEED)
@@ -312,7 +351,7 @@ def sampler_check(split: str, steps_list: list[int]) -> None:
             f"({row['seconds']:.0f} s)",
             flush=True,
         )
-    path = RESULTS / "sampler_steps.json"
+    rows.sort(key=lambda r: r["sampler_steps"])
     path.parent.mkdir(parents=True, exist_ok=True)
     path.write_text(
         json.dumps(
@@ -367,7 +406,13 @@ def main(argv=None) -> None:
         "what", nargs="?", default="all", choices=("all", "validation", "test", "report", "sampler", "source")
     )
     parser.add_argument("--jobs", type=int, default=2, help="runs in parallel (default %(default)s)")
-    parser.add_argument("--sampler-steps", type=int, nargs="+", default=[10, 25, 50])
+    parser.add_argument(
+        "--sampler-steps",
+        type=int,
+        nargs="+",
+        default=list(SAMPLER_STEPS),
+        help="the sampler check's DDIM step counts (default %(default)s); counts measured before are kept",
+    )
     args = parser.parse_args(argv)
     # The source and sampler checks run for "all" unless their results exist already.
     if args.what == "source" or (args.what == "all" and not (RESULTS / "source_model.json").exists()):

@@ -174,7 +174,7 @@ def build_parser() -> argparse.ArgumentParser:
         "defaults below), evaluate both along the run, sample the three models from one noise, and print "
         "the table. Writes comparison.png, curves.png, <model>/samples.png and metrics.json.",
     )
-    from .demo import DEFAULT_MODEL_DIR
+    from .demo import DEFAULT_MODEL_DIR, DEMO_EVAL_EVERY
 
     p.add_argument("--model-dir", default=str(DEFAULT_MODEL_DIR), help="the source model folder")
     p.add_argument(
@@ -185,7 +185,12 @@ def build_parser() -> argparse.ArgumentParser:
     )
     p.add_argument("--output-dir", default="demo_output")
     p.add_argument("--num-samples", type=int, default=256, help="samples per model and evaluation")
-    p.add_argument("--eval-every", type=int, default=250, help="steps between evaluations")
+    p.add_argument(
+        "--eval-every",
+        type=int,
+        default=DEMO_EVAL_EVERY,
+        help="steps between evaluations (default %(default)s)",
+    )
     p.add_argument("--jobs", type=int, default=2, help="adaptation runs in parallel (one thread each)")
     _add_training_options(p)
     return parser

@@ -62,10 +62,15 @@ def track_adaptation(
     eval_every: int,
     num_samples: int,
     sample_seed: int,
+    final_sample_steps: tuple[int, ...] = (),
 ) -> tuple[list[dict], torch.Tensor]:
     """Trains config (from its source model) and evaluates its EMA weights every eval_every steps and at
     the end. Returns one row per evaluation (method, seed, step, train_seconds without the evaluations,
-    metrics) and the samples of the last one (the final model)."""
+    metrics) and the samples of the last one (the final model).
+
+    final_sample_steps: sampler step counts at which the final model is evaluated again, from the same
+    noise, into the last row's "sampler_check" ({steps: metrics}): does the sampler's own error move the
+    comparison?"""
     trainer = Trainer(config)
     rows: list[dict] = []
     last: list[torch.Tensor] = []
@@ -87,6 +92,10 @@ def track_adaptation(
             "train_seconds": time.perf_counter() - start - eval_seconds,
             **metrics,
         }
+        if t.step == config.steps:
+            row["sampler_check"] = {
+                n: evaluator(t.sample(num_samples, seed=sample_seed, num_steps=n)) for n in final_sample_steps
+            }
         rows.append(row)
         print(
             f"  {METHOD_LABELS[config.method]} seed {config.seed} step {t.step}: diversity "

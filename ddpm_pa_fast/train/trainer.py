@@ -79,7 +79,7 @@ class TrainConfig:
     keep_checkpoints: int = 2
     sample_every: int = 0
     num_samples: int = 16
-    sample_steps: int = 25
+    sample_steps: int = 50
     resume: str | None = None
     device: str = "cpu"
     progress: bool = True
@@ -405,9 +405,12 @@ class Trainer:
         finally:
             self.ema.restore(self.adapted)
 
-    def sample(self, num_images: int, seed: int = 0) -> torch.Tensor:
+    def sample(self, num_images: int, seed: int = 0, num_steps: int | None = None) -> torch.Tensor:
+        """num_images samples of the EMA weights (sampling.sample_images), in num_steps DDIM steps
+        (default: the config's sample_steps)."""
         with self.ema_weights() as model:
-            return sample_images(model, self.scheduler, num_images, self.config.sample_steps, seed)
+            steps = num_steps or self.config.sample_steps
+            return sample_images(model, self.scheduler, num_images, steps, seed)
 
     def save_model(self, folder: str | Path) -> Path:
         """Writes the EMA weights and the scheduler as a model folder that load_model_folder reads."""
