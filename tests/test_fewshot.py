@@ -212,6 +212,40 @@ def test_on_step_runs_after_every_step(tmp_path):
     assert steps == [1, 2, 3]
 
 
+def _summary_evaluator(samples: torch.Tensor) -> dict:
+    """Stands in for DomainEvaluator: the keys track_adaptation prints, read off the samples."""
+    return {
+        "intra_cluster_diversity": samples.std().item(),
+        "nearest_train_distance": samples.mean().item(),
+        "kid": samples.abs().mean().item(),
+    }
+
+
+def test_track_adaptation_checks_the_sampler_on_the_final_model_only(tmp_path):
+    config = tiny_config(tmp_path, steps=2, sample_steps=2)
+    rows, last = study.track_adaptation(config, _summary_evaluator, 1, 4, 0, final_sample_steps=(3, 5))
+    assert ["sampler_check" in r for r in rows] == [False, True]
+    check = rows[-1]["sampler_check"]
+    assert set(check) == {3, 5}
+    # Other step counts give other samples from the same noise; the row itself is the configured count.
+    assert check[3] != check[5] and check[3]["kid"] != rows[-1]["kid"]
+    assert rows[-1]["kid"] == _summary_evaluator(last)["kid"]
+
+
+def test_study_tables_the_sampler_check_as_json_keeps_it():
+    from benchmarks import fewshot_study
+
+    metrics = {key: 0.5 for key, _, _ in study.CURVE_METRICS}
+    check = {"100": {**metrics, "kid": 0.25}}
+    row = {"method": "ddpm-pa", "seed": 0, "step": 10, **metrics, "sampler_check": check}
+    lines = fewshot_study.sampler_check_table(json.loads(json.dumps([row])))
+    body = [line for line in lines if line.startswith("| DDPM-PA")]
+    steps = T.TrainConfig("", "", "").sample_steps
+    assert [line.split(" | ")[2] for line in body] == [str(steps), "100"]
+    assert "0.2500" in body[1] and "0.2500" not in body[0]
+    assert fewshot_study.sampler_check_table([{k: v for k, v in row.items() if k != "sampler_check"}]) == []
+
+
 def test_frozen_defaults_are_the_studys(tmp_path):
     """The trainer's defaults are the settings the validation study froze (docs/training.md)."""
     frozen = json.loads((fashion.REPO / "benchmarks" / "results" / "fewshot" / "frozen.json").read_text())
