@@ -67,7 +67,7 @@ class TrainConfig:
     tau: float = 1.0
     reduction: str = "mean"
     pair_size: int = 3
-    pair_timesteps: str = "per-sample"
+    pair_timesteps: str = "shared"
     w_vlb: float = 1.0
     backend: str = "auto"
     precision: str = "fp32"
