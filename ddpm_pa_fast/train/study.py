@@ -173,8 +173,8 @@ def plot_curves(rows: list[dict], path: str | Path, title: str) -> Path:
                 steps, per_step = [0, *steps], [[source[0][key]], *per_step]
             means = [sum(v) / len(v) for v in per_step]
             seeds = len({r["seed"] for r in runs})
-            label = f"{METHOD_LABELS[method]} ({seeds} seed{'s' if seeds > 1 else ''})"
-            ax.plot(steps, means, color=colour, marker="o", ms=3, label=label)
+            legend = f"{METHOD_LABELS[method]} ({seeds} seed{'s' if seeds > 1 else ''})"
+            ax.plot(steps, means, color=colour, marker="o", ms=3, label=legend)
             ax.fill_between(
                 steps, [min(v) for v in per_step], [max(v) for v in per_step], color=colour, alpha=0.2
             )
