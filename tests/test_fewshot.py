@@ -164,6 +164,18 @@ def test_plot_curves_writes_a_png(tmp_path):
     assert path.read_bytes()[:8] == b"\x89PNG\r\n\x1a\n"
 
 
+def test_plot_curves_titles_each_metric_and_counts_seeds_in_the_legend(tmp_path, monkeypatch):
+    figures = []
+    monkeypatch.setattr(study, "_save_figure", lambda fig, path, title, dpi: figures.append(fig) or path)
+    rows = [_row("finetune", 0, 5, 1.0), *(_row("ddpm-pa", s, 5, 1.0) for s in (0, 1))]
+    study.plot_curves(rows, tmp_path / "c.png", "t")
+    axes = figures[0].axes
+    titles = [ax.get_title() for ax in axes]
+    assert [t.rsplit(" (", 1)[0] for t in titles] == [label for _, label, _ in study.CURVE_METRICS]
+    legend = [text.get_text() for text in axes[0].get_legend().get_texts()]
+    assert legend == ["fine-tuning (1 seed)", "DDPM-PA (2 seeds)"]
+
+
 def test_run_in_parallel_keeps_task_order_in_workers_and_in_process():
     done = []
     tasks = [(2, 10), (3, 2), (5, 1)]
