@@ -14,6 +14,10 @@ k samples with the pair weights scaled by N / k, and the plain terms run on the 
   = mse + w_hf_mse hf_mse (means over all N samples) + w_pair pair_img_S + w_hf_pair pair_hf_S,
 which is the authors' total exactly (every sample has the same number of elements). Method "finetune"
 is the plain DDPM loss mse (+ L_vlb) of the same model: the comparison baseline.
+
+Under fp16, GradScaler skips the optimizer update when the gradients overflow. A skipped update is not a
+step: the step count (and so --steps and every cadence), the LR schedule and the EMA advance only on
+applied updates; skipped_steps counts the others, and checkpoints keep it with the scaler's state.
 """
 
 from __future__ import annotations
@@ -43,6 +47,9 @@ from .sampling import load_model_folder, sample_images, save_grid
 METHODS = ("ddpm-pa", "finetune")
 PAIR_TIMESTEPS = ("shared", "per-sample")
 PRECISIONS = {"fp32": torch.float32, "fp16": torch.float16, "bf16": torch.bfloat16}
+# GradScaler halves its scale on every skipped update: ~150 in a row take 2**16 below float32's smallest
+# number, so 1000 in a row means gradients that no scale makes finite, not a scale still settling.
+MAX_CONSECUTIVE_SKIPPED_STEPS = 1000
 
 
 class ConfigError(ValueError):
@@ -187,12 +194,18 @@ class Trainer:
         )
         self.autocast_dtype = PRECISIONS[c.precision]
         self.scaler = torch.amp.GradScaler(device.type, enabled=c.precision == "fp16")
+        # GradScaler.step calls optimizer.step only when the gradients are finite: this hook is how a
+        # step learns whether its update was applied (a public API; no reading of the scaler's internals).
+        self._update_applied = False
+        self.optimizer.register_step_post_hook(self._mark_update_applied)
         self.ema = EMA(self.adapted, c.ema_decay)
 
         self.batches = BatchStream(len(self.images), c.batch_size, c.seed, self.rank, self.world_size)
         self.noise_generator = torch.Generator().manual_seed(c.seed * 1_000_003 + 1 + self.rank)
         self.pair_generator = torch.Generator().manual_seed(c.seed * 1_000_003 + 2 + self.rank)
         self.step = 0
+        self.skipped_steps = 0
+        self._consecutive_skipped_steps = 0
 
         k, n = c.pair_size, c.batch_size
         # Pair weights scaled by N / k: see the module doc for why this reproduces the authors' total.
@@ -230,13 +243,20 @@ class Trainer:
             raise ConfigError(f"variance_type {variance_type!r} needs a model with 2C outputs, got {c_out}")
         return False
 
+    def _mark_update_applied(self, optimizer, args, kwargs) -> None:
+        self._update_applied = True
+
     def _autocast(self):
         if self.config.precision == "fp32":
             return contextlib.nullcontext()
         return torch.autocast(self.device.type, dtype=self.autocast_dtype)
 
     def training_step(self) -> dict[str, float]:
-        """One optimizer step; returns the loss terms of this rank's batch."""
+        """One forward, backward and optimizer step; returns the loss terms of this rank's batch.
+
+        When GradScaler skips the update (fp16, inf/NaN gradients), self.step, the LR schedule and the EMA
+        stay and self.skipped_steps grows; the batch, noise and pairs drawn are not drawn again.
+        MAX_CONSECUTIVE_SKIPPED_STEPS skipped in a row raise FloatingPointError."""
         c = self.config
         x0 = self.images[self.batches.next_indices().to(self.device)]
         n = x0.shape[0]
@@ -270,11 +290,25 @@ class Trainer:
             if c.grad_clip > 0:
                 self.scaler.unscale_(self.optimizer)
                 torch.nn.utils.clip_grad_norm_(self.adapted.parameters(), c.grad_clip)
+            self._update_applied = False
             self.scaler.step(self.optimizer)
             self.scaler.update()
-            self.lr_scheduler.step()
-            self.ema.update(self.adapted)
-        self.step += 1
+            if self._update_applied:
+                self.lr_scheduler.step()
+                self.ema.update(self.adapted)
+        if self._update_applied:
+            self.step += 1
+            self._consecutive_skipped_steps = 0
+        else:
+            self.skipped_steps += 1
+            self._consecutive_skipped_steps += 1
+            if self._consecutive_skipped_steps >= MAX_CONSECUTIVE_SKIPPED_STEPS:
+                raise FloatingPointError(
+                    f"GradScaler skipped {self._consecutive_skipped_steps} optimizer updates in a row after "
+                    f"step {self.step} (inf/NaN gradients at every loss scale, now "
+                    f"{self.scaler.get_scale():g}): the fp16 gradients do not become finite; train with "
+                    "--precision bf16 or fp32, or a lower --lr"
+                )
         return {name: value.item() for name, value in terms.items()}
 
     def _draw_pairs(self, n: int) -> tuple[torch.Tensor, torch.Tensor]:
@@ -371,6 +405,7 @@ class Trainer:
             "scaler": self.scaler.state_dict(),
             "lr_scheduler": self.lr_scheduler.state_dict(),
             "rng": per_rank,
+            "skipped_steps": self.skipped_steps,
         }
 
     def load_state(self, state: dict) -> None:
@@ -386,6 +421,8 @@ class Trainer:
         self.lr_scheduler.load_state_dict(state["lr_scheduler"])
         self._set_rng_state(state["rng"][self.rank])
         self.step = state["step"]
+        # Checkpoints written before skipped updates were counted have no such key.
+        self.skipped_steps = state.get("skipped_steps", 0)
 
     def save_checkpoint(self) -> Path | None:
         state = self.state_dict()  # a collective under DDP: every rank takes part
@@ -420,10 +457,11 @@ class Trainer:
     # ---- loop ----
 
     def train(self, on_step=None) -> dict:
-        """Runs to config.steps; returns a summary (final loss terms, wall time, steps per second).
+        """Runs to config.steps applied updates; returns a summary (final loss terms, wall time, applied
+        steps per second, skipped_steps: the updates GradScaler skipped in fp16, resumed runs included).
 
-        on_step(trainer), if given, runs after every step (after its checkpoint and samples), e.g. to
-        evaluate along the run; its time counts in train_seconds."""
+        on_step(trainer), if given, runs after every applied step (after its checkpoint and samples), e.g.
+        to evaluate along the run; its time counts in train_seconds. Skipped updates advance no cadence."""
         from tqdm.auto import tqdm
 
         c = self.config
@@ -438,11 +476,19 @@ class Trainer:
         start, first_step, terms = time.perf_counter(), self.step, {}
         try:
             while self.step < c.steps:
+                step_before = self.step
                 terms = self.training_step()
                 if not all(math.isfinite(v) for v in terms.values()):
                     raise FloatingPointError(f"non-finite loss at step {self.step}: {terms}")
+                postfix = {k: f"{v:.4f}" for k, v in terms.items()}
+                if self.scaler.is_enabled():
+                    postfix["skipped"] = self.skipped_steps
+                if self.step == step_before:
+                    # Skipped by GradScaler: redraw the bar now, as no update() will while skips last.
+                    bar.set_postfix(postfix)
+                    continue
                 bar.update(1)
-                bar.set_postfix({k: f"{v:.4f}" for k, v in terms.items()}, refresh=False)
+                bar.set_postfix(postfix, refresh=False)
                 if c.checkpoint_every and self.step % c.checkpoint_every == 0:
                     self.save_checkpoint()
                 if c.sample_every and self.step % c.sample_every == 0 and self.is_main:
@@ -461,6 +507,7 @@ class Trainer:
         return {
             "method": c.method,
             "steps": self.step,
+            "skipped_steps": self.skipped_steps,
             "loss_backend": self.loss_backend,
             "train_seconds": elapsed,
             "steps_per_second": (self.step - first_step) / elapsed if elapsed > 0 else float("nan"),
