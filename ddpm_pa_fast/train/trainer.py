@@ -2,8 +2,10 @@
 
 One step (method "ddpm-pa"), after the authors' training_fewshot_losses (docs/ddpm_pa_spec.md):
     t ~ U{0..T-1}, noise ~ N(0, I) per sample; x_t = sqrt(abar_t) x0 + sqrt(1 - abar_t) noise
-    eps_src = source(x_t, t)        (frozen: eval mode, inference mode, not in the optimizer, never DDP)
-    eps_ada = adapted(x_t, t)
+    pred_src = source(x_t, t)       (frozen: eval mode, inference mode, not in the optimizer, never DDP)
+    pred_ada = adapted(x_t, t)
+    a_t, b_t, target = loss_coefficients(scheduler, x0, noise, t)    (the scheduler's prediction_type:
+        the noise for epsilon, v for v_prediction; x0 = a_t x_t - b_t pred either way)
     loss = mse + w_hf_mse hf_mse    over the whole batch
          + w_pair pair_img + w_hf_pair pair_hf    over a pair subset of --pair-size samples
          (+ w_vlb L_vlb with the mean detached, for a learned-variance model)
@@ -37,6 +39,7 @@ import torch
 import torch.distributed as dist
 
 from .. import DDPMPALoss, backend_name, ddpm_pa_high_frequency
+from .. import prediction as P
 from .._nvtx import annotate
 from . import checkpoint as ckpt
 from .data import BatchStream, DataError, load_images
@@ -173,6 +176,7 @@ class Trainer:
         self.scheduler = scheduler
         self.channels = self.source.config.in_channels
         self.learned_variance = self._check_variance(self.source, scheduler)
+        self.prediction_type = self._check_prediction_type(scheduler, c.model_dir)
         min_count = c.pair_size if c.method == "ddpm-pa" else 1
         # Bad data stops here, before any model is copied or any step is taken.
         self.images = load_images(c.data_dir, self.channels, self.source.config.sample_size, min_count).to(
@@ -243,6 +247,15 @@ class Trainer:
             raise ConfigError(f"variance_type {variance_type!r} needs a model with 2C outputs, got {c_out}")
         return False
 
+    @staticmethod
+    def _check_prediction_type(scheduler, model_dir: str) -> str:
+        """The scheduler's prediction_type, if the loss can read it: refused here, before any step."""
+        try:
+            P.coefficient_tables(scheduler)
+        except ValueError as error:
+            raise ConfigError(f"model folder {model_dir!r}: {error}") from error
+        return scheduler.config.prediction_type
+
     def _mark_update_applied(self, optimizer, args, kwargs) -> None:
         self._update_applied = True
 
@@ -264,7 +277,7 @@ class Trainer:
             self.device
         )
         noise = torch.randn(x0.shape, generator=self.noise_generator).to(self.device)
-        eps_src = pair = rest = None
+        pred_src = pair = rest = None
         if c.method == "ddpm-pa":
             pair, rest = self._draw_pairs(n)
             if c.pair_timesteps == "shared":
@@ -275,14 +288,14 @@ class Trainer:
 
         if c.method == "ddpm-pa":
             with annotate("train/source_forward"):
-                eps_src = self.source_eps(x_t, t, pair)
+                pred_src = self.source_prediction(x_t, t, pair)
         with annotate("train/adapted_forward"), self._autocast():
             output = self.adapted_forward(x_t, t).sample
         output = output.float()
-        eps_ada = output[:, : self.channels]
+        pred_ada = output[:, : self.channels]
 
         with annotate("train/loss"):
-            terms = self._loss(x0, x_t, t, noise, eps_ada, eps_src, output, pair, rest)
+            terms = self._loss(x0, x_t, t, noise, pred_ada, pred_src, output, pair, rest)
         with annotate("train/backward"):
             self.optimizer.zero_grad(set_to_none=True)
             self.scaler.scale(terms["loss"]).backward()
@@ -316,10 +329,11 @@ class Trainer:
         order = torch.randperm(n, generator=self.pair_generator).to(self.device)
         return order[: self.config.pair_size], order[self.config.pair_size :]
 
-    def source_eps(self, x_t: torch.Tensor, t: torch.Tensor, rows: torch.Tensor) -> torch.Tensor:
-        """The frozen source's noise prediction for the batch rows `rows`, kept lean.
+    def source_prediction(self, x_t: torch.Tensor, t: torch.Tensor, rows: torch.Tensor) -> torch.Tensor:
+        """The frozen source's prediction (noise or v, as its scheduler says) for the batch rows `rows`,
+        kept lean.
 
-        Only the pair terms read eps_src, and only on the pair subset, so the source runs on those rows
+        Only the pair terms read it, and only on the pair subset, so the source runs on those rows
         alone (in eval mode a sample's prediction does not depend on the rest of its batch): k of N
         forwards instead of N. Inference mode, and the run's autocast or the source's own half precision
         (--source-precision)."""
@@ -327,38 +341,42 @@ class Trainer:
         if self.config.source_precision != "same":
             with torch.inference_mode():
                 dtype = PRECISIONS[self.config.source_precision]
-                eps_src = self.source_forward(x_t.to(dtype), t).sample[:, : self.channels]
+                pred_src = self.source_forward(x_t.to(dtype), t).sample[:, : self.channels]
         else:
             with torch.inference_mode(), self._autocast():
-                eps_src = self.source_forward(x_t, t).sample[:, : self.channels]
+                pred_src = self.source_forward(x_t, t).sample[:, : self.channels]
         # Out of inference mode so that a fused loss may save it for backward.
-        return eps_src.float().clone()
+        return pred_src.float().clone()
 
-    def _loss(self, x0, x_t, t, noise, eps_ada, eps_src, output, pair, rest) -> dict[str, torch.Tensor]:
-        """The step's loss terms. For DDPM-PA, eps_src holds the source's prediction of the `pair` rows."""
+    def _loss(self, x0, x_t, t, noise, pred_ada, pred_src, output, pair, rest) -> dict[str, torch.Tensor]:
+        """The step's loss terms. pred_* are the models' outputs in the scheduler's parameterisation
+        (noise or v); for DDPM-PA, pred_src holds the source's prediction of the `pair` rows."""
         c = self.config
         terms: dict[str, torch.Tensor] = {}
+        # The one place that reads the prediction type: for epsilon, target is `noise` itself and a_t, b_t
+        # are NoiseSchedule.x0_coefficients(t), bit for bit.
+        a_t, b_t, target = P.loss_coefficients(self.scheduler, x0, noise, t, self.prediction_type)
         if c.method == "finetune":
-            terms["mse"] = (noise - eps_ada).square().mean()
+            terms["mse"] = (target - pred_ada).square().mean()
             total = terms["mse"]
         else:
             n, k = x0.shape[0], pair.numel()
-            a_t, b_t = self.schedule.x0_coefficients(t)
-            pa = self.pa_loss(x_t[pair], eps_ada[pair], eps_src, noise[pair], a_t[pair], b_t[pair])
+            pa = self.pa_loss(x_t[pair], pred_ada[pair], pred_src, target[pair], a_t[pair], b_t[pair])
             total = (k / n) * pa.loss
             mse, hf_mse = (k / n) * pa.mse, (k / n) * pa.hf_mse
             if rest.numel():
-                mse_rest = (noise[rest] - eps_ada[rest]).square().mean()
+                mse_rest = (target[rest] - pred_ada[rest]).square().mean()
                 a, b = a_t[rest].reshape(-1, 1, 1, 1), b_t[rest].reshape(-1, 1, 1, 1)
-                hf_ada = ddpm_pa_high_frequency(a * x_t[rest] - b * eps_ada[rest], backend=c.backend)
-                hf_tgt = ddpm_pa_high_frequency(a * x_t[rest] - b * noise[rest], backend=c.backend)
+                hf_ada = ddpm_pa_high_frequency(a * x_t[rest] - b * pred_ada[rest], backend=c.backend)
+                hf_tgt = ddpm_pa_high_frequency(a * x_t[rest] - b * target[rest], backend=c.backend)
                 hf_mse_rest = (hf_ada - hf_tgt).square().mean()
                 total = total + ((n - k) / n) * (mse_rest + c.w_hf_mse * hf_mse_rest)
                 mse, hf_mse = mse + ((n - k) / n) * mse_rest, hf_mse + ((n - k) / n) * hf_mse_rest
             terms.update(mse=mse, hf_mse=hf_mse, pair_img=pa.pair_img, pair_hf=pa.pair_hf)
         if self.learned_variance:
             # improved-DDPM's RESCALED_MSE weighting (T / 1000), as the authors' code uses.
-            vb = self.schedule.vb_terms_bpd(eps_ada.detach(), output[:, self.channels :], x0, x_t, t).mean()
+            pred_x0 = a_t.reshape(-1, 1, 1, 1) * x_t - b_t.reshape(-1, 1, 1, 1) * pred_ada.detach()
+            vb = self.schedule.vb_terms_bpd_x0(pred_x0, output[:, self.channels :], x0, x_t, t).mean()
             terms["vlb"] = vb
             total = total + c.w_vlb * self.schedule.num_timesteps / 1000.0 * vb
         terms["loss"] = total
