@@ -2,6 +2,7 @@
 
     from ddpm_pa_fast import DDPMPALoss, ddpm_pa_loss, pairwise_similarity_kl
     from ddpm_pa_fast import ddpm_pa_high_frequency, haar_dwt2d, haar_idwt2d, DWTForward, DWTInverse
+    from ddpm_pa_fast import loss_coefficients   # a_t, b_t and target from a diffusers scheduler
 
 The maths is in docs/ddpm_pa_spec.md; ddpm_pa_fast.reference is its plain-PyTorch statement.
 """
@@ -15,6 +16,7 @@ from .functional import (
     pairwise_similarity_kl,
 )
 from .modules import DDPMPAHighFrequency, DDPMPALoss, DWTForward, DWTInverse, PairwiseSimilarityKL
+from .prediction import PREDICTION_TYPES, LossCoefficients, loss_coefficients
 from .reference import DDPMPALossOutput
 
 __version__ = "0.1.0"
@@ -27,6 +29,8 @@ __all__ = [
     "DDPMPALossOutput",
     "DWTForward",
     "DWTInverse",
+    "LossCoefficients",
+    "PREDICTION_TYPES",
     "PairwiseSimilarityKL",
     "available_backends",
     "backend_name",
@@ -34,5 +38,6 @@ __all__ = [
     "ddpm_pa_loss",
     "haar_dwt2d",
     "haar_idwt2d",
+    "loss_coefficients",
     "pairwise_similarity_kl",
 ]

@@ -10,7 +10,9 @@ import torch
 TINY_SIZE = 8
 
 
-def write_tiny_model(folder: Path, learned_variance: bool = False, num_timesteps: int = 100) -> Path:
+def write_tiny_model(
+    folder: Path, learned_variance: bool = False, num_timesteps: int = 100, prediction_type: str = "epsilon"
+) -> Path:
     """A ~10k-parameter UNet2DModel (8x8, channels (8, 16)) and a DDPMScheduler, via save_pretrained."""
     from diffusers import DDPMScheduler, UNet2DModel
 
@@ -28,6 +30,7 @@ def write_tiny_model(folder: Path, learned_variance: bool = False, num_timesteps
     scheduler = DDPMScheduler(
         num_train_timesteps=num_timesteps,
         variance_type="learned_range" if learned_variance else "fixed_small",
+        prediction_type=prediction_type,
     )
     unet.save_pretrained(folder, safe_serialization=True)
     scheduler.save_pretrained(folder)
@@ -44,12 +47,16 @@ def write_images(folder: Path, count: int = 6, size: int = TINY_SIZE, seed: int 
     return folder
 
 
-def tiny_config(tmp_path: Path, learned_variance: bool = False, **overrides):
+def tiny_config(
+    tmp_path: Path, learned_variance: bool = False, prediction_type: str = "epsilon", **overrides
+):
     from ddpm_pa_fast.train.trainer import TrainConfig
 
     model = tmp_path / ("model_lv" if learned_variance else "model")
+    if prediction_type != "epsilon":
+        model = model.with_name(f"{model.name}_{prediction_type}")
     if not model.exists():
-        write_tiny_model(model, learned_variance)
+        write_tiny_model(model, learned_variance, prediction_type=prediction_type)
     data = tmp_path / "data"
     if not data.exists():
         write_images(data)

@@ -62,18 +62,30 @@ class NoiseSchedule:
         x_t: torch.Tensor,
         t: torch.Tensor,
     ) -> torch.Tensor:
+        """vb_terms_bpd_x0 for a noise prediction eps (x0 = sqrt(1/abar) x_t - sqrt(1/abar - 1) eps)."""
+        a, b = _gather(self.sqrt_recip_abar, t), _gather(self.sqrt_recipm1_abar, t)
+        return self.vb_terms_bpd_x0(a * x_t - b * eps, var_values, x0, x_t, t)
+
+    def vb_terms_bpd_x0(
+        self,
+        pred_x0: torch.Tensor,
+        var_values: torch.Tensor,
+        x0: torch.Tensor,
+        x_t: torch.Tensor,
+        t: torch.Tensor,
+    ) -> torch.Tensor:
         """improved-DDPM's L_vlb per sample, in bits: KL(q(x_{t-1}|x_t,x0) || p(x_{t-1}|x_t)), and at t = 0
         the decoder's discretized Gaussian negative log-likelihood of x0.
 
-        eps is the model's noise prediction (pass it detached, as DDPM-PA does, so that only the variance
-        learns from this term); var_values in [-1, 1] interpolates the log variance between the clipped
-        posterior variance and beta_t ("learned_range"). clip_denoised is False, as in the authors' call.
+        pred_x0 is the model's prediction of x0, whatever it predicts (pass it detached, as DDPM-PA does,
+        so that only the variance learns from this term); var_values in [-1, 1] interpolates the log
+        variance between the clipped posterior variance and beta_t ("learned_range"). clip_denoised is
+        False, as in the authors' call.
         """
-        a, b = _gather(self.sqrt_recip_abar, t), _gather(self.sqrt_recipm1_abar, t)
         coef1, coef2 = _gather(self.posterior_mean_coef1, t), _gather(self.posterior_mean_coef2, t)
         true_mean = coef1 * x0 + coef2 * x_t
         true_log_variance = _gather(self.posterior_log_variance_clipped, t)
-        model_mean = coef1 * (a * x_t - b * eps) + coef2 * x_t
+        model_mean = coef1 * pred_x0 + coef2 * x_t
         frac = (var_values + 1) / 2
         model_log_variance = frac * _gather(self.log_betas, t) + (1 - frac) * true_log_variance
         kl = normal_kl(true_mean, true_log_variance, model_mean, model_log_variance)

@@ -40,13 +40,16 @@ def sample_images(
 ) -> torch.Tensor:
     """num_images samples in [-1, 1], (num_images, C, H, W), with deterministic DDIM (eta = 0) in num_steps
     steps over the DDPM schedule, clipping x0 as the scheduler's config says (clip_sample); the same seed
-    gives the same starting noise for every model.
+    gives the same starting noise for every model. The model's output is read in its own parameterisation,
+    the scheduler's prediction_type (epsilon, v_prediction or sample).
 
     Why not DPM-Solver++, whose metrics settle in fewer steps: it does not clip x0, and a third of the
     Fashion-MNIST source model's samples diverged into saturated noise (benchmarks/results/fewshot/)."""
     from diffusers import DDIMScheduler
 
-    solver = DDIMScheduler.from_config(scheduler.config)
+    # from_config carries prediction_type over; named anyway, as reading a v model's output as noise
+    # would sample garbage without an error.
+    solver = DDIMScheduler.from_config(scheduler.config, prediction_type=scheduler.config.prediction_type)
     device = next(unet.parameters()).device
     channels, size = unet.config.in_channels, unet.config.sample_size
     generator = torch.Generator().manual_seed(seed)
@@ -59,9 +62,9 @@ def sample_images(
         # A multistep solver keeps earlier model outputs: each chunk starts the schedule afresh.
         solver.set_timesteps(num_steps)
         for t in solver.timesteps:
-            # A learned-variance model outputs 2C channels; DDIM uses the noise prediction only.
-            eps = unet(x, t.to(device)).sample[:, :channels]
-            x = solver.step(eps, t, x).prev_sample
+            # A learned-variance model outputs 2C channels; DDIM uses the prediction (the first C) only.
+            prediction = unet(x, t.to(device)).sample[:, :channels]
+            x = solver.step(prediction, t, x).prev_sample
         chunks.append(x.clamp(-1, 1).float().cpu())
     unet.train(was_training)
     return torch.cat(chunks)

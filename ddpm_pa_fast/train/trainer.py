@@ -2,8 +2,10 @@
 
 One step (method "ddpm-pa"), after the authors' training_fewshot_losses (docs/ddpm_pa_spec.md):
     t ~ U{0..T-1}, noise ~ N(0, I) per sample; x_t = sqrt(abar_t) x0 + sqrt(1 - abar_t) noise
-    eps_src = source(x_t, t)        (frozen: eval mode, inference mode, not in the optimizer, never DDP)
-    eps_ada = adapted(x_t, t)
+    pred_src = source(x_t, t)       (frozen: eval mode, inference mode, not in the optimizer, never DDP)
+    pred_ada = adapted(x_t, t)
+    a_t, b_t, target = loss_coefficients(scheduler, x0, noise, t)    (the scheduler's prediction_type:
+        the noise for epsilon, v for v_prediction; x0 = a_t x_t - b_t pred either way)
     loss = mse + w_hf_mse hf_mse    over the whole batch
          + w_pair pair_img + w_hf_pair pair_hf    over a pair subset of --pair-size samples
          (+ w_vlb L_vlb with the mean detached, for a learned-variance model)
@@ -14,6 +16,10 @@ k samples with the pair weights scaled by N / k, and the plain terms run on the 
   = mse + w_hf_mse hf_mse (means over all N samples) + w_pair pair_img_S + w_hf_pair pair_hf_S,
 which is the authors' total exactly (every sample has the same number of elements). Method "finetune"
 is the plain DDPM loss mse (+ L_vlb) of the same model: the comparison baseline.
+
+Under fp16, GradScaler skips the optimizer update when the gradients overflow. A skipped update is not a
+step: the step count (and so --steps and every cadence), the LR schedule and the EMA advance only on
+applied updates; skipped_steps counts the others, and checkpoints keep it with the scaler's state.
 """
 
 from __future__ import annotations
@@ -33,6 +39,7 @@ import torch
 import torch.distributed as dist
 
 from .. import DDPMPALoss, backend_name, ddpm_pa_high_frequency
+from .. import prediction as P
 from .._nvtx import annotate
 from . import checkpoint as ckpt
 from .data import BatchStream, DataError, load_images
@@ -43,6 +50,9 @@ from .sampling import load_model_folder, sample_images, save_grid
 METHODS = ("ddpm-pa", "finetune")
 PAIR_TIMESTEPS = ("shared", "per-sample")
 PRECISIONS = {"fp32": torch.float32, "fp16": torch.float16, "bf16": torch.bfloat16}
+# GradScaler halves its scale on every skipped update: ~150 in a row take 2**16 below float32's smallest
+# number, so 1000 in a row means gradients that no scale makes finite, not a scale still settling.
+MAX_CONSECUTIVE_SKIPPED_STEPS = 1000
 
 
 class ConfigError(ValueError):
@@ -166,6 +176,7 @@ class Trainer:
         self.scheduler = scheduler
         self.channels = self.source.config.in_channels
         self.learned_variance = self._check_variance(self.source, scheduler)
+        self.prediction_type = self._check_prediction_type(scheduler, c.model_dir)
         min_count = c.pair_size if c.method == "ddpm-pa" else 1
         # Bad data stops here, before any model is copied or any step is taken.
         self.images = load_images(c.data_dir, self.channels, self.source.config.sample_size, min_count).to(
@@ -187,12 +198,18 @@ class Trainer:
         )
         self.autocast_dtype = PRECISIONS[c.precision]
         self.scaler = torch.amp.GradScaler(device.type, enabled=c.precision == "fp16")
+        # GradScaler.step calls optimizer.step only when the gradients are finite: this hook is how a
+        # step learns whether its update was applied (a public API; no reading of the scaler's internals).
+        self._update_applied = False
+        self.optimizer.register_step_post_hook(self._mark_update_applied)
         self.ema = EMA(self.adapted, c.ema_decay)
 
         self.batches = BatchStream(len(self.images), c.batch_size, c.seed, self.rank, self.world_size)
         self.noise_generator = torch.Generator().manual_seed(c.seed * 1_000_003 + 1 + self.rank)
         self.pair_generator = torch.Generator().manual_seed(c.seed * 1_000_003 + 2 + self.rank)
         self.step = 0
+        self.skipped_steps = 0
+        self._consecutive_skipped_steps = 0
 
         k, n = c.pair_size, c.batch_size
         # Pair weights scaled by N / k: see the module doc for why this reproduces the authors' total.
@@ -230,13 +247,29 @@ class Trainer:
             raise ConfigError(f"variance_type {variance_type!r} needs a model with 2C outputs, got {c_out}")
         return False
 
+    @staticmethod
+    def _check_prediction_type(scheduler, model_dir: str) -> str:
+        """The scheduler's prediction_type, if the loss can read it: refused here, before any step."""
+        try:
+            P.coefficient_tables(scheduler)
+        except ValueError as error:
+            raise ConfigError(f"model folder {model_dir!r}: {error}") from error
+        return scheduler.config.prediction_type
+
+    def _mark_update_applied(self, optimizer, args, kwargs) -> None:
+        self._update_applied = True
+
     def _autocast(self):
         if self.config.precision == "fp32":
             return contextlib.nullcontext()
         return torch.autocast(self.device.type, dtype=self.autocast_dtype)
 
     def training_step(self) -> dict[str, float]:
-        """One optimizer step; returns the loss terms of this rank's batch."""
+        """One forward, backward and optimizer step; returns the loss terms of this rank's batch.
+
+        When GradScaler skips the update (fp16, inf/NaN gradients), self.step, the LR schedule and the EMA
+        stay and self.skipped_steps grows; the batch, noise and pairs drawn are not drawn again.
+        MAX_CONSECUTIVE_SKIPPED_STEPS skipped in a row raise FloatingPointError."""
         c = self.config
         x0 = self.images[self.batches.next_indices().to(self.device)]
         n = x0.shape[0]
@@ -244,7 +277,7 @@ class Trainer:
             self.device
         )
         noise = torch.randn(x0.shape, generator=self.noise_generator).to(self.device)
-        eps_src = pair = rest = None
+        pred_src = pair = rest = None
         if c.method == "ddpm-pa":
             pair, rest = self._draw_pairs(n)
             if c.pair_timesteps == "shared":
@@ -255,14 +288,14 @@ class Trainer:
 
         if c.method == "ddpm-pa":
             with annotate("train/source_forward"):
-                eps_src = self.source_eps(x_t, t, pair)
+                pred_src = self.source_prediction(x_t, t, pair)
         with annotate("train/adapted_forward"), self._autocast():
             output = self.adapted_forward(x_t, t).sample
         output = output.float()
-        eps_ada = output[:, : self.channels]
+        pred_ada = output[:, : self.channels]
 
         with annotate("train/loss"):
-            terms = self._loss(x0, x_t, t, noise, eps_ada, eps_src, output, pair, rest)
+            terms = self._loss(x0, x_t, t, noise, pred_ada, pred_src, output, pair, rest)
         with annotate("train/backward"):
             self.optimizer.zero_grad(set_to_none=True)
             self.scaler.scale(terms["loss"]).backward()
@@ -270,11 +303,25 @@ class Trainer:
             if c.grad_clip > 0:
                 self.scaler.unscale_(self.optimizer)
                 torch.nn.utils.clip_grad_norm_(self.adapted.parameters(), c.grad_clip)
+            self._update_applied = False
             self.scaler.step(self.optimizer)
             self.scaler.update()
-            self.lr_scheduler.step()
-            self.ema.update(self.adapted)
-        self.step += 1
+            if self._update_applied:
+                self.lr_scheduler.step()
+                self.ema.update(self.adapted)
+        if self._update_applied:
+            self.step += 1
+            self._consecutive_skipped_steps = 0
+        else:
+            self.skipped_steps += 1
+            self._consecutive_skipped_steps += 1
+            if self._consecutive_skipped_steps >= MAX_CONSECUTIVE_SKIPPED_STEPS:
+                raise FloatingPointError(
+                    f"GradScaler skipped {self._consecutive_skipped_steps} optimizer updates in a row after "
+                    f"step {self.step} (inf/NaN gradients at every loss scale, now "
+                    f"{self.scaler.get_scale():g}): the fp16 gradients do not become finite; train with "
+                    "--precision bf16 or fp32, or a lower --lr"
+                )
         return {name: value.item() for name, value in terms.items()}
 
     def _draw_pairs(self, n: int) -> tuple[torch.Tensor, torch.Tensor]:
@@ -282,10 +329,11 @@ class Trainer:
         order = torch.randperm(n, generator=self.pair_generator).to(self.device)
         return order[: self.config.pair_size], order[self.config.pair_size :]
 
-    def source_eps(self, x_t: torch.Tensor, t: torch.Tensor, rows: torch.Tensor) -> torch.Tensor:
-        """The frozen source's noise prediction for the batch rows `rows`, kept lean.
+    def source_prediction(self, x_t: torch.Tensor, t: torch.Tensor, rows: torch.Tensor) -> torch.Tensor:
+        """The frozen source's prediction (noise or v, as its scheduler says) for the batch rows `rows`,
+        kept lean.
 
-        Only the pair terms read eps_src, and only on the pair subset, so the source runs on those rows
+        Only the pair terms read it, and only on the pair subset, so the source runs on those rows
         alone (in eval mode a sample's prediction does not depend on the rest of its batch): k of N
         forwards instead of N. Inference mode, and the run's autocast or the source's own half precision
         (--source-precision)."""
@@ -293,38 +341,42 @@ class Trainer:
         if self.config.source_precision != "same":
             with torch.inference_mode():
                 dtype = PRECISIONS[self.config.source_precision]
-                eps_src = self.source_forward(x_t.to(dtype), t).sample[:, : self.channels]
+                pred_src = self.source_forward(x_t.to(dtype), t).sample[:, : self.channels]
         else:
             with torch.inference_mode(), self._autocast():
-                eps_src = self.source_forward(x_t, t).sample[:, : self.channels]
+                pred_src = self.source_forward(x_t, t).sample[:, : self.channels]
         # Out of inference mode so that a fused loss may save it for backward.
-        return eps_src.float().clone()
+        return pred_src.float().clone()
 
-    def _loss(self, x0, x_t, t, noise, eps_ada, eps_src, output, pair, rest) -> dict[str, torch.Tensor]:
-        """The step's loss terms. For DDPM-PA, eps_src holds the source's prediction of the `pair` rows."""
+    def _loss(self, x0, x_t, t, noise, pred_ada, pred_src, output, pair, rest) -> dict[str, torch.Tensor]:
+        """The step's loss terms. pred_* are the models' outputs in the scheduler's parameterisation
+        (noise or v); for DDPM-PA, pred_src holds the source's prediction of the `pair` rows."""
         c = self.config
         terms: dict[str, torch.Tensor] = {}
+        # The one place that reads the prediction type: for epsilon, target is `noise` itself and a_t, b_t
+        # are NoiseSchedule.x0_coefficients(t), bit for bit.
+        a_t, b_t, target = P.loss_coefficients(self.scheduler, x0, noise, t, self.prediction_type)
         if c.method == "finetune":
-            terms["mse"] = (noise - eps_ada).square().mean()
+            terms["mse"] = (target - pred_ada).square().mean()
             total = terms["mse"]
         else:
             n, k = x0.shape[0], pair.numel()
-            a_t, b_t = self.schedule.x0_coefficients(t)
-            pa = self.pa_loss(x_t[pair], eps_ada[pair], eps_src, noise[pair], a_t[pair], b_t[pair])
+            pa = self.pa_loss(x_t[pair], pred_ada[pair], pred_src, target[pair], a_t[pair], b_t[pair])
             total = (k / n) * pa.loss
             mse, hf_mse = (k / n) * pa.mse, (k / n) * pa.hf_mse
             if rest.numel():
-                mse_rest = (noise[rest] - eps_ada[rest]).square().mean()
+                mse_rest = (target[rest] - pred_ada[rest]).square().mean()
                 a, b = a_t[rest].reshape(-1, 1, 1, 1), b_t[rest].reshape(-1, 1, 1, 1)
-                hf_ada = ddpm_pa_high_frequency(a * x_t[rest] - b * eps_ada[rest], backend=c.backend)
-                hf_tgt = ddpm_pa_high_frequency(a * x_t[rest] - b * noise[rest], backend=c.backend)
+                hf_ada = ddpm_pa_high_frequency(a * x_t[rest] - b * pred_ada[rest], backend=c.backend)
+                hf_tgt = ddpm_pa_high_frequency(a * x_t[rest] - b * target[rest], backend=c.backend)
                 hf_mse_rest = (hf_ada - hf_tgt).square().mean()
                 total = total + ((n - k) / n) * (mse_rest + c.w_hf_mse * hf_mse_rest)
                 mse, hf_mse = mse + ((n - k) / n) * mse_rest, hf_mse + ((n - k) / n) * hf_mse_rest
             terms.update(mse=mse, hf_mse=hf_mse, pair_img=pa.pair_img, pair_hf=pa.pair_hf)
         if self.learned_variance:
             # improved-DDPM's RESCALED_MSE weighting (T / 1000), as the authors' code uses.
-            vb = self.schedule.vb_terms_bpd(eps_ada.detach(), output[:, self.channels :], x0, x_t, t).mean()
+            pred_x0 = a_t.reshape(-1, 1, 1, 1) * x_t - b_t.reshape(-1, 1, 1, 1) * pred_ada.detach()
+            vb = self.schedule.vb_terms_bpd_x0(pred_x0, output[:, self.channels :], x0, x_t, t).mean()
             terms["vlb"] = vb
             total = total + c.w_vlb * self.schedule.num_timesteps / 1000.0 * vb
         terms["loss"] = total
@@ -371,6 +423,7 @@ class Trainer:
             "scaler": self.scaler.state_dict(),
             "lr_scheduler": self.lr_scheduler.state_dict(),
             "rng": per_rank,
+            "skipped_steps": self.skipped_steps,
         }
 
     def load_state(self, state: dict) -> None:
@@ -386,6 +439,8 @@ class Trainer:
         self.lr_scheduler.load_state_dict(state["lr_scheduler"])
         self._set_rng_state(state["rng"][self.rank])
         self.step = state["step"]
+        # Checkpoints written before skipped updates were counted have no such key.
+        self.skipped_steps = state.get("skipped_steps", 0)
 
     def save_checkpoint(self) -> Path | None:
         state = self.state_dict()  # a collective under DDP: every rank takes part
@@ -423,10 +478,11 @@ class Trainer:
     # ---- loop ----
 
     def train(self, on_step=None) -> dict:
-        """Runs to config.steps; returns a summary (final loss terms, wall time, steps per second).
+        """Runs to config.steps applied updates; returns a summary (final loss terms, wall time, applied
+        steps per second, skipped_steps: the updates GradScaler skipped in fp16, resumed runs included).
 
-        on_step(trainer), if given, runs after every step (after its checkpoint and samples), e.g. to
-        evaluate along the run; its time counts in train_seconds."""
+        on_step(trainer), if given, runs after every applied step (after its checkpoint and samples), e.g.
+        to evaluate along the run; its time counts in train_seconds. Skipped updates advance no cadence."""
         from tqdm.auto import tqdm
 
         c = self.config
@@ -441,11 +497,19 @@ class Trainer:
         start, first_step, terms = time.perf_counter(), self.step, {}
         try:
             while self.step < c.steps:
+                step_before = self.step
                 terms = self.training_step()
                 if not all(math.isfinite(v) for v in terms.values()):
                     raise FloatingPointError(f"non-finite loss at step {self.step}: {terms}")
+                postfix = {k: f"{v:.4f}" for k, v in terms.items()}
+                if self.scaler.is_enabled():
+                    postfix["skipped"] = self.skipped_steps
+                if self.step == step_before:
+                    # Skipped by GradScaler: redraw the bar now, as no update() will while skips last.
+                    bar.set_postfix(postfix)
+                    continue
                 bar.update(1)
-                bar.set_postfix({k: f"{v:.4f}" for k, v in terms.items()}, refresh=False)
+                bar.set_postfix(postfix, refresh=False)
                 if c.checkpoint_every and self.step % c.checkpoint_every == 0:
                     self.save_checkpoint()
                 if c.sample_every and self.step % c.sample_every == 0 and self.is_main:
@@ -464,6 +528,7 @@ class Trainer:
         return {
             "method": c.method,
             "steps": self.step,
+            "skipped_steps": self.skipped_steps,
             "loss_backend": self.loss_backend,
             "train_seconds": elapsed,
             "steps_per_second": (self.step - first_step) / elapsed if elapsed > 0 else float("nan"),

@@ -1,0 +1,164 @@
+"""The DDPM-PA loss's coefficients and target for a diffusers scheduler's prediction type.
+
+The loss reads the model's output `pred` through x0 = a_t * x_t - b_t * pred and regresses it on a
+target (docs/ddpm_pa_spec.md writes it for a noise prediction). With x_t = sqrt(abar) x0 + sqrt(1-abar) eps:
+
+    epsilon:       pred = eps,  a_t = sqrt(1 / abar),  b_t = sqrt(1 / abar - 1),  target = eps
+    v_prediction:  pred = v,    a_t = sqrt(abar),      b_t = sqrt(1 - abar),      target = v
+                   v = sqrt(abar) eps - sqrt(1 - abar) x0   (Salimans & Ho 2022; diffusers' get_velocity)
+
+For v: a_t x_t - b_t v = abar x0 + a_t b_t eps - a_t b_t eps + (1 - abar) x0 = x0, so the fused kernels
+compute the right x0 and mse unchanged. An x0 ("sample") prediction is not supported.
+"""
+
+from __future__ import annotations
+
+from typing import NamedTuple
+
+import torch
+
+PREDICTION_TYPES = ("epsilon", "v_prediction")
+
+
+class LossCoefficients(NamedTuple):
+    """What DDPMPALoss takes besides the models' predictions: loss(x_t, pred_ada, pred_src, target, a_t, b_t).
+
+    a_t, b_t: shape (N,); target: shape of the sample (the noise for epsilon, v for v_prediction).
+    """
+
+    a_t: torch.Tensor
+    b_t: torch.Tensor
+    target: torch.Tensor
+
+
+def check_prediction_type(prediction_type, name: str = "prediction_type") -> str:
+    """prediction_type itself if the loss can read that parameterisation, else ValueError naming `name`."""
+    if prediction_type not in PREDICTION_TYPES:
+        raise ValueError(
+            f"{name} must be one of {', '.join(repr(p) for p in PREDICTION_TYPES)}, got {prediction_type!r}"
+            + (
+                " (an x0 prediction has no noise term for the DDPM-PA loss to read; it is not supported)"
+                if prediction_type == "sample"
+                else ""
+            )
+        )
+    return prediction_type
+
+
+def _alphas_cumprod_float64(scheduler) -> torch.Tensor:
+    betas = getattr(scheduler, "betas", None)
+    if not isinstance(betas, torch.Tensor) or betas.ndim != 1:
+        raise TypeError(
+            "scheduler must be a diffusers DDPM-style scheduler with a 1-D `betas` tensor (e.g. "
+            f"DDPMScheduler), got {type(scheduler).__name__}"
+        )
+    # Computed in float64 from the betas, as improved-diffusion does and as the trainer's noise schedule
+    # (ddpm_pa_fast.train.diffusion.NoiseSchedule) does: a_t for epsilon is 1 / sqrt(abar_t), whose
+    # relative error is abar's, and float32 cumulative products lose digits over 1000 steps.
+    return torch.cumprod(1.0 - betas.detach().cpu().to(torch.float64), dim=0)
+
+
+def resolve_prediction_type(scheduler, prediction_type: str | None = None) -> str:
+    """prediction_type, or the scheduler's config.prediction_type when None; checked (ValueError)."""
+    if prediction_type is not None:
+        return check_prediction_type(prediction_type)
+    prediction_type = getattr(getattr(scheduler, "config", None), "prediction_type", None)
+    if prediction_type is None:
+        raise ValueError(
+            "the scheduler has no config.prediction_type; pass prediction_type= "
+            f"({' or '.join(repr(p) for p in PREDICTION_TYPES)})"
+        )
+    return check_prediction_type(prediction_type, "the scheduler's config.prediction_type")
+
+
+def coefficient_tables(scheduler, prediction_type: str | None = None) -> tuple[torch.Tensor, torch.Tensor]:
+    """(a, b), float64 on the CPU, one entry per training timestep: a[t], b[t] are the loss's a_t, b_t.
+
+    Errors as loss_coefficients'; the trainer calls this once to check a model folder before training.
+    """
+    prediction_type = resolve_prediction_type(scheduler, prediction_type)
+    abar = _alphas_cumprod_float64(scheduler)
+    if prediction_type == "epsilon":
+        if not bool((abar > 0).all()):
+            raise ValueError(
+                "prediction_type 'epsilon' needs abar_t > 0 at every timestep; this schedule reaches "
+                "abar = 0 (zero terminal SNR), where x0 cannot be read from a noise prediction: use "
+                "'v_prediction'"
+            )
+        return (1.0 / abar).sqrt(), (1.0 / abar - 1.0).sqrt()
+    return abar.sqrt(), (1.0 - abar).sqrt()
+
+
+def loss_coefficients(
+    scheduler,
+    sample: torch.Tensor,
+    noise: torch.Tensor,
+    timesteps: torch.Tensor,
+    prediction_type: str | None = None,
+) -> LossCoefficients:
+    """The DDPM-PA loss's a_t, b_t and target for a diffusers scheduler, so that a training loop
+    written for diffusers calls the loss without deriving them:
+
+        noisy = scheduler.add_noise(clean, noise, timesteps)
+        a_t, b_t, target = loss_coefficients(scheduler, clean, noise, timesteps)
+        out = DDPMPALoss()(noisy, unet(noisy, timesteps).sample, source_prediction, target, a_t, b_t)
+
+    Arguments (the order of diffusers' scheduler.get_velocity(sample, noise, timesteps)):
+        scheduler: a diffusers DDPMScheduler, or any scheduler with its `betas` (1-D, the training
+            schedule) and `config.prediction_type`.
+        sample: the clean images x0, (N, ...), float.
+        noise: the noise eps that made x_t, same shape as sample.
+        timesteps: integer tensor of shape (N,), entries in [0, len(scheduler.betas)); any device.
+        prediction_type: "epsilon" or "v_prediction"; None (default) reads scheduler.config.prediction_type,
+            which is what the model was trained to predict and what its sampler assumes.
+
+    Returns LossCoefficients(a_t, b_t, target) on sample's device: a_t and b_t of shape (N,), float64 for
+    a float64 sample and float32 otherwise, computed in float64 from the betas; target of sample's shape
+    and dtype (promoted with noise's): the noise itself for epsilon, v = sqrt(abar) eps - sqrt(1 - abar) x0
+    (diffusers' get_velocity, computed in float32 or float64) for v_prediction. Nothing here carries a
+    gradient. The coefficients are the module doc's table.
+
+    Raises ValueError for a prediction type other than "epsilon" and "v_prediction" (it names the
+    argument, or the scheduler's config, and the allowed values), for mismatched shapes, for non-integer
+    timesteps, and for epsilon on a schedule with abar = 0 (zero terminal SNR: x0 cannot be read from a
+    noise prediction there; use v_prediction); TypeError for a scheduler without betas.
+    """
+    prediction_type = resolve_prediction_type(scheduler, prediction_type)
+    if not isinstance(sample, torch.Tensor) or not sample.is_floating_point() or sample.ndim < 1:
+        raise ValueError("sample must be a floating-point tensor of shape (N, ...)")
+    if not isinstance(noise, torch.Tensor) or noise.shape != sample.shape:
+        raise ValueError(
+            f"noise must be a tensor of sample's shape {tuple(sample.shape)}, got "
+            f"{tuple(noise.shape) if isinstance(noise, torch.Tensor) else type(noise).__name__}"
+        )
+    n = sample.shape[0]
+    if (
+        not isinstance(timesteps, torch.Tensor)
+        or timesteps.is_floating_point()
+        or timesteps.is_complex()
+        or timesteps.dtype == torch.bool
+        or tuple(timesteps.shape) != (n,)
+    ):
+        raise ValueError(
+            f"timesteps must be an integer tensor of shape ({n},) (one per sample), got "
+            + (
+                f"{timesteps.dtype} of shape {tuple(timesteps.shape)}"
+                if isinstance(timesteps, torch.Tensor)
+                else type(timesteps).__name__
+            )
+        )
+
+    a_table, b_table = coefficient_tables(scheduler, prediction_type)
+    dtype = torch.float64 if sample.dtype == torch.float64 else torch.float32
+    index = timesteps.to(device=sample.device, dtype=torch.long)
+    a_t = a_table.to(device=sample.device, dtype=dtype)[index]
+    b_t = b_table.to(device=sample.device, dtype=dtype)[index]
+    if prediction_type == "epsilon":
+        target = noise
+    else:
+        shape = (n,) + (1,) * (sample.ndim - 1)
+        out_dtype = torch.promote_types(sample.dtype, noise.dtype)
+        target = (
+            a_t.reshape(shape) * noise.detach().to(dtype) - b_t.reshape(shape) * sample.detach().to(dtype)
+        ).to(out_dtype)
+    return LossCoefficients(a_t, b_t, target)
