@@ -29,8 +29,14 @@ GRAM_STAGES = 2
 # tiles within 255 registers per thread (see kernels/ddpm_pa_loss.py). Larger N tiles the samples.
 MIN_BLOCK_N = 16
 MAX_BLOCK_N = 32
-# The one-program kernels hold whole N x N matrices in registers.
-MAX_BATCH = 256
+# The one-program kernels hold whole N x N matrices in registers, so N is bounded by what one program
+# can hold. At N = 256 the first GPU run (H200, 2026-11-30) refused the pairwise KL kernel: 256 KiB of
+# shared memory staged for one 256 x 256 float32 matrix, above the 227 KiB a Hopper block may have;
+# from 128 x 128 on the registers spill kilobytes (whole_batch_warps). 64 is the largest N whose
+# kernels compile for sm_80 and sm_90 within shared memory and without spilling
+# (tests/test_triton.py::test_kernels_compile_for_gpu_targets compiles them at this N). Larger N
+# would tile the N x N work across programs; the CUDA and CPU kernels have no such limit.
+MAX_BATCH = 64
 PROGRAMS_PER_SM = 4
 INTERPRETER_MAX_PROGRAMS = 4
 

@@ -347,7 +347,7 @@ def _ddpm_pa_loss_terms_kernel(
     w_pair = tl.load(params_ptr + 1)
     w_hf_pair = tl.load(params_ptr + 2)
     w_hf_mse = tl.load(params_ptr + 3)
-    tiles = tl.arange(0, 16)  # T <= MAX_BATCH / MAX_BLOCK_N = 8 row tiles
+    tiles = tl.arange(0, 16)  # T <= MAX_BATCH / MAX_BLOCK_N = 2 row tiles; 16 leaves room to raise N
     tile_mask = tiles < NUM_TILES
     mse = tl.sum(tl.load(sq_ptr + tiles, mask=tile_mask, other=0.0), axis=0) / numel
     hf_mse = tl.sum(tl.load(sq_ptr + NUM_TILES + tiles, mask=tile_mask, other=0.0), axis=0) / numel_hf

@@ -55,11 +55,12 @@ fi
 
 carry="${DIR#"$REPO"/}"
 cat <<EOF
-[gpu_carry] ready. The GPU slot: one command (the check ends within 7.5 minutes; give it 540 s),
-carrying ${carry} (ignored by git, so it must be named), output under \$OUT:
+[gpu_carry] ready. The GPU slot: one command (the check ends within 7.5 minutes; give it 560 s),
+carrying ${carry} (ignored by git, so it must be named). The device tool brings back at most 8 files,
+so the logs come back as one archive (docs/gpu_checklist.md, section 2):
 
-    bash scripts/gpu_check.sh "\$OUT/gpu_check"
+    timeout -k 5 505 bash scripts/gpu_check.sh /tmp/gc > /tmp/gc.console 2>&1; cp /tmp/gc.console /tmp/gc/;
+    tar czf \$OUT/gpu_check.tgz -C /tmp gc; cp /tmp/gc/summary.md \$OUT/
 
-  run tool: command='bash scripts/gpu_check.sh "\$OUT/gpu_check"', carry=["${carry}"], timeout_s=540
-  then read \$OUT/gpu_check/summary.md first (docs/gpu_checklist.md).
+  run tool: that command, carry=["${carry}"], timeout_s=560; then read summary.md first.
 EOF

@@ -60,6 +60,12 @@ def _ops():
     return triton_ops.load_kernels()
 
 
+def _kernels_max_batch() -> int:
+    """The Triton kernels' batch limit (kernels/_common.MAX_BATCH), the kernels imported as the ops do."""
+    _ops()
+    return sys.modules["ddpm_pa_fast.kernels._common"].MAX_BATCH
+
+
 def _upstream(shape, dtype, device, seed=7):
     """A random, non-unit upstream gradient, rounded to dtype (the reference then uses the same values)."""
     return randn(shape, seed, dtype, device)
@@ -369,12 +375,14 @@ def _opcheck_samples(device):
         (ops.ddpm_pa_high_frequency.default, (x.requires_grad_(),)),
         (ops.ddpm_pa_high_frequency_backward.default, (randn((2, 3, 2, 3), 44, torch.float32, device), 5, 7)),
         (ops.haar_dwt2d.default, (x, "symmetric")),
-        (ops.haar_dwt2d_backward.default, (yl, yh, 5, 7, "periodization")),
+        # The backward ops get inputs that do not require grad, as autograd gives them (they have no
+        # derivative of their own); detached because the samples after them mark yl, yh and ada.
+        (ops.haar_dwt2d_backward.default, (yl.detach(), yh.detach(), 5, 7, "periodization")),
         (ops.haar_idwt2d.default, (yl.requires_grad_(), yh.requires_grad_())),
         (ops.pairwise_similarity_kl.default, (src, ada.requires_grad_(), 0.7, "none")),
         (
             ops.pairwise_similarity_kl_backward.default,
-            (randn((), 45, torch.float32, device), ada, gram_src, gram_ada, 0.7, "sum"),
+            (randn((), 45, torch.float32, device), ada.detach(), gram_src, gram_ada, 0.7, "sum"),
         ),
         (
             ops.ddpm_pa_loss.default,
@@ -480,6 +488,7 @@ def test_kernels_compile_for_gpu_targets(monkeypatch, tmp_path):
     compiled by Triton's compiler for sm_80 and sm_90 down to cubin: what the interpreter cannot show
     (the compiler's type and layout checks, shared memory within the GPU's limit, register spills)."""
     launches = _record_launches(monkeypatch)
+    max_batch = _kernels_max_batch()
     for dtype in DTYPES:
         x = randn((2, 3, 9, 7), 1, dtype, "cpu").requires_grad_()
         D.ddpm_pa_high_frequency(x, backend="triton").sum().backward()
@@ -487,11 +496,12 @@ def test_kernels_compile_for_gpu_targets(monkeypatch, tmp_path):
         torch.autograd.backward([yl, *yh], [torch.ones_like(yl), *map(torch.ones_like, yh)])
         coefficients = [t.detach().requires_grad_() for t in (yl, *yh)]
         D.haar_idwt2d(coefficients[0], coefficients[1:], "zero", backend="triton").sum().backward()
-        # N = 4, 20 and 40: BLOCK_N 16, then 32 with one and with two row tiles.
-        for feature_shape in [(4, 30), (20, 3, 5), LARGE_N_FEATURE_SHAPE]:
+        # N = 4, 20 and 40: BLOCK_N 16, then 32 with one and with two row tiles; and the kernels' limit,
+        # where the one-program N x N kernels are largest (at N = 256 one needed 256 KiB of shared memory).
+        for feature_shape in [(4, 30), (20, 3, 5), LARGE_N_FEATURE_SHAPE, (max_batch, 2)]:
             src, ada = similar_features(feature_shape, 2, dtype, "cpu")
             D.pairwise_similarity_kl(src, ada.requires_grad_(), backend="triton").backward()
-        for loss_shape in [(3, 2, 8, 8), (20, 1, 3, 5), LARGE_N_LOSS_SHAPE]:
+        for loss_shape in [(3, 2, 8, 8), (20, 1, 3, 5), LARGE_N_LOSS_SHAPE, (max_batch, 1, 2, 3)]:
             sample = make_loss_sample(loss_shape, seed=3, dtype=dtype)
             eps_ada = sample.eps_ada.requires_grad_()
             out = D.ddpm_pa_loss(sample.x_t, eps_ada, sample.eps_src, sample.noise, sample.a_t, sample.b_t,
@@ -549,9 +559,14 @@ def test_bad_input_is_rejected_with_the_argument_named(device):
 
 @pytest.mark.parametrize("device", TRITON_DEVICES)
 def test_batch_above_the_kernels_limit_is_rejected(device):
-    src, ada = similar_features((257, 2), dtype=torch.float32, device=device)
-    with pytest.raises(ValueError, match=r"src has N=257 samples; the Triton kernels support N <= 256"):
+    max_batch = _kernels_max_batch()
+    src, ada = similar_features((max_batch + 1, 2), dtype=torch.float32, device=device)
+    with pytest.raises(ValueError, match=rf"src has N={max_batch + 1} samples; the Triton kernels support "
+                                         rf"N <= {max_batch}"):
         D.pairwise_similarity_kl(src, ada, backend="triton")
+    sample = make_loss_sample((max_batch + 1, 1, 2, 2), dtype=torch.float32, device=device)
+    with pytest.raises(ValueError, match=rf"x_t has N={max_batch + 1} samples"):
+        D.ddpm_pa_loss(*sample.args(), backend="triton")
 
 
 def test_unavailable_reason_says_why_and_how(monkeypatch):

@@ -4,9 +4,10 @@ scripts/gpu_check.sh runs under compute-sanitizer (memcheck, racecheck), and on 
     python3 scripts/gpu_check/ops_once.py --device cuda --backend cuda
     python3 scripts/gpu_check/ops_once.py --device cpu --backend cpu        # the rehearsal's stand-in
 
-The shapes are the kernels' edges: the smallest batch (N = 2), N above one 32-sample tile and at the
-Triton kernels' limit (256), 1x1 and odd-sized images (the dropped last row and column), one channel,
-a non-contiguous and a channels_last input, every DWT mode, a missing detail band, and each dtype.
+The shapes are the kernels' edges: the smallest batch (N = 2), N above one 32-sample tile, a large N
+(the Triton kernels' limit, kernels/_common.MAX_BATCH; 256 for the C++ kernels), 1x1 and odd-sized
+images (the dropped last row and column), one channel, a non-contiguous and a channels_last input,
+every DWT mode, a missing detail band, and each dtype.
 Each result is also compared with the float64 reference (loose tolerances: this is a memory-safety
 workload, the tests check the numbers), so a kernel that runs clean but writes garbage still fails.
 Prints one line per call and exits 1 if any call raised or disagreed.
@@ -84,10 +85,21 @@ def _loss(impl, fixed, coefs, eps_ada):
     return list(impl(x_t, eps_ada, eps_src, noise, *coefs, 4.0, 3.0, 2.0, 0.7, "mean"))
 
 
+def _large_batch(backend: str) -> int:
+    """The largest N to call: the Triton kernels' limit, or 256 for the C++ kernels (which have none)."""
+    if backend != "triton":
+        return 256
+    from ddpm_pa_fast import triton_ops
+
+    triton_ops.load_kernels()
+    return sys.modules["ddpm_pa_fast.kernels._common"].MAX_BATCH
+
+
 def cases(device, backend, dtypes):
     """(name, ours, reference, inputs, dtype): ours(*inputs) on `backend`, reference on float64 copies."""
     ours = functools.partial
     out = []
+    large_n = _large_batch(backend)
     for dtype in dtypes:
         tag = str(dtype).removeprefix("torch.")
         hf = functools.partial(D.ddpm_pa_high_frequency, backend=backend)
@@ -115,7 +127,8 @@ def cases(device, backend, dtypes):
                 ours(_idwt, R.haar_idwt2d, missing, levels),
                 [yl.to(device=device, dtype=dtype), *given], dtype,
             ))
-        kl_shapes = [(2, 5), (40, 3, 5), (3, 1, 4, 4)] + ([(256, 2)] if dtype == torch.float32 else [])
+        large = dtype == torch.float32  # one dtype at the largest N keeps the sanitizer runs short
+        kl_shapes = [(2, 5), (40, 3, 5), (3, 1, 4, 4)] + ([(large_n, 2)] if large else [])
         for shape in kl_shapes:
             g = torch.Generator().manual_seed(4)
             src = torch.randn(shape, generator=g, dtype=torch.float64)
@@ -129,7 +142,9 @@ def cases(device, backend, dtypes):
                     _Kl(R.pairwise_similarity_kl, src.double(), reduction),
                     [ada], dtype,
                 ))
-        for shape in [(2, 1, 2, 2), (3, 3, 17, 33), (40, 1, 3, 5), (5, 4, 9, 7)]:
+        for shape in [(2, 1, 2, 2), (3, 3, 17, 33), (40, 1, 3, 5), (5, 4, 9, 7)] + (
+            [(large_n, 1, 2, 3)] if large else []
+        ):
             x_t, eps_ada, eps_src, noise, a_t, b_t = ddpm_like_batch(shape, 5)
             fixed = [t.to(dtype) for t in (x_t, eps_src, noise)]
             out.append((
