@@ -32,7 +32,9 @@ def synthesis_levels(synthesis: Synthesis, yl: torch.Tensor, yh) -> torch.Tensor
         if band is None:
             band = ll.new_zeros(ll.shape[0], ll.shape[1], 3, ll.shape[2], ll.shape[3])
         h, w = band.shape[-2:]
-        if ll.shape[-2] not in (h, h + 1) or ll.shape[-1] not in (w, w + 1):
+        # Comparisons, not `in (h, h + 1)`: torch.compile (2.13) gets containment wrong when the sizes
+        # are part symbolic, part constant.
+        if not (h <= ll.shape[-2] <= h + 1 and w <= ll.shape[-1] <= w + 1):
             raise ValueError(
                 f"yh[{j}] has spatial size {(h, w)}, which does not fit the coarser level's "
                 f"reconstruction of size {tuple(ll.shape[-2:])}"

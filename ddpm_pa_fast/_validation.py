@@ -6,7 +6,6 @@ checks they need to index memory safely; these are the user-facing ones.
 
 from __future__ import annotations
 
-import math
 from numbers import Real
 
 import torch
@@ -72,7 +71,10 @@ def check_per_sample(coef, name: str, images: torch.Tensor, images_name: str) ->
     """coef must hold one value per sample: shape (N,) or (N, 1, 1, 1)."""
     check_tensor(coef, name)
     n = images.shape[0]
-    if tuple(coef.shape) not in ((n,), (n, 1, 1, 1)):
+    shape = tuple(coef.shape)
+    # Two comparisons, not `in`: torch.compile (2.13) gets containment wrong when the sizes are part
+    # symbolic, part constant.
+    if shape != (n,) and shape != (n, 1, 1, 1):
         raise ValueError(
             f"{name} must hold one value per sample of {images_name}: shape ({n},) or ({n}, 1, 1, 1), "
             f"got {tuple(coef.shape)}"
@@ -80,15 +82,50 @@ def check_per_sample(coef, name: str, images: torch.Tensor, images_name: str) ->
     check_same_device(images, images_name, coef, name)
 
 
+def _at_most_float_max(value) -> bool:
+    """value <= sys.float_info.max: with value >= -sys.float_info.max, finite (NaN fails both).
+
+    Not `< math.inf`: torch.compile assumes its symbolic floats finite, and turns the float into a
+    constant to compare it with infinity. The bound is a literal because under dynamic=True a float
+    read from a module would itself become an input of the graph.
+    """
+    return value <= 1.7976931348623157e308
+
+
+def _require(condition, expected: str, value) -> None:
+    """Raises ValueError(f"{expected}, got {value!r}") unless condition holds.
+
+    Under torch.compile a float argument may be an input of the graph (a SymFloat: under dynamic=True,
+    or once its value has changed between calls), and a comparison on it symbolic. torch._check keeps
+    it in the compiled function: a call that breaks it raises RuntimeError(expected) instead of
+    running (its message cannot carry the symbolic value).
+    """
+    if torch.compiler.is_compiling():
+        torch._check(condition, lambda: expected)
+    elif not condition:
+        raise ValueError(f"{expected}, got {value!r}")
+
+
+def _check_real(value, expected: str) -> None:
+    if isinstance(value, bool) or not isinstance(value, Real):
+        raise ValueError(f"{expected}, got {value!r}")
+
+
 def check_positive(value, name: str) -> float:
-    if isinstance(value, bool) or not isinstance(value, Real) or not math.isfinite(value) or value <= 0:
-        raise ValueError(f"{name} must be a finite number > 0, got {value!r}")
+    """value must be a finite real number > 0 (not a bool); returns it as a float."""
+    expected = f"{name} must be a finite number > 0"
+    _check_real(value, expected)
+    _require(value > 0, expected, value)
+    _require(_at_most_float_max(value), expected, value)
     return float(value)
 
 
 def check_weight(value, name: str) -> float:
-    if isinstance(value, bool) or not isinstance(value, Real) or not math.isfinite(value):
-        raise ValueError(f"{name} must be a finite number, got {value!r}")
+    """value must be a finite real number (not a bool); returns it as a float."""
+    expected = f"{name} must be a finite number"
+    _check_real(value, expected)
+    _require(_at_most_float_max(-value), expected, value)
+    _require(_at_most_float_max(value), expected, value)
     return float(value)
 
 

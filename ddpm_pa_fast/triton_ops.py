@@ -7,7 +7,6 @@ whether it can run and, if not, how to get it. Arguments arrive validated by ddp
 
 from __future__ import annotations
 
-import functools
 import importlib
 import importlib.util
 import os
@@ -39,13 +38,25 @@ def unavailable_reason(device_type: str) -> str | None:
     )
 
 
-@functools.cache
+_KERNELS_LOADED = False
+
+
 def load_kernels():
     """Imports ddpm_pa_fast.kernels (registering the triton ops) and returns torch.ops.ddpm_pa_fast_triton.
 
     Installed, the kernels are the subpackage ddpm_pa_fast.kernels. In a source checkout run without
     installing, they are the repository's top-level kernels/ folder, loaded under that same name.
+    Imports once; later calls only read a flag, which torch.compile traces (ddpm_pa_fast.backends
+    loads the kernels when it resolves backend "triton", before a graph that uses them is traced).
     """
+    global _KERNELS_LOADED
+    if not _KERNELS_LOADED:
+        _import_kernels()
+        _KERNELS_LOADED = True
+    return torch.ops.ddpm_pa_fast_triton
+
+
+def _import_kernels() -> None:
     name = f"{__package__}.kernels"
     if importlib.util.find_spec(name) is None:
         folder = pathlib.Path(__file__).resolve().parent.parent / "kernels"
@@ -63,7 +74,6 @@ def load_kernels():
             raise
     else:
         importlib.import_module(name)
-    return torch.ops.ddpm_pa_fast_triton
 
 
 # Backend "triton": the reference's functions on the ddpm_pa_fast_triton ops, loaded on first use.
