@@ -135,7 +135,8 @@ def test_every_public_function_and_module_has_a_case():
         for name in D.__all__
         if isinstance(getattr(D, name), type) and issubclass(getattr(D, name), torch.nn.Module)
     }
-    assert tensor_functions | modules == set(CASES)
+    # loss_coefficients takes no backend and returns no gradient: test_loss_coefficients_compiles_once.
+    assert tensor_functions | modules == set(CASES) | {"loss_coefficients"}
 
 
 @pytest.fixture(autouse=True)
@@ -308,3 +309,30 @@ def test_unavailable_backend_is_reported_when_compiled():
         RuntimeError, match="backend 'cuda' is not available: backend 'cuda' runs on CUDA tensors"
     ):
         compiled(x)
+
+
+DEVICES = [
+    pytest.param("cpu", id="cpu"),
+    pytest.param("cuda", id="cuda", marks=pytest.mark.skipif(not torch.cuda.is_available(),
+                                                            reason="no CUDA device on this machine")),
+]
+
+
+@pytest.mark.parametrize("dynamic", [False, True], ids=["static", "dynamic"])
+@pytest.mark.parametrize("device", DEVICES)
+def test_loss_coefficients_compiles_once(device, dynamic):
+    """A diffusers training step compiled whole: the coefficients and the v target from the scheduler."""
+    from diffusers import DDPMScheduler
+
+    scheduler = DDPMScheduler(num_train_timesteps=50, prediction_type="v_prediction")
+
+    def coefficients(x0, noise, timesteps):
+        return D.loss_coefficients(scheduler, x0, noise, timesteps)
+
+    compiled = torch.compile(coefficients, backend="aot_eager", fullgraph=True, dynamic=dynamic)
+    for n in BATCH_SIZES if dynamic else BATCH_SIZES[:1] * 2:
+        x0, noise = randn((n, 3, 8, 10), n, DTYPE, device), randn((n, 3, 8, 10), n + 1, DTYPE, device)
+        timesteps = torch.randint(0, 50, (n,), generator=torch.Generator().manual_seed(n)).to(device)
+        for got, want in zip(compiled(x0, noise, timesteps), coefficients(x0, noise, timesteps), strict=True):
+            torch.testing.assert_close(got, want, rtol=1e-6, atol=1e-7)
+    _assert_compiled_once()
