@@ -19,6 +19,12 @@ Backward:
        grad = c_mse 2 e / numel + b^2 HF^T(c_hf 2 HF(e) / numel_hf)
               - b (M_img @ x0_ada) - b HF^T(M_hf @ HF(x0_ada)),   e = eps_ada - noise.
 The maths of each step is csrc/ddpm_pa_math.h's; the N x N functions are shared with pairwise_kl.py.
+
+A block's 4 pixels are a tuple of 4 (rows x blocks) tiles built and used in tl.static_range loops,
+which unroll to the code of 4 separately named tiles. One (rows x blocks x 4) tile was tried and
+compiled worse for sm_80 (float32, 16-sample tiles): its sums over the pixel axis and its reshape for
+tl.dot took the forward from 142 to 255 registers with a spill (2552 -> 3680 SASS instructions) and
+the backward from 127 to 163.
 """
 
 from __future__ import annotations
@@ -69,15 +75,15 @@ def _loss_tiling(n: int) -> tuple[int, int, int]:
 
 
 @triton.jit
-def _pixel_offsets(rows, blocks, n, height, width, num_blocks, DR: tl.constexpr, DC: tl.constexpr):
-    """Offsets (rows x blocks) and in-image mask of pixel (DR, DC) of each 2x2 block."""
+def _pixel_offsets(rows, blocks, n, height, width, num_blocks, PIXEL: tl.constexpr):
+    """Offsets (rows x blocks) and in-image mask of pixel PIXEL (0..3: a b / c d) of each 2x2 block."""
     blocks_w = (width + 1) // 2
     plane_blocks = ((height + 1) // 2) * blocks_w
     channel = blocks // plane_blocks
     rem = blocks - channel * plane_blocks
     i = rem // blocks_w
-    r = 2 * i + DR
-    c = 2 * (rem - i * blocks_w) + DC
+    r = 2 * i + PIXEL // 2
+    c = 2 * (rem - i * blocks_w) + PIXEL % 2
     column_offs = channel * height * width + r * width + c
     column_in = (blocks < num_blocks) & (r < height) & (c < width)
     sample_size = (num_blocks // plane_blocks) * height * width
@@ -86,44 +92,10 @@ def _pixel_offsets(rows, blocks, n, height, width, num_blocks, DR: tl.constexpr,
 
 
 @triton.jit
-def _high_frequency(a, b, c, d):
-    """ddpm_pa::high_frequency."""
-    return (3.0 * d - a - b - c) * 0.5
-
-
-@triton.jit
-def _forward_pixel(
-    x_t_ptr,
-    eps_ada_ptr,
-    eps_src_ptr,
-    noise_ptr,
-    rows,
-    blocks,
-    n,
-    height,
-    width,
-    num_blocks,
-    a_t,
-    b_t,
-    noise_rows,
-    DR: tl.constexpr,
-    DC: tl.constexpr,
-    ACC: tl.constexpr,
-):
-    """x0_src, x0_ada and eps_ada - noise at pixel (DR, DC) of each block (zero outside the image).
-
-    The noise is read for rows < noise_rows only (N, or 0 for a tile that does not own the errors):
-    a masked-off load moves no bytes.
-    """
-    offs, mask = _pixel_offsets(rows, blocks, n, height, width, num_blocks, DR, DC)
-    with_noise = mask & (rows < noise_rows)[:, None]
-    x_t = tl.load(x_t_ptr + offs, mask=mask, other=0.0).to(ACC)
-    eps_ada = tl.load(eps_ada_ptr + offs, mask=mask, other=0.0).to(ACC)
-    eps_src = tl.load(eps_src_ptr + offs, mask=mask, other=0.0).to(ACC)
-    noise = tl.load(noise_ptr + offs, mask=with_noise, other=0.0).to(ACC)
-    x0_src = a_t[:, None] * x_t - b_t[:, None] * eps_src
-    x0_ada = a_t[:, None] * x_t - b_t[:, None] * eps_ada
-    return x0_src, x0_ada, tl.where(with_noise, eps_ada - noise, 0.0)
+def _high_frequency(pixels, complete):
+    """ddpm_pa::high_frequency of a block's 4 pixel tiles (a, b, c, d); zero where the block is not
+    complete."""
+    return tl.where(complete, (3.0 * pixels[3] - pixels[0] - pixels[1] - pixels[2]) * 0.5, 0.0)
 
 
 @triton.jit
@@ -143,95 +115,50 @@ def _forward_tiles(
     noise_rows,
     ACC: tl.constexpr,
 ):
-    """The features of one row tile and column tile: x0 of both models (4 pixels), their HF, and the
-    squared errors of the mse and hf_mse terms (elementwise, summed by the caller)."""
-    a_t = tl.load(a_ptr + rows, mask=rows < n, other=0.0).to(ACC)
-    b_t = tl.load(b_ptr + rows, mask=rows < n, other=0.0).to(ACC)
-    s_a, d_a, e_a = _forward_pixel(
-        x_t_ptr,
-        eps_ada_ptr,
-        eps_src_ptr,
-        noise_ptr,
-        rows,
-        blocks,
-        n,
-        height,
-        width,
-        num_blocks,
-        a_t,
-        b_t,
-        noise_rows,
-        0,
-        0,
-        ACC,
-    )
-    s_b, d_b, e_b = _forward_pixel(
-        x_t_ptr,
-        eps_ada_ptr,
-        eps_src_ptr,
-        noise_ptr,
-        rows,
-        blocks,
-        n,
-        height,
-        width,
-        num_blocks,
-        a_t,
-        b_t,
-        noise_rows,
-        0,
-        1,
-        ACC,
-    )
-    s_c, d_c, e_c = _forward_pixel(
-        x_t_ptr,
-        eps_ada_ptr,
-        eps_src_ptr,
-        noise_ptr,
-        rows,
-        blocks,
-        n,
-        height,
-        width,
-        num_blocks,
-        a_t,
-        b_t,
-        noise_rows,
-        1,
-        0,
-        ACC,
-    )
-    s_d, d_d, e_d = _forward_pixel(
-        x_t_ptr,
-        eps_ada_ptr,
-        eps_src_ptr,
-        noise_ptr,
-        rows,
-        blocks,
-        n,
-        height,
-        width,
-        num_blocks,
-        a_t,
-        b_t,
-        noise_rows,
-        1,
-        1,
-        ACC,
-    )
+    """The features of one row tile and column tile: x0 of both models at the 4 pixels of each block
+    (tuples of 4 tiles, rows x blocks), their HF, and the squared errors of the mse and hf_mse terms
+    (elementwise, summed by the caller).
+
+    The noise is read for rows < noise_rows only (N, or 0 for a tile that does not own the errors):
+    a masked-off load moves no bytes.
+    """
+    a_t = tl.load(a_ptr + rows, mask=rows < n, other=0.0).to(ACC)[:, None]
+    b_t = tl.load(b_ptr + rows, mask=rows < n, other=0.0).to(ACC)[:, None]
+    x0_src, x0_ada, err = (), (), ()
+    for pixel in tl.static_range(4):
+        offs, mask = _pixel_offsets(rows, blocks, n, height, width, num_blocks, pixel)
+        with_noise = mask & (rows < noise_rows)[:, None]
+        x_t = tl.load(x_t_ptr + offs, mask=mask, other=0.0).to(ACC)
+        eps_ada = tl.load(eps_ada_ptr + offs, mask=mask, other=0.0).to(ACC)
+        eps_src = tl.load(eps_src_ptr + offs, mask=mask, other=0.0).to(ACC)
+        noise = tl.load(noise_ptr + offs, mask=with_noise, other=0.0).to(ACC)
+        x0_src += (a_t * x_t - b_t * eps_src,)
+        x0_ada += (a_t * x_t - b_t * eps_ada,)
+        err += (tl.where(with_noise, eps_ada - noise, 0.0),)
     # A block has an HF value only when complete: its bottom-right pixel is inside the image.
-    _, complete = _pixel_offsets(rows, blocks, n, height, width, num_blocks, 1, 1)
-    hf_src = tl.where(complete, _high_frequency(s_a, s_b, s_c, s_d), 0.0)
-    hf_ada = tl.where(complete, _high_frequency(d_a, d_b, d_c, d_d), 0.0)
+    _, complete = _pixel_offsets(rows, blocks, n, height, width, num_blocks, 3)
+    hf_src = _high_frequency(x0_src, complete)
+    hf_ada = _high_frequency(x0_ada, complete)
     # HF(x0_ada) - HF(x0_tgt) = -b_t HF(eps_ada - noise): the same value, without cancellation.
-    hf_err = b_t[:, None] * tl.where(complete, _high_frequency(e_a, e_b, e_c, e_d), 0.0)
-    sq_mse = e_a * e_a + e_b * e_b + e_c * e_c + e_d * e_d
-    return s_a, s_b, s_c, s_d, d_a, d_b, d_c, d_d, hf_src, hf_ada, sq_mse, hf_err * hf_err
+    hf_err = b_t * _high_frequency(err, complete)
+    sq_mse = err[0] * err[0]
+    for pixel in tl.static_range(1, 4):
+        sq_mse += err[pixel] * err[pixel]
+    return x0_src, x0_ada, hf_src, hf_ada, sq_mse, hf_err * hf_err
 
 
 @triton.jit
 def _gram(x, y):
     return tl.dot(x, tl.trans(y), input_precision="ieee", out_dtype=x.dtype)
+
+
+@triton.jit
+def _block_gram(x, y):
+    """sum over a block's 4 pixels of x[pixel] @ y[pixel]^T: the pixels' share of a Gram tile."""
+    g = _gram(x[0], y[0])
+    for pixel in tl.static_range(1, 4):
+        g += _gram(x[pixel], y[pixel])
+    return g
 
 
 @triton.jit
@@ -270,7 +197,7 @@ def _ddpm_pa_loss_forward_kernel(
     sq_hf = tl.zeros((BLOCK_N, BLOCK_K), ACC)
     for step in range(pid_p, tl.cdiv(num_blocks, BLOCK_K), num_programs):
         blocks = tl.arange(0, BLOCK_K).to(tl.int64) + step * BLOCK_K
-        s_a, s_b, s_c, s_d, d_a, d_b, d_c, d_d, hf_s, hf_d, sq_m, sq_h = _forward_tiles(
+        x0_src, x0_ada, hf_src, hf_ada, sq_m, sq_h = _forward_tiles(
             x_t_ptr,
             eps_ada_ptr,
             eps_src_ptr,
@@ -289,12 +216,9 @@ def _ddpm_pa_loss_forward_kernel(
         sq_mse += sq_m
         sq_hf += sq_h
         if NUM_TILES == 1:
-            g_src += _gram(s_a, s_a) + _gram(s_b, s_b) + _gram(s_c, s_c) + _gram(s_d, s_d)
-            g_ada += _gram(d_a, d_a) + _gram(d_b, d_b) + _gram(d_c, d_c) + _gram(d_d, d_d)
-            g_hf_src += _gram(hf_s, hf_s)
-            g_hf_ada += _gram(hf_d, hf_d)
+            y0_src, y0_ada, hf_src_j, hf_ada_j = x0_src, x0_ada, hf_src, hf_ada
         else:
-            t_a, t_b, t_c, t_d, u_a, u_b, u_c, u_d, hf_t, hf_u, _, _ = _forward_tiles(
+            y0_src, y0_ada, hf_src_j, hf_ada_j, _, _ = _forward_tiles(
                 x_t_ptr,
                 eps_ada_ptr,
                 eps_src_ptr,
@@ -310,10 +234,10 @@ def _ddpm_pa_loss_forward_kernel(
                 0,
                 ACC,
             )
-            g_src += _gram(s_a, t_a) + _gram(s_b, t_b) + _gram(s_c, t_c) + _gram(s_d, t_d)
-            g_ada += _gram(d_a, u_a) + _gram(d_b, u_b) + _gram(d_c, u_c) + _gram(d_d, u_d)
-            g_hf_src += _gram(hf_s, hf_t)
-            g_hf_ada += _gram(hf_d, hf_u)
+        g_src += _block_gram(x0_src, y0_src)
+        g_ada += _block_gram(x0_ada, y0_ada)
+        g_hf_src += _gram(hf_src, hf_src_j)
+        g_hf_ada += _gram(hf_ada, hf_ada_j)
     mask = (rows_i[:, None] < n) & (rows_j[None, :] < n)
     out = gram_partials_ptr + pid_p.to(tl.int64) * 4 * n * n + rows_i[:, None] * n + rows_j[None, :]
     tl.store(out, g_src, mask=mask)
@@ -410,33 +334,6 @@ def _ddpm_pa_loss_grad_matrices_kernel(
 
 
 @triton.jit
-def _backward_pixel(
-    x_t_ptr,
-    eps_ada_ptr,
-    noise_ptr,
-    rows,
-    blocks,
-    n,
-    height,
-    width,
-    num_blocks,
-    a_t,
-    b_t,
-    noise_rows,
-    DR: tl.constexpr,
-    DC: tl.constexpr,
-    ACC: tl.constexpr,
-):
-    """x0_ada and eps_ada - noise (rows < noise_rows, as _forward_pixel) at pixel (DR, DC) of each block."""
-    offs, mask = _pixel_offsets(rows, blocks, n, height, width, num_blocks, DR, DC)
-    with_noise = mask & (rows < noise_rows)[:, None]
-    x_t = tl.load(x_t_ptr + offs, mask=mask, other=0.0).to(ACC)
-    eps_ada = tl.load(eps_ada_ptr + offs, mask=mask, other=0.0).to(ACC)
-    noise = tl.load(noise_ptr + offs, mask=with_noise, other=0.0).to(ACC)
-    return a_t[:, None] * x_t - b_t[:, None] * eps_ada, tl.where(with_noise, eps_ada - noise, 0.0)
-
-
-@triton.jit
 def _backward_tiles(
     x_t_ptr,
     eps_ada_ptr,
@@ -452,88 +349,30 @@ def _backward_tiles(
     noise_rows,
     ACC: tl.constexpr,
 ):
+    """x0_ada and eps_ada - noise (rows < noise_rows, as _forward_tiles) at the 4 pixels of each block,
+    their HF, and b_t."""
     a_t = tl.load(a_ptr + rows, mask=rows < n, other=0.0).to(ACC)
     b_t = tl.load(b_ptr + rows, mask=rows < n, other=0.0).to(ACC)
-    x_a, e_a = _backward_pixel(
-        x_t_ptr,
-        eps_ada_ptr,
-        noise_ptr,
-        rows,
-        blocks,
-        n,
-        height,
-        width,
-        num_blocks,
-        a_t,
-        b_t,
-        noise_rows,
-        0,
-        0,
-        ACC,
-    )
-    x_b, e_b = _backward_pixel(
-        x_t_ptr,
-        eps_ada_ptr,
-        noise_ptr,
-        rows,
-        blocks,
-        n,
-        height,
-        width,
-        num_blocks,
-        a_t,
-        b_t,
-        noise_rows,
-        0,
-        1,
-        ACC,
-    )
-    x_c, e_c = _backward_pixel(
-        x_t_ptr,
-        eps_ada_ptr,
-        noise_ptr,
-        rows,
-        blocks,
-        n,
-        height,
-        width,
-        num_blocks,
-        a_t,
-        b_t,
-        noise_rows,
-        1,
-        0,
-        ACC,
-    )
-    x_d, e_d = _backward_pixel(
-        x_t_ptr,
-        eps_ada_ptr,
-        noise_ptr,
-        rows,
-        blocks,
-        n,
-        height,
-        width,
-        num_blocks,
-        a_t,
-        b_t,
-        noise_rows,
-        1,
-        1,
-        ACC,
-    )
-    _, complete = _pixel_offsets(rows, blocks, n, height, width, num_blocks, 1, 1)
-    hf_x0 = tl.where(complete, _high_frequency(x_a, x_b, x_c, x_d), 0.0)
-    hf_e = tl.where(complete, _high_frequency(e_a, e_b, e_c, e_d), 0.0)
-    return x_a, x_b, x_c, x_d, hf_x0, e_a, e_b, e_c, e_d, hf_e, b_t
+    x0, err = (), ()
+    for pixel in tl.static_range(4):
+        offs, mask = _pixel_offsets(rows, blocks, n, height, width, num_blocks, pixel)
+        with_noise = mask & (rows < noise_rows)[:, None]
+        x_t = tl.load(x_t_ptr + offs, mask=mask, other=0.0).to(ACC)
+        eps_ada = tl.load(eps_ada_ptr + offs, mask=mask, other=0.0).to(ACC)
+        noise = tl.load(noise_ptr + offs, mask=with_noise, other=0.0).to(ACC)
+        x0 += (a_t[:, None] * x_t - b_t[:, None] * eps_ada,)
+        err += (tl.where(with_noise, eps_ada - noise, 0.0),)
+    _, complete = _pixel_offsets(rows, blocks, n, height, width, num_blocks, 3)
+    return x0, _high_frequency(x0, complete), err, _high_frequency(err, complete), b_t
 
 
 @triton.jit
-def _store_grad_pixel(
-    grad_ptr, rows, blocks, n, height, width, num_blocks, value, DR: tl.constexpr, DC: tl.constexpr
-):
-    offs, mask = _pixel_offsets(rows, blocks, n, height, width, num_blocks, DR, DC)
-    tl.store(grad_ptr + offs, value.to(grad_ptr.dtype.element_ty), mask=mask)
+def _mix_pixels(m, pixels, acc):
+    """acc[pixel] + m @ pixels[pixel] for each of a block's 4 pixel tiles."""
+    out = ()
+    for pixel in tl.static_range(4):
+        out += (acc[pixel] + tl.dot(m, pixels[pixel], input_precision="ieee", out_dtype=acc[pixel].dtype),)
+    return out
 
 
 @triton.jit
@@ -559,8 +398,10 @@ def _ddpm_pa_loss_backward_kernel(
     rows_i = tl.program_id(1) * BLOCK_N + tl.arange(0, BLOCK_N)
     c_mse = tl.load(coefs_ptr)
     c_hf = tl.load(coefs_ptr + 1)
+    # (M_img @ x0_ada) at each pixel, (M_hf @ HF(x0_ada)) at each block: sums over all N samples.
+    acc = (tl.zeros((BLOCK_N, BLOCK_K), ACC),) * 4
     if NUM_TILES == 1:
-        x_a, x_b, x_c, x_d, hf_x0, e_a, e_b, e_c, e_d, hf_e, b_t = _backward_tiles(
+        x0, hf_x0, err, hf_err, b_t = _backward_tiles(
             x_t_ptr,
             eps_ada_ptr,
             noise_ptr,
@@ -577,20 +418,13 @@ def _ddpm_pa_loss_backward_kernel(
         )
         m_img = _load_square(m_ptr, n, BLOCK_N, ACC)
         m_hf = _load_square(m_ptr + n * n, n, BLOCK_N, ACC)
-        acc_a = tl.dot(m_img, x_a, input_precision="ieee", out_dtype=ACC)
-        acc_b = tl.dot(m_img, x_b, input_precision="ieee", out_dtype=ACC)
-        acc_c = tl.dot(m_img, x_c, input_precision="ieee", out_dtype=ACC)
-        acc_d = tl.dot(m_img, x_d, input_precision="ieee", out_dtype=ACC)
+        acc = _mix_pixels(m_img, x0, acc)
         acc_hf = tl.dot(m_hf, hf_x0, input_precision="ieee", out_dtype=ACC)
     else:
-        acc_a = tl.zeros((BLOCK_N, BLOCK_K), ACC)
-        acc_b = tl.zeros((BLOCK_N, BLOCK_K), ACC)
-        acc_c = tl.zeros((BLOCK_N, BLOCK_K), ACC)
-        acc_d = tl.zeros((BLOCK_N, BLOCK_K), ACC)
         acc_hf = tl.zeros((BLOCK_N, BLOCK_K), ACC)
         for tile_j in range(NUM_TILES):
             rows_j = tile_j * BLOCK_N + tl.arange(0, BLOCK_N)
-            x_a, x_b, x_c, x_d, hf_x0, _, _, _, _, _, _ = _backward_tiles(
+            x0, hf_x0, _, _, _ = _backward_tiles(
                 x_t_ptr,
                 eps_ada_ptr,
                 noise_ptr,
@@ -609,12 +443,9 @@ def _ddpm_pa_loss_backward_kernel(
             m_offs = rows_i[:, None] * n + rows_j[None, :]
             m_img = tl.load(m_ptr + m_offs, mask=m_mask, other=0.0)
             m_hf = tl.load(m_ptr + n * n + m_offs, mask=m_mask, other=0.0)
-            acc_a += tl.dot(m_img, x_a, input_precision="ieee", out_dtype=ACC)
-            acc_b += tl.dot(m_img, x_b, input_precision="ieee", out_dtype=ACC)
-            acc_c += tl.dot(m_img, x_c, input_precision="ieee", out_dtype=ACC)
-            acc_d += tl.dot(m_img, x_d, input_precision="ieee", out_dtype=ACC)
+            acc = _mix_pixels(m_img, x0, acc)
             acc_hf += tl.dot(m_hf, hf_x0, input_precision="ieee", out_dtype=ACC)
-        _, _, _, _, _, e_a, e_b, e_c, e_d, hf_e, b_t = _backward_tiles(
+        _, _, err, hf_err, b_t = _backward_tiles(
             x_t_ptr,
             eps_ada_ptr,
             noise_ptr,
@@ -631,19 +462,11 @@ def _ddpm_pa_loss_backward_kernel(
         )
     b = b_t[:, None]
     # Gradient with respect to HF(x0_ada), then spread over the block by HF's adjoint (-1/2, 3/2 taps).
-    g_hf = b * b * c_hf * hf_e - b * acc_hf
-    _store_grad_pixel(
-        grad_ptr, rows_i, blocks, n, height, width, num_blocks, c_mse * e_a - b * acc_a - 0.5 * g_hf, 0, 0
-    )
-    _store_grad_pixel(
-        grad_ptr, rows_i, blocks, n, height, width, num_blocks, c_mse * e_b - b * acc_b - 0.5 * g_hf, 0, 1
-    )
-    _store_grad_pixel(
-        grad_ptr, rows_i, blocks, n, height, width, num_blocks, c_mse * e_c - b * acc_c - 0.5 * g_hf, 1, 0
-    )
-    _store_grad_pixel(
-        grad_ptr, rows_i, blocks, n, height, width, num_blocks, c_mse * e_d - b * acc_d + 1.5 * g_hf, 1, 1
-    )
+    g_hf = b * b * c_hf * hf_err - b * acc_hf
+    for pixel in tl.static_range(4):
+        grad = c_mse * err[pixel] - b * acc[pixel] + (1.5 if pixel == 3 else -0.5) * g_hf
+        offs, mask = _pixel_offsets(rows_i, blocks, n, height, width, num_blocks, pixel)
+        tl.store(grad_ptr + offs, grad.to(grad_ptr.dtype.element_ty), mask=mask)
 
 
 def _geometry(x_t: torch.Tensor):

@@ -47,6 +47,10 @@ TRITON_DEVICES = [_device_param("cpu"), _device_param("cuda")]
 DTYPES = [torch.float32, torch.bfloat16]
 # N = 40 spans two 32-sample Gram tiles, so the tile-pair and row-tile loops run.
 LARGE_N_LOSS_SHAPE = (40, 1, 3, 5)
+# The fused loss at 32-sample Gram tiles, one row tile (N = 20) and two (N = 36), over 80 2x2 blocks:
+# 5 column tiles of 16, so that a program of the forward's persistent grid (4 programs under the
+# interpreter) walks more than one. LOSS_SHAPES keep 16-sample tiles; LARGE_N_LOSS_SHAPE has 6 blocks.
+WIDE_TILE_LOSS_SHAPES = [(20, 2, 9, 15), (36, 2, 9, 15)]
 LARGE_N_FEATURE_SHAPE = (40, 3, 5)
 TRITON_IMAGE_SHAPES = [(2, 3, 8, 8), (3, 4, 9, 7), (2, 2, 1, 5), (2, 3, 17, 33), (1, 1, 1, 1), (2, 1, 40, 3)]
 
@@ -237,7 +241,7 @@ def _loss_reference(sample, eps_ada, weights, tau, reduction, grads_out):
 
 @pytest.mark.parametrize("device", TRITON_DEVICES)
 @pytest.mark.parametrize("dtype", [*DTYPES, torch.float16])
-@pytest.mark.parametrize("shape", LOSS_SHAPES + [LARGE_N_LOSS_SHAPE])
+@pytest.mark.parametrize("shape", LOSS_SHAPES + [LARGE_N_LOSS_SHAPE] + WIDE_TILE_LOSS_SHAPES)
 def test_ddpm_pa_loss_matches_reference(device, dtype, shape):
     sample = make_loss_sample(shape, seed=12, dtype=dtype, device=device)
     eps_ada = sample.eps_ada.clone().requires_grad_()
