@@ -81,6 +81,40 @@ struct LossForwardPartialsParams {
   }
 };
 
+// The tile's four Gram matrices in one walk over the sample pairs: partial[gram * n * n + i * n + j] +=
+// <tile[i], tile[j]> for the x0 pixel tiles (rows of 4 kc) and the HF tiles (rows of kc). One warp per
+// pair (i, j), the lanes striding the rows and a fixed butterfly summing them, as accumulate_tile_gram
+// (common.cuh) does for one tile: the same sums in the same order, with the pair's index arithmetic
+// and loop done once instead of once per matrix.
+template <typename acc_t>
+__device__ void accumulate_tile_grams(const acc_t* img_src, const acc_t* img_ada, const acc_t* hf_src,
+                                      const acc_t* hf_ada, int64_t n, int64_t kc, acc_t* partial) {
+  const int lane = threadIdx.x % kWarpSize;
+  const int warp = threadIdx.x / kWarpSize;
+  for (int64_t pair = warp; pair < n * n; pair += kWarpsPerBlock) {
+    const int64_t i = pair / n, j = pair % n;
+    acc_t dot_src = acc_t(0), dot_ada = acc_t(0), dot_hf_src = acc_t(0), dot_hf_ada = acc_t(0);
+    for (int64_t k = lane; k < 4 * kc; k += kWarpSize) {
+      dot_src += img_src[i * 4 * kc + k] * img_src[j * 4 * kc + k];
+      dot_ada += img_ada[i * 4 * kc + k] * img_ada[j * 4 * kc + k];
+    }
+    for (int64_t k = lane; k < kc; k += kWarpSize) {
+      dot_hf_src += hf_src[i * kc + k] * hf_src[j * kc + k];
+      dot_hf_ada += hf_ada[i * kc + k] * hf_ada[j * kc + k];
+    }
+    dot_src = warp_sum(dot_src);
+    dot_ada = warp_sum(dot_ada);
+    dot_hf_src = warp_sum(dot_hf_src);
+    dot_hf_ada = warp_sum(dot_hf_ada);
+    if (lane == 0) {
+      partial[kGramImgSrc * n * n + pair] += dot_src;
+      partial[kGramImgAda * n * n + pair] += dot_ada;
+      partial[kGramHfSrc * n * n + pair] += dot_hf_src;
+      partial[kGramHfAda * n * n + pair] += dot_hf_ada;
+    }
+  }
+}
+
 template <typename scalar_t, typename acc_t>
 __global__ void loss_forward_partials_kernel(LossForwardPartialsParams p) {
   const scalar_t* x_t = static_cast<const scalar_t*>(p.x_t);
@@ -139,10 +173,7 @@ __global__ void loss_forward_partials_kernel(LossForwardPartialsParams p) {
       hf_ada[sample * kc + u] = hf_a;
     }
     __syncthreads();
-    accumulate_tile_gram(img_src, n, 4 * kc, partial + kGramImgSrc * n * n);
-    accumulate_tile_gram(img_ada, n, 4 * kc, partial + kGramImgAda * n * n);
-    accumulate_tile_gram(hf_src, n, kc, partial + kGramHfSrc * n * n);
-    accumulate_tile_gram(hf_ada, n, kc, partial + kGramHfAda * n * n);
+    accumulate_tile_grams(img_src, img_ada, hf_src, hf_ada, n, kc, partial);
   }
   const acc_t block_sse_mse = block_sum(sse_mse, sum_scratch);
   const acc_t block_sse_hf = block_sum(sse_hf, sum_scratch);
@@ -289,6 +320,14 @@ struct LossBackwardElementsParams {
   LossGeometry geometry;
 };
 
+// Two walks over each tile, a block barrier between them, and they cannot be one: the gradient of
+// sample s at a unit mixes x0_ada and HF(x0_ada) of all N samples at that unit ((M_img @ x0_ada)[s],
+// (M_hf @ HF(x0_ada))[s]), and the items of one unit, sample-major (e = sample * kc + u), are staged
+// by N different threads in different rounds of the walk; so no gradient can be formed before the
+// whole tile is staged. Walk 1 reads the inputs once and stages x0_ada, HF(x0_ada) and eps_ada - noise
+// (which walk 2 would otherwise read again); walk 2 reads only shared memory and writes each pixel once.
+// Keeping a thread's items in registers across the barrier instead would need a fixed number of items
+// per thread, tiles sized by the thread count rather than by shared memory: a re-tiling to time on a GPU.
 template <typename scalar_t, typename acc_t>
 __global__ void loss_backward_elements_kernel(LossBackwardElementsParams p) {
   const scalar_t* x_t = static_cast<const scalar_t*>(p.x_t);
@@ -344,15 +383,18 @@ __global__ void loss_backward_elements_kernel(LossBackwardElementsParams p) {
       const Unit pos = unit_at(g, unit);
       const acc_t b = b_t[sample];
       const acc_t* own_diff = diff + sample * 4 * kc + 4 * u;
-      acc_t pixel_grad[4];
-      for (int q = 0; q < 4; ++q) {
-        acc_t mixed = acc_t(0);  // (M_img @ x0_ada)[sample] at this pixel
-        for (int64_t k = 0; k < n; ++k) mixed += m_img[sample * n + k] * img_ada[k * 4 * kc + 4 * u + q];
-        pixel_grad[q] = coef_mse * own_diff[q] - b * mixed;
+      // (M_img @ x0_ada)[sample] at the unit's pixels and (M_hf @ HF(x0_ada))[sample] at the unit, in
+      // one walk over the samples k: each sum in k order, as five separate walks would add it. A unit
+      // without an HF value has hf_ada = 0 staged and its mixed_hf goes unused.
+      acc_t mixed[4] = {0, 0, 0, 0}, mixed_hf = acc_t(0);
+      for (int64_t k = 0; k < n; ++k) {
+        const acc_t m = m_img[sample * n + k];
+        for (int q = 0; q < 4; ++q) mixed[q] += m * img_ada[k * 4 * kc + 4 * u + q];
+        mixed_hf += m_hf[sample * n + k] * hf_ada[k * kc + u];
       }
+      acc_t pixel_grad[4];
+      for (int q = 0; q < 4; ++q) pixel_grad[q] = coef_mse * own_diff[q] - b * mixed[q];
       if (unit_has_high_frequency(g, pos)) {
-        acc_t mixed_hf = acc_t(0);  // (M_hf @ HF(x0_ada))[sample] at this block
-        for (int64_t k = 0; k < n; ++k) mixed_hf += m_hf[sample * n + k] * hf_ada[k * kc + u];
         const acc_t hf_diff = high_frequency(own_diff[0], own_diff[1], own_diff[2], own_diff[3]);
         const acc_t grad_hf = coef_hf * b * b * hf_diff - b * mixed_hf;
         acc_t ga, gb, gc, gd;
