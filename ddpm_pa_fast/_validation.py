@@ -101,7 +101,9 @@ def _require(condition, expected: str, value) -> None:
     running (its message cannot carry the symbolic value).
     """
     if torch.compiler.is_compiling():
-        torch._check(condition, lambda: expected)
+        # The message as a default, not a closure: torch 2.11's dynamo refuses a message function that
+        # closes over a variable ("Can't extract message from torch._check()"); 2.13's takes both.
+        torch._check(condition, lambda expected=expected: expected)
     elif not condition:
         raise ValueError(f"{expected}, got {value!r}")
 

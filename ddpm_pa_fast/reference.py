@@ -44,10 +44,17 @@ def _upcast(x: torch.Tensor) -> torch.Tensor:
     return x.to(_compute_dtype(x.dtype))
 
 
+@torch.compiler.assume_constant_result
+def _has_autocast(device_type: str) -> bool:
+    """torch.amp.is_autocast_available, run as plain Python while torch.compile traces: torch 2.11's
+    dynamo cannot trace that builtin (a graph break), and the answer is fixed for a device type."""
+    return torch.amp.is_autocast_available(device_type)
+
+
 def _autocast_off(device: torch.device):
     """A context in which the caller's autocast does not lower the dtype of ops on device (it would run
     the Gram matrix in float16 or bfloat16)."""
-    if torch.amp.is_autocast_available(device.type):
+    if _has_autocast(device.type):
         return torch.autocast(device.type, enabled=False)
     return contextlib.nullcontext()
 

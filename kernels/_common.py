@@ -20,6 +20,7 @@ from __future__ import annotations
 import torch
 import triton
 import triton.language as tl
+from triton.runtime.interpreter import InterpretedFunction
 
 ELEMENTWISE_BLOCK = 1024
 ELEMENTWISE_WARPS = 4
@@ -116,10 +117,20 @@ def _sum_partials_kernel(
     tl.store(out_ptr + offs, acc, mask=mask)
 
 
+def wrap_triton(kernel):
+    """torch.library.wrap_triton(kernel): the launch as a node that torch.compile and export can trace.
+
+    Under the interpreter (TRITON_INTERPRET=1), where @triton.jit makes an InterpretedFunction, the kernel
+    itself, launched eagerly: what torch 2.13's wrap_triton returns there, whereas torch 2.11's raises
+    "wrap_triton only works on functions annotated with triton.jit or triton.autotune".
+    """
+    if isinstance(kernel, InterpretedFunction):
+        return kernel
+    return torch.library.wrap_triton(kernel)
+
+
 def sum_partials(partials: torch.Tensor) -> torch.Tensor:
     """(P, ...) -> (...): the fixed-order sum over the first dimension."""
-    from torch.library import wrap_triton
-
     out = partials.new_empty(partials.shape[1:])
     length = out.numel()
     block = 256

@@ -35,14 +35,13 @@ from __future__ import annotations
 import torch
 import triton
 import triton.language as tl
-from torch.library import triton_op, wrap_triton
+from torch.library import triton_op
 
 from ddpm_pa_fast._nvtx import annotate
 
 from ._common import (
     GRAM_STAGES,
     GRAM_WARPS,
-    MIN_BLOCK_N,
     REDUCTION_CODES,
     accumulation_dtype,
     block_n,
@@ -53,6 +52,7 @@ from ._common import (
     tl_dtype,
     whole_batch_block,
     whole_batch_warps,
+    wrap_triton,
 )
 from .pairwise_kl import _load_square, _reduction_scale, _similarity_kl_grad_matrix, _similarity_kl_rows
 
@@ -61,8 +61,7 @@ NUM_LOSS_TERMS = 5
 
 def _loss_tiling(n: int) -> tuple[int, int, int]:
     """(BLOCK_N, NUM_TILES, BLOCK_K) of the forward and backward kernels for a batch of n: samples per
-    Gram tile (block_n), row tiles, and 2x2 blocks per column tile: 32 (128 pixels per sample per step)
-    for BLOCK_N = 16, the usual few-shot batch, 16 for BLOCK_N = 32.
+    Gram tile (block_n), row tiles, and 2x2 blocks per column tile: 16 (64 pixels per sample per step).
 
     From the kernels compiled for sm_80 and sm_90 (tests/test_triton.py::
     test_kernels_compile_for_gpu_targets; registers and stack read with cuobjdump): at 4 warps and 32
@@ -70,11 +69,12 @@ def _loss_tiling(n: int) -> tuple[int, int, int]:
     feature tiles, x0 of 4 pixels and HF of both models, plus the Gram accumulators), and with two row
     tiles (N > 32) the float32 forward staged 176 KiB of shared memory, above the 163 KiB an A100 gives
     a block. With 16 blocks: 127-238 registers, 88 KiB, and no spill but in the backward with two row
-    tiles (up to 120 bytes). BLOCK_N = 16 keeps 32 blocks: 125-166 registers, no spill but 24 bytes in
-    the bfloat16 forward on sm_80.
+    tiles (up to 120 bytes). BLOCK_N = 16 had kept 32 blocks (125-166 registers with Triton 3.9), but
+    Triton 3.6, the version on the GPU machines we borrow, compiled its float32 forward to 32 registers
+    and 4.4 KiB of stack per thread; with 16 blocks: 106-112 registers, no spill, on both versions.
     """
     bn = block_n(n)
-    return bn, triton.cdiv(n, bn), 32 if bn == MIN_BLOCK_N else 16
+    return bn, triton.cdiv(n, bn), 16
 
 
 @triton.jit

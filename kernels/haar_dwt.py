@@ -13,7 +13,7 @@ from __future__ import annotations
 import torch
 import triton
 import triton.language as tl
-from torch.library import triton_op, wrap_triton
+from torch.library import triton_op
 
 from ddpm_pa_fast._nvtx import annotate
 
@@ -24,6 +24,7 @@ from ._common import (
     accumulation_dtype,
     elementwise_grid,
     tl_dtype,
+    wrap_triton,
 )
 
 

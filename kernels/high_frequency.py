@@ -10,11 +10,18 @@ from __future__ import annotations
 import torch
 import triton
 import triton.language as tl
-from torch.library import triton_op, wrap_triton
+from torch.library import triton_op
 
 from ddpm_pa_fast._nvtx import annotate
 
-from ._common import ELEMENTWISE_BLOCK, ELEMENTWISE_WARPS, accumulation_dtype, elementwise_grid, tl_dtype
+from ._common import (
+    ELEMENTWISE_BLOCK,
+    ELEMENTWISE_WARPS,
+    accumulation_dtype,
+    elementwise_grid,
+    tl_dtype,
+    wrap_triton,
+)
 
 
 @triton.jit

@@ -15,7 +15,7 @@ from __future__ import annotations
 import torch
 import triton
 import triton.language as tl
-from torch.library import triton_op, wrap_triton
+from torch.library import triton_op
 
 from ddpm_pa_fast._nvtx import annotate
 
@@ -32,6 +32,7 @@ from ._common import (
     tl_dtype,
     whole_batch_block,
     whole_batch_warps,
+    wrap_triton,
 )
 
 # Clamp on |F_i| |F_j|, as reference.SIMILARITY_EPS and ddpm_pa::kSimilarityEps.

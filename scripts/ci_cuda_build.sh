@@ -53,21 +53,8 @@ SITE="$("$VENV/bin/python" -c 'import sysconfig; print(sysconfig.get_paths()["pu
 log "torch $("$VENV/bin/python" -c 'import torch; print(torch.__version__, "CUDA", torch.version.cuda)')"
 
 # --- 2. Build in a scratch copy -----------------------------------------------------------------
-# The sources are what git would commit (tracked + untracked, minus ignored build outputs). build/ is
-# kept between runs for ninja; a source is copied only when its content changed, and the copy gets the
-# current time, so ninja recompiles exactly what changed (preserving the work tree's times could leave
-# an object newer than an edit made while it was being built).
-STAGE="$BUILD_DIR.staging"
-rm -rf "$STAGE" && mkdir -p "$STAGE" "$BUILD_DIR"
-(cd "$REPO" && git ls-files -z --cached --others --exclude-standard \
-  | tar --null --no-recursion --ignore-failed-read -T - -cf - 2>/dev/null) | tar -xf - -C "$STAGE"
-(cd "$BUILD_DIR" && find . -type f ! -path './build/*' ! -name '*.so' ! -name build.log) | while IFS= read -r f; do
-  [ -e "$STAGE/$f" ] || rm -f "$BUILD_DIR/$f"
-done
-(cd "$STAGE" && find . -type f) | while IFS= read -r f; do
-  cmp -s "$STAGE/$f" "$BUILD_DIR/$f" || { mkdir -p "$(dirname "$BUILD_DIR/$f")" && cp "$STAGE/$f" "$BUILD_DIR/$f"; }
-done
-rm -rf "$STAGE"
+# scripts/sync_sources.sh copies only what changed and keeps build/ between runs, for ninja.
+bash "$REPO/scripts/sync_sources.sh" "$BUILD_DIR"
 # torch's CUDA 13 headers include cuBLAS, cuSPARSE, ... headers that the system toolkit does not ship;
 # the venv's nvidia wheels do.
 export CPATH="$SITE/nvidia/cu13/include${CPATH:+:$CPATH}"

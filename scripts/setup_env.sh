@@ -5,7 +5,9 @@
 #   bash scripts/setup_env.sh        # set-up only
 #
 # VENV (default: ./.venv) chooses where; TORCH_SPEC (default: torch==2.13.0, the CPU build) which torch
-# to install: on a GPU machine use a CUDA build, e.g. TORCH_SPEC="torch==2.14.1".
+# to install: on a GPU machine use a CUDA build, e.g. TORCH_SPEC="torch==2.14.1". EXTRA_PINS (default:
+# none) holds more requirements fixed, space-separated, e.g. EXTRA_PINS="triton==3.6.0 numpy<2.4"
+# (scripts/test_min_versions.sh: the oldest versions we support).
 # Everything comes from package registries: no other download, at set-up or at run time.
 
 _ddpm_pa_repo="$(cd "$(dirname "${BASH_SOURCE[0]}")/.." && pwd)"
@@ -15,15 +17,21 @@ VENV="${VENV:-$_ddpm_pa_repo/.venv}"
 # caller's shell options; only VENV and PATH are exported to the caller.
 (
   set -euo pipefail
+  setup_start=$(date +%s)
+  log() { echo "[setup +$(( $(date +%s) - setup_start ))s] $*"; }
   torch_spec="${TORCH_SPEC:-torch==2.13.0}"
+  # The pins go into both pip calls: in the second, with the extras, they keep the resolver from
+  # moving torch (or a pinned package) to satisfy some other package.
+  read -r -a extra_pins <<< "${EXTRA_PINS:-}"
+  pins=("$torch_spec" "${extra_pins[@]}")
   if [ ! -x "$VENV/bin/python" ]; then
-    echo "[setup] creating $VENV"
+    log "creating $VENV"
     "${PYTHON:-python3}" -m venv "$VENV"
   fi
   pip=("$VENV/bin/python" -m pip install --quiet --disable-pip-version-check)
-  echo "[setup] installing $torch_spec and the build tools"
+  log "installing ${pins[*]} and the build tools"
   # setuptools < 81: pytorch_wavelets (a test peer) still imports pkg_resources.
-  "${pip[@]}" "$torch_spec" "setuptools>=77,<81" wheel numpy pybind11 ninja
+  "${pip[@]}" "${pins[@]}" "setuptools>=77,<81" wheel numpy pybind11 ninja
   # The build is skipped when nothing it depends on changed since the last successful one: the sources
   # it compiles and the files that say how (content hashes), torch's version and the build switches.
   # So the second README command after the first takes seconds, not a rebuild.
@@ -35,16 +43,21 @@ VENV="${VENV:-$_ddpm_pa_repo/.venv}"
     find csrc kernels setup.py pyproject.toml -type f -print0 | sort -z | xargs -0 sha256sum
   )
   stamp=$(printf '%s' "$stamp" | sha256sum | cut -d' ' -f1)
+  # The import runs from the repository, whatever the caller's directory: a ddpm_pa_fast folder there
+  # (another checkout, with its own build) would be imported instead.
   if [ -f "$stamp_file" ] && [ "$(cat "$stamp_file")" = "$stamp" ] \
-    && "$VENV/bin/python" -c 'import ddpm_pa_fast._C' 2>/dev/null; then
-    echo "[setup] ddpm_pa_fast is built and installed for these sources, torch and flags: no rebuild"
+    && (cd "$_ddpm_pa_repo" && "$VENV/bin/python" -c 'import ddpm_pa_fast._C') 2>/dev/null; then
+    log "ddpm_pa_fast is built and installed for these sources, torch and flags: no rebuild"
   else
     rm -f "$stamp_file"
-    echo "[setup] building ddpm_pa_fast (C++ extension) and installing its extras"
+    log "building ddpm_pa_fast (C++ extension) and installing its extras"
     # --no-build-isolation: the extension must be compiled against the torch installed above.
-    MAX_JOBS="${MAX_JOBS:-2}" "${pip[@]}" --no-build-isolation -e "$_ddpm_pa_repo[triton,train,test,bench]"
+    MAX_JOBS="${MAX_JOBS:-2}" "${pip[@]}" --no-build-isolation -e "$_ddpm_pa_repo[triton,train,test,bench]" \
+      "${pins[@]}"
     echo "$stamp" > "$stamp_file"
+    log "built and installed"
   fi
+  cd "$_ddpm_pa_repo"
   "$VENV/bin/python" -c "import ddpm_pa_fast, torch; print('[setup] ready: torch', torch.__version__, \
 '| backends for CPU tensors:', ddpm_pa_fast.available_backends('cpu'))"
 ) || { echo "[setup] failed" >&2; return 1 2>/dev/null || exit 1; }

@@ -425,7 +425,7 @@ def _opcheck_samples(device):
 
 
 OPCHECK_UTILS = ("test_schema", "test_autograd_registration", "test_faketensor", "test_aot_dispatch_dynamic")
-# Under the interpreter, wrap_triton returns the kernel itself (torch/_library/triton.py), so AOT tracing
+# Under the interpreter, wrap_triton returns the kernel itself (kernels/_common.py), so AOT tracing
 # would launch it on fake tensors; that check runs where the kernels compile, on a GPU.
 INTERPRETER_OPCHECK_UTILS = OPCHECK_UTILS[:3]
 
