@@ -195,11 +195,35 @@ def reference_outputs(op: str, levels: int | None):
     return _list_output(getattr(reference, op))
 
 
+def parse_size(label: str) -> tuple[tuple[int, int, int, int], int | None]:
+    """"NxCxHxW" -> ((N, C, H, W), None); "NxCxHxW/JL" -> ((N, C, H, W), L): size_label's inverse.
+
+    Raises ValueError naming --sizes and the expected form for anything else."""
+    shape_text, has_levels, levels_text = label.partition("/J")
+    try:
+        shape = tuple(int(v) for v in shape_text.split("x"))
+        levels = int(levels_text) if has_levels else None
+    except ValueError:
+        shape, levels = (), None
+    if len(shape) != 4 or min(shape) < 1 or (has_levels and (levels is None or levels < 1)):
+        raise ValueError(
+            f"--sizes: {label!r} is not NxCxHxW (the loss, HF and KL ops) or NxCxHxW/JL (the DWTs at L "
+            "levels), e.g. 8x3x256x256 or 8x3x256x256/J3"
+        )
+    return shape, levels
+
+
 def build_cases(ops, quick: bool, sizes=None) -> list[Case]:
-    """The cases of ops at the full (or quick) sizes; sizes, if given, keeps only those size labels
-    ("8x3x256x256", or "8x3x256x256/J3" for one DWT level count)."""
-    image_sizes = QUICK_IMAGE_SIZES if quick else IMAGE_SIZES
-    dwt_sizes = QUICK_DWT_SIZES if quick else DWT_SIZES
+    """The cases of ops at the full (or quick) sizes, or at sizes if given: labels "NxCxHxW" for the
+    loss, HF and KL ops and "NxCxHxW/JL" for the DWTs at L levels (any shape, not only the defaults)."""
+    if sizes:
+        parsed = [parse_size(label) for label in sizes]
+        image_sizes = [shape for shape, levels in parsed if levels is None]
+        dwt_cases = [(shape, levels) for shape, levels in parsed if levels is not None]
+    else:
+        image_sizes = QUICK_IMAGE_SIZES if quick else IMAGE_SIZES
+        dwt_cases = [(shape, levels) for shape in (QUICK_DWT_SIZES if quick else DWT_SIZES)
+                     for levels in DWT_LEVELS]
     cases = []
     for op in ops:
         if op == "ddpm_pa_loss":
@@ -222,27 +246,19 @@ def build_cases(ops, quick: bool, sizes=None) -> list[Case]:
                     reference_outputs(op, None), functools.partial(pairwise_traffic, shape),
                 ))
         elif op == "haar_dwt2d":
-            for shape in dwt_sizes:
-                for levels in DWT_LEVELS:
-                    cases.append(Case(
-                        op, size_label(shape, levels), functools.partial(image_inputs, shape),
-                        reference_outputs(op, levels), functools.partial(dwt_traffic, shape, levels),
-                    ))
+            for shape, levels in dwt_cases:
+                cases.append(Case(
+                    op, size_label(shape, levels), functools.partial(image_inputs, shape),
+                    reference_outputs(op, levels), functools.partial(dwt_traffic, shape, levels),
+                ))
         elif op == "haar_idwt2d":
-            for shape in dwt_sizes:
-                for levels in DWT_LEVELS:
-                    cases.append(Case(
-                        op, size_label(shape, levels), functools.partial(coefficient_inputs, shape, levels),
-                        reference_outputs(op, levels), functools.partial(idwt_traffic, shape, levels),
-                    ))
+            for shape, levels in dwt_cases:
+                cases.append(Case(
+                    op, size_label(shape, levels), functools.partial(coefficient_inputs, shape, levels),
+                    reference_outputs(op, levels), functools.partial(idwt_traffic, shape, levels),
+                ))
         else:
             raise ValueError(f"--ops: unknown op {op!r}; expected some of {', '.join(OPS)}")
-    if sizes:
-        known = dict.fromkeys(c.size for c in cases)
-        unknown = [s for s in sizes if s not in known]
-        if unknown:
-            raise ValueError(f"--sizes: {', '.join(unknown)} not among this run's sizes: {', '.join(known)}")
-        cases = [c for c in cases if c.size in sizes]
     return cases
 
 
@@ -389,7 +405,8 @@ def parse_args(argv=None):
     parser.add_argument("--dtype", default="float32", choices=["float32", "float64", "float16", "bfloat16"])
     parser.add_argument("--quick", action="store_true", help="small sizes, few repetitions: a smoke test")
     parser.add_argument("--sizes", nargs="+", metavar="SIZE",
-                        help="only these size labels, e.g. 8x3x256x256 8x3x256x256/J3 (default: all)")
+                        help="these sizes instead of the defaults: NxCxHxW for the loss, HF and KL ops, "
+                             "NxCxHxW/JL for the DWTs at L levels, e.g. 32x3x256x256 32x3x256x256/J3")
     parser.add_argument("--few-repeats", action="store_true",
                         help="--quick's repetition budget at the full sizes (a time-boxed run)")
     parser.add_argument("--no-memory", action="store_true", help="skip the peak-memory measurement")

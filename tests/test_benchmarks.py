@@ -272,8 +272,9 @@ def test_command_measures_bandwidth_per_case_and_reports_it(tmp_path, monkeypatc
 
 
 def test_sizes_select_cases_and_each_finished_case_is_written(tmp_path, monkeypatch):
-    """--sizes keeps the named cases; the CSV and markdown are rewritten after every case, so a run
-    stopped part-way (here the second case's bandwidth probe fails) keeps the cases it finished."""
+    """--sizes gives the cases' sizes, any NxCxHxW (the first GPU run asked for one outside the
+    defaults); the CSV and markdown are rewritten after every case, so a run stopped part-way (here the
+    second case's bandwidth probe fails) keeps the cases it finished."""
     measured = []
 
     class SecondProbeFails:
@@ -289,8 +290,12 @@ def test_sizes_select_cases_and_each_finished_case_is_written(tmp_path, monkeypa
     monkeypatch.setattr(bench_ops, "BandwidthProbe", SecondProbeFails)
     sizes = ["16x3x64x64/J1", "16x3x64x64/J3"]
     assert [c.size for c in bench_ops.build_cases(["haar_dwt2d"], quick=False, sizes=sizes)] == sizes
-    with pytest.raises(ValueError, match="--sizes: 1x1 not among"):
-        bench_ops.build_cases(["haar_dwt2d"], quick=False, sizes=["1x1"])
+    custom = ["5x2x12x10", "5x2x12x10/J2"]
+    built = bench_ops.build_cases(["ddpm_pa_loss", "haar_idwt2d"], quick=False, sizes=custom)
+    assert [(c.op, c.size) for c in built] == [("ddpm_pa_loss", "5x2x12x10"), ("haar_idwt2d", "5x2x12x10/J2")]
+    for bad in ["1x1", "2x3x0x4", "2x3x4x4/J", "2x3x4x4/J0", "axbxcxd"]:
+        with pytest.raises(ValueError, match=f"--sizes: '{bad}' is not NxCxHxW"):
+            bench_ops.build_cases(["haar_dwt2d"], quick=False, sizes=[bad])
     with pytest.raises(RuntimeError, match="stopped part-way"):
         bench_ops.main(["--few-repeats", "--ops", "haar_dwt2d", "--sizes", *sizes, "--providers", "torch",
                         "--passes", "fwd", "--no-memory", "--out", str(tmp_path)])
