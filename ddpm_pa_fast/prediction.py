@@ -74,7 +74,7 @@ def resolve_prediction_type(scheduler, prediction_type: str | None = None) -> st
 def coefficient_tables(scheduler, prediction_type: str | None = None) -> tuple[torch.Tensor, torch.Tensor]:
     """(a, b), float64 on the CPU, one entry per training timestep: a[t], b[t] are the loss's a_t, b_t.
 
-    Errors as loss_coefficients'; the trainer calls this once to check a model folder before training.
+    Errors as loss_coefficients'; the trainer makes them once, which also checks a model folder.
     """
     prediction_type = resolve_prediction_type(scheduler, prediction_type)
     abar = _alphas_cumprod_float64(scheduler)
@@ -149,6 +149,20 @@ def loss_coefficients(
         )
 
     a_table, b_table = coefficient_tables(scheduler, prediction_type)
+    return coefficients_at(a_table, b_table, prediction_type, sample, noise, timesteps)
+
+
+def coefficients_at(
+    a_table: torch.Tensor,
+    b_table: torch.Tensor,
+    prediction_type: str,
+    sample: torch.Tensor,
+    noise: torch.Tensor,
+    timesteps: torch.Tensor,
+) -> LossCoefficients:
+    """loss_coefficients from tables already made by coefficient_tables (arguments already checked): a
+    training loop makes them once, on its device, instead of once per step."""
+    n = sample.shape[0]
     dtype = torch.float64 if sample.dtype == torch.float64 else torch.float32
     index = timesteps.to(device=sample.device, dtype=torch.long)
     a_t = a_table.to(device=sample.device, dtype=dtype)[index]

@@ -41,6 +41,12 @@ def unavailable_reason(device_type: str) -> str | None:
 _KERNELS_LOADED = False
 
 
+def max_batch() -> int:
+    """The largest N the Triton kernels take (kernels/_common.MAX_BATCH); loads the kernels."""
+    load_kernels()
+    return importlib.import_module(f"{__package__}.kernels._common").MAX_BATCH
+
+
 def load_kernels():
     """Imports ddpm_pa_fast.kernels (registering the triton ops) and returns torch.ops.ddpm_pa_fast_triton.
 

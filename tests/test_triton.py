@@ -64,11 +64,6 @@ def _ops():
     return triton_ops.load_kernels()
 
 
-def _kernels_max_batch() -> int:
-    """The Triton kernels' batch limit (kernels/_common.MAX_BATCH), the kernels imported as the ops do."""
-    _ops()
-    return sys.modules["ddpm_pa_fast.kernels._common"].MAX_BATCH
-
 
 def _upstream(shape, dtype, device, seed=7):
     """A random, non-unit upstream gradient, rounded to dtype (the reference then uses the same values)."""
@@ -492,7 +487,7 @@ def test_kernels_compile_for_gpu_targets(monkeypatch, tmp_path):
     compiled by Triton's compiler for sm_80 and sm_90 down to cubin: what the interpreter cannot show
     (the compiler's type and layout checks, shared memory within the GPU's limit, register spills)."""
     launches = _record_launches(monkeypatch)
-    max_batch = _kernels_max_batch()
+    max_batch = triton_ops.max_batch()
     for dtype in DTYPES:
         x = randn((2, 3, 9, 7), 1, dtype, "cpu").requires_grad_()
         D.ddpm_pa_high_frequency(x, backend="triton").sum().backward()
@@ -563,7 +558,7 @@ def test_bad_input_is_rejected_with_the_argument_named(device):
 
 @pytest.mark.parametrize("device", TRITON_DEVICES)
 def test_batch_above_the_kernels_limit_is_rejected(device):
-    max_batch = _kernels_max_batch()
+    max_batch = triton_ops.max_batch()
     src, ada = similar_features((max_batch + 1, 2), dtype=torch.float32, device=device)
     with pytest.raises(ValueError, match=rf"src has N={max_batch + 1} samples; the Triton kernels support "
                                          rf"N <= {max_batch}"):

@@ -176,7 +176,9 @@ class Trainer:
         self.scheduler = scheduler
         self.channels = self.source.config.in_channels
         self.learned_variance = self._check_variance(self.source, scheduler)
-        self.prediction_type = self._check_prediction_type(scheduler, c.model_dir)
+        self.prediction_type, tables = self._loss_coefficient_tables(scheduler, c.model_dir)
+        # Made once, on the device: each step only indexes them (prediction.coefficients_at).
+        self.loss_tables = [table.to(device=device, dtype=torch.float32) for table in tables]
         min_count = c.pair_size if c.method == "ddpm-pa" else 1
         # Bad data stops here, before any model is copied or any step is taken.
         self.images = load_images(c.data_dir, self.channels, self.source.config.sample_size, min_count).to(
@@ -248,13 +250,14 @@ class Trainer:
         return False
 
     @staticmethod
-    def _check_prediction_type(scheduler, model_dir: str) -> str:
-        """The scheduler's prediction_type, if the loss can read it: refused here, before any step."""
+    def _loss_coefficient_tables(scheduler, model_dir: str) -> tuple[str, tuple[torch.Tensor, torch.Tensor]]:
+        """The scheduler's prediction_type and the loss's (a, b) tables for it, if the loss can read it:
+        refused here, before any step."""
         try:
-            P.coefficient_tables(scheduler)
+            tables = P.coefficient_tables(scheduler)
         except ValueError as error:
             raise ConfigError(f"model folder {model_dir!r}: {error}") from error
-        return scheduler.config.prediction_type
+        return scheduler.config.prediction_type, tables
 
     def _mark_update_applied(self, optimizer, args, kwargs) -> None:
         self._update_applied = True
@@ -355,7 +358,7 @@ class Trainer:
         terms: dict[str, torch.Tensor] = {}
         # The one place that reads the prediction type: for epsilon, target is `noise` itself and a_t, b_t
         # are NoiseSchedule.x0_coefficients(t), bit for bit.
-        a_t, b_t, target = P.loss_coefficients(self.scheduler, x0, noise, t, self.prediction_type)
+        a_t, b_t, target = P.coefficients_at(*self.loss_tables, self.prediction_type, x0, noise, t)
         if c.method == "finetune":
             terms["mse"] = (target - pred_ada).square().mean()
             total = terms["mse"]

@@ -91,8 +91,7 @@ def _large_batch(backend: str) -> int:
         return 256
     from ddpm_pa_fast import triton_ops
 
-    triton_ops.load_kernels()
-    return sys.modules["ddpm_pa_fast.kernels._common"].MAX_BATCH
+    return triton_ops.max_batch()
 
 
 def cases(device, backend, dtypes):
