@@ -51,6 +51,7 @@ SEEDS = (0, 1, 2)
 # The sampler's own error: the source model at these DDIM step counts (`sampler`), and the test domain's
 # final models of seed 0 at FINAL_SAMPLER_STEPS beside the study's own (TrainConfig.sample_steps).
 SAMPLER_STEPS = (10, 25, 50, 100, 200)
+SAMPLER_ETAS = (0.0, 1.0)
 FINAL_SAMPLER_STEPS = (100,)
 
 # The validation sweep: a base (the authors' loss weights, no clipping, one t per pair subset) and
@@ -145,12 +146,14 @@ def source_rows(split: str) -> Path:
 
     path = RESULTS / split / "source.json"
     if not path.exists():
+        defaults = TrainConfig("", "", "")
         row, _ = source_row(
             str(fashion.SOURCE_MODEL_DIR),
             DomainEvaluator(split),
             NUM_SAMPLES,
-            TrainConfig("", "", "").sample_steps,
+            defaults.sample_steps,
             SAMPLE_SEED,
+            defaults.sample_eta,
         )
         path.parent.mkdir(parents=True, exist_ok=True)
         path.write_text(json.dumps({"rows": [row]}, indent=1))
@@ -330,28 +333,38 @@ def check_defaults_are_frozen() -> None:
         raise SystemExit(f"TrainConfig's defaults differ from frozen.json (default, frozen): {differ}")
 
 
-def sampler_check(split: str, steps_list: list[int]) -> None:
-    """Source-model metrics against the number of sampler steps: the sampler's own error."""
+def sampler_check(split: str, steps_list: list[int], etas: list[float]) -> None:
+    """Source-model metrics against the number of sampler steps and eta: the sampler's own error, and
+    the share of samples the classifier puts in a source class with p > 0.5."""
     from ddpm_pa_fast.train import fashion
+    from ddpm_pa_fast.train.evaluate import class_probabilities
     from ddpm_pa_fast.train.study import DomainEvaluator, source_row
 
     evaluator = DomainEvaluator(split)
     path = RESULTS / "sampler_steps.json"
-    # Step counts measured before are kept, so that one more count costs only its own sampling.
+    # Settings measured before are kept, so that one more costs only its own sampling.
     previous = json.loads(path.read_text())["rows"] if path.exists() else []
-    rows = [r for r in previous if r["sampler_steps"] not in steps_list]
-    for n in steps_list:
+    todo = [(n, eta) for eta in etas for n in steps_list]
+    # Rows written before eta was a setting were deterministic DDIM.
+    for r in previous:
+        r.setdefault("sampler_eta", 0.0)
+    rows = [r for r in previous if (r["sampler_steps"], r["sampler_eta"]) not in todo]
+    for n, eta in todo:
         t0 = time.time()
-        row, _ = source_row(str(fashion.SOURCE_MODEL_DIR), evaluator, NUM_SAMPLES, n, SAMPLE_SEED)
-        row.update(sampler_steps=n, seconds=time.time() - t0)
+        row, samples = source_row(str(fashion.SOURCE_MODEL_DIR), evaluator, NUM_SAMPLES, n, SAMPLE_SEED, eta)
+        share = (class_probabilities(samples, evaluator.classifier).max(1).values > 0.5).double().mean()
+        row.update(
+            sampler_steps=n, sampler_eta=eta, source_class_share=share.item(), seconds=time.time() - t0
+        )
         rows.append(row)
         print(
-            f"{n:4d} steps: diversity {row['intra_cluster_diversity']:.4f} KID {row['kid']:.4f} "
+            f"eta {eta:g} {n:4d} steps: share in a source class {row['source_class_share']:.3f} "
+            f"diversity {row['intra_cluster_diversity']:.4f} KID {row['kid']:.4f} "
             f"nearest {row['nearest_train_distance']:.4f} haar div {row['haar_intra_cluster_diversity']:.4f} "
             f"({row['seconds']:.0f} s)",
             flush=True,
         )
-    rows.sort(key=lambda r: r["sampler_steps"])
+    rows.sort(key=lambda r: (r["sampler_eta"], r["sampler_steps"]))
     path.parent.mkdir(parents=True, exist_ok=True)
     path.write_text(
         json.dumps(
@@ -371,11 +384,13 @@ def source_check(num_samples: int = 1000) -> None:
     from ddpm_pa_fast.train.sampling import load_model_folder, sample_images, save_grid
     from ddpm_pa_fast.train.trainer import TrainConfig
 
-    sample_steps = TrainConfig("", "", "").sample_steps
+    defaults = TrainConfig("", "", "")
     classifier = load_classifier(fashion.CLASSIFIER_DIR)
     unet, scheduler = load_model_folder(fashion.SOURCE_MODEL_DIR)
     t0 = time.time()
-    samples = sample_images(unet, scheduler, num_samples, sample_steps, seed=SAMPLE_SEED)
+    samples = sample_images(
+        unet, scheduler, num_samples, defaults.sample_steps, seed=SAMPLE_SEED, eta=defaults.sample_eta
+    )
     seconds = time.time() - t0
     probabilities = class_probabilities(samples, classifier)
     confident = probabilities.max(1).values > 0.5
@@ -384,7 +399,8 @@ def source_check(num_samples: int = 1000) -> None:
     real = fashion.to_model_range(test["images"])
     result = {
         "num_samples": num_samples,
-        "sampler_steps": sample_steps,
+        "sampler_steps": defaults.sample_steps,
+        "sampler_eta": defaults.sample_eta,
         "sample_seconds": seconds,
         "share_in_a_source_class_p_gt_0.5": confident.double().mean().item(),
         "confident_samples_per_class": dict(zip(fashion.SOURCE_CLASSES, counts.tolist(), strict=True)),
@@ -411,14 +427,21 @@ def main(argv=None) -> None:
         type=int,
         nargs="+",
         default=list(SAMPLER_STEPS),
-        help="the sampler check's DDIM step counts (default %(default)s); counts measured before are kept",
+        help="the sampler check's DDIM step counts (default %(default)s); settings measured before are kept",
+    )
+    parser.add_argument(
+        "--sampler-etas",
+        type=float,
+        nargs="+",
+        default=list(SAMPLER_ETAS),
+        help="the sampler check's DDIM etas (default %(default)s)",
     )
     args = parser.parse_args(argv)
     # The source and sampler checks run for "all" unless their results exist already.
     if args.what == "source" or (args.what == "all" and not (RESULTS / "source_model.json").exists()):
         source_check()
     if args.what == "sampler" or (args.what == "all" and not (RESULTS / "sampler_steps.json").exists()):
-        sampler_check("validation", args.sampler_steps)
+        sampler_check("validation", args.sampler_steps, args.sampler_etas)
     if args.what in ("source", "sampler"):
         return
     splits = {"all": ("validation", "test"), "validation": ("validation",), "test": ("test",), "report": ()}

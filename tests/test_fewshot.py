@@ -305,9 +305,12 @@ def test_source_pretraining_resumes_exactly(tmp_path):
 # ---- sampling ----
 
 
-def test_sampling_in_chunks_equals_one_batch_and_matches_the_solver_by_hand(tmp_path):
+@pytest.mark.parametrize("eta", [0.0, 1.0])
+def test_sampling_in_chunks_equals_one_batch_and_matches_the_solver_by_hand(tmp_path, eta):
     """Every chunk starts the sampler's schedule afresh (a shared multistep solver once ran off its
-    timestep table on the second chunk), and the result is DDIM with x0 clipping."""
+    timestep table on the second chunk), a sample's added noise does not depend on its chunk, and the
+    result is DDIM with x0 clipping: the starting noise, then each step's noise for all samples, drawn
+    from the seed's generator."""
     from diffusers import DDIMScheduler
 
     from ddpm_pa_fast.train.sampling import sample_images
@@ -315,14 +318,16 @@ def test_sampling_in_chunks_equals_one_batch_and_matches_the_solver_by_hand(tmp_
     from .test_train_common import write_tiny_model
 
     unet, scheduler = load_model_folder(write_tiny_model(tmp_path / "m"))
-    whole = sample_images(unet, scheduler, 5, num_steps=4, seed=3, batch_size=5)
-    chunked = sample_images(unet, scheduler, 5, num_steps=4, seed=3, batch_size=2)
+    whole = sample_images(unet, scheduler, 5, num_steps=4, seed=3, batch_size=5, eta=eta)
+    chunked = sample_images(unet, scheduler, 5, num_steps=4, seed=3, batch_size=2, eta=eta)
     torch.testing.assert_close(chunked, whole, rtol=1e-5, atol=1e-6)
     solver = DDIMScheduler.from_config(scheduler.config)
     assert solver.config.clip_sample
     solver.set_timesteps(4)
-    x = torch.randn(5, 3, 8, 8, generator=torch.Generator().manual_seed(3))
+    generator = torch.Generator().manual_seed(3)
+    x = torch.randn(5, 3, 8, 8, generator=generator)
     with torch.no_grad():
         for t in solver.timesteps:
-            x = solver.step(unet(x, t).sample, t, x).prev_sample
+            noise = torch.randn(x.shape, generator=generator) if eta else None
+            x = solver.step(unet(x, t).sample, t, x, eta=eta, variance_noise=noise).prev_sample
     torch.testing.assert_close(whole, x.clamp(-1, 1), rtol=1e-5, atol=1e-6)

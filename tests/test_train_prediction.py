@@ -132,18 +132,21 @@ def test_the_cli_names_the_refused_prediction_type(tmp_path, capsys):
     assert "prediction_type must be one of 'epsilon', 'v_prediction', got 'sample'" in capsys.readouterr().err
 
 
+@pytest.mark.parametrize("eta", [0.0, 1.0])
 @pytest.mark.parametrize("prediction_type", ["v_prediction", "epsilon"])
-def test_sampling_reads_the_output_in_the_models_parameterisation(tmp_path, prediction_type):
-    """sample_images is DDIM (eta 0, x0 clipped) where the model's output means what its scheduler says:
-    checked against DDIM written out by hand from the parameterisation's x0 formula."""
+def test_sampling_reads_the_output_in_the_models_parameterisation(tmp_path, prediction_type, eta):
+    """sample_images is DDIM (x0 clipped) where the model's output means what its scheduler says: checked
+    against DDIM written out by hand (Song et al. 2021, eq. 12 and 16) from the parameterisation's x0
+    formula, deterministic (eta 0) and ancestral (eta 1, each step's noise drawn after the start's)."""
     unet, scheduler = load_model_folder(write_tiny_model(tmp_path / "m", prediction_type=prediction_type))
     assert scheduler.config.prediction_type == prediction_type
-    samples = sample_images(unet, scheduler, 3, num_steps=4, seed=3)
+    samples = sample_images(unet, scheduler, 3, num_steps=4, seed=3, eta=eta)
 
     abar_all = torch.cumprod(1 - scheduler.betas.double(), 0)
     steps = scheduler.config.num_train_timesteps
     timesteps = list(range(0, steps, steps // 4))[::-1]  # DDIM's "leading" spacing: 75, 50, 25, 0
-    x = torch.randn(3, 3, 8, 8, generator=torch.Generator().manual_seed(3)).double()
+    generator = torch.Generator().manual_seed(3)
+    x = torch.randn(3, 3, 8, 8, generator=generator).double()
     with torch.no_grad():
         for i, t in enumerate(timesteps):
             out = unet(x.float(), torch.tensor(t)).sample.double()
@@ -153,5 +156,7 @@ def test_sampling_reads_the_output_in_the_models_parameterisation(tmp_path, pred
             # DDIM clips x0 but keeps the noise implied by the unclipped output (use_clipped_model_output
             # is off).
             eps = (x - abar.sqrt() * x0) / (1 - abar).sqrt()
-            x = abar_prev.sqrt() * x0.clamp(-1, 1) + (1 - abar_prev).sqrt() * eps
+            sigma = eta * ((1 - abar_prev) / (1 - abar) * (1 - abar / abar_prev)).sqrt()
+            z = torch.randn(x.shape, generator=generator).double() if eta else 0.0
+            x = abar_prev.sqrt() * x0.clamp(-1, 1) + (1 - abar_prev - sigma**2).sqrt() * eps + sigma * z
     torch.testing.assert_close(samples.double(), x.clamp(-1, 1), rtol=1e-4, atol=1e-4)

@@ -10,6 +10,7 @@ from pathlib import Path
 from .checkpoint import CheckpointError
 from .data import DataError
 from .evaluate import DISTANCES
+from .sampling import DEFAULT_SAMPLE_ETA, DEFAULT_SAMPLE_STEPS
 from .trainer import METHODS, PAIR_TIMESTEPS, PRECISIONS, ConfigError, TrainConfig
 
 
@@ -97,6 +98,12 @@ def _add_training_options(p: argparse.ArgumentParser) -> None:
     g.add_argument(
         "--sample-steps", type=int, default=defaults["sample_steps"], help="DDIM steps when sampling"
     )
+    g.add_argument(
+        "--sample-eta",
+        type=float,
+        default=defaults["sample_eta"],
+        help="DDIM eta when sampling: 0 deterministic, 1 ancestral (default %(default)s)",
+    )
     g.add_argument("--no-progress", action="store_true", help="no tqdm bar")
 
 
@@ -142,7 +149,15 @@ def build_parser() -> argparse.ArgumentParser:
     )
     p.add_argument("--model-dir", required=True)
     p.add_argument("--num-images", type=int, default=16)
-    p.add_argument("--sample-steps", type=int, default=25, help="DDIM steps")
+    p.add_argument(
+        "--sample-steps", type=int, default=DEFAULT_SAMPLE_STEPS, help="DDIM steps (default %(default)s)"
+    )
+    p.add_argument(
+        "--sample-eta",
+        type=float,
+        default=DEFAULT_SAMPLE_ETA,
+        help="DDIM eta: 0 deterministic, 1 ancestral (default %(default)s)",
+    )
     p.add_argument("--seed", type=int, default=0)
     p.add_argument("--device", default="cpu")
     p.add_argument("--grid", required=True, help="PNG grid to write")
@@ -209,7 +224,12 @@ def main(argv=None) -> int:
 
             unet, scheduler = load_model_folder(args.model_dir)
             images = sample_images(
-                unet.to(args.device), scheduler, args.num_images, args.sample_steps, args.seed
+                unet.to(args.device),
+                scheduler,
+                args.num_images,
+                args.sample_steps,
+                args.seed,
+                eta=args.sample_eta,
             )
             print(f"wrote {save_grid(images, args.grid)}")
             if args.images_dir:

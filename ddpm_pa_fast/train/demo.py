@@ -54,11 +54,11 @@ def run_demo(
     evaluator = DomainEvaluator(split)
     print(
         f"[demo] {split} domain: {domain}, {len(evaluator.shots)} shots; {num_samples} samples per "
-        f"evaluation, DDIM {base.sample_steps} steps; evaluating the source model",
+        f"evaluation, DDIM {base.sample_steps} steps (eta {base.sample_eta:g}); evaluating the source model",
         flush=True,
     )
     source, source_samples = source_row(
-        base.model_dir, evaluator, num_samples, base.sample_steps, sample_seed
+        base.model_dir, evaluator, num_samples, base.sample_steps, sample_seed, base.sample_eta
     )
     rows, samples = [source], {"source": source_samples}
 

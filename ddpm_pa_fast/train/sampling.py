@@ -34,40 +34,70 @@ def load_model_folder(folder: str | Path):
     return unet, scheduler
 
 
+# The sampler every evaluation uses unless told otherwise (TrainConfig.sample_steps / sample_eta), chosen on
+# the source model (benchmarks/results/fewshot/sampler_steps.json, docs/training.md): stochastic DDIM,
+# eta = 1, is DDPM's ancestral sampler on a 50-step subsequence. Deterministic DDIM (eta = 0) put only 56%
+# of the Fashion-MNIST source model's samples in a source class with p > 0.5; eta = 1 about 85%, as the
+# 1000-step ancestral sampler the model was trained for.
+DEFAULT_SAMPLE_STEPS = 50
+DEFAULT_SAMPLE_ETA = 1.0
+
+
 @torch.no_grad()
 def sample_images(
-    unet, scheduler, num_images: int, num_steps: int = 25, seed: int = 0, batch_size: int = 32
+    unet,
+    scheduler,
+    num_images: int,
+    num_steps: int = DEFAULT_SAMPLE_STEPS,
+    seed: int = 0,
+    batch_size: int = 32,
+    eta: float = DEFAULT_SAMPLE_ETA,
 ) -> torch.Tensor:
-    """num_images samples in [-1, 1], (num_images, C, H, W), with deterministic DDIM (eta = 0) in num_steps
-    steps over the DDPM schedule, clipping x0 as the scheduler's config says (clip_sample); the same seed
-    gives the same starting noise for every model. The model's output is read in its own parameterisation,
-    the scheduler's prediction_type (epsilon, v_prediction or sample).
+    """num_images samples in [-1, 1], float32 (num_images, C, H, W) on the CPU, with DDIM (Song et al.
+    2021, eq. 12) in num_steps steps over the DDPM schedule, clipping x0 as the scheduler's config says
+    (clip_sample). eta scales the noise added at each step: 0 is deterministic DDIM, 1 is the ancestral
+    (DDPM) sampler on the step subsequence. The model's output is read in its own parameterisation, the
+    scheduler's prediction_type (epsilon, v_prediction or sample).
+
+    The seed fixes the starting noise and every step's added noise, for all num_images at once, so every
+    model sampled with one seed starts from and is perturbed by the same noise, and batch_size (the chunk
+    that goes through the UNet) does not change a sample.
 
     Why not DPM-Solver++, whose metrics settle in fewer steps: it does not clip x0, and a third of the
-    Fashion-MNIST source model's samples diverged into saturated noise (benchmarks/results/fewshot/)."""
+    Fashion-MNIST source model's samples diverged into saturated noise (benchmarks/results/fewshot/).
+
+    Raises ValueError if num_images or num_steps < 1, batch_size < 1 or eta outside [0, 1]."""
     from diffusers import DDIMScheduler
 
+    for name, value in (("num_images", num_images), ("num_steps", num_steps), ("batch_size", batch_size)):
+        if isinstance(value, bool) or not isinstance(value, int) or value < 1:
+            raise ValueError(f"{name} must be an integer >= 1, got {value!r}")
+    if not 0.0 <= eta <= 1.0:
+        raise ValueError(f"eta must be in [0, 1] (0: deterministic DDIM, 1: ancestral), got {eta!r}")
     # from_config carries prediction_type over; named anyway, as reading a v model's output as noise
     # would sample garbage without an error.
     solver = DDIMScheduler.from_config(scheduler.config, prediction_type=scheduler.config.prediction_type)
+    solver.set_timesteps(num_steps)
     device = next(unet.parameters()).device
     channels, size = unet.config.in_channels, unet.config.sample_size
     generator = torch.Generator().manual_seed(seed)
-    noise = torch.randn(num_images, channels, size, size, generator=generator)
+    x = torch.randn(num_images, channels, size, size, generator=generator).to(device)
     was_training = unet.training
     unet.eval()
-    chunks = []
-    for x in noise.split(batch_size):
-        x = x.to(device)
-        # A multistep solver keeps earlier model outputs: each chunk starts the schedule afresh.
-        solver.set_timesteps(num_steps)
-        for t in solver.timesteps:
+    # Steps outside, chunks inside: each step's added noise is drawn for all samples at once (on the CPU
+    # generator, so a seed gives the same noise on every device), and a sample's noise does not depend on
+    # its chunk. DDIM keeps no state between steps.
+    for t in solver.timesteps:
+        variance_noise = torch.randn(x.shape, generator=generator).to(device) if eta > 0 else None
+        outputs = []
+        for i, chunk in enumerate(x.split(batch_size)):
             # A learned-variance model outputs 2C channels; DDIM uses the prediction (the first C) only.
-            prediction = unet(x, t.to(device)).sample[:, :channels]
-            x = solver.step(prediction, t, x).prev_sample
-        chunks.append(x.clamp(-1, 1).float().cpu())
+            prediction = unet(chunk, t.to(device)).sample[:, :channels]
+            noise = None if variance_noise is None else variance_noise.split(batch_size)[i]
+            outputs.append(solver.step(prediction, t, chunk, eta=eta, variance_noise=noise).prev_sample)
+        x = torch.cat(outputs)
     unet.train(was_training)
-    return torch.cat(chunks)
+    return x.clamp(-1, 1).float().cpu()
 
 
 def to_uint8_hwc(images: torch.Tensor) -> torch.Tensor:

@@ -22,7 +22,7 @@ from . import fashion
 from .classifier import load_classifier
 from .data import load_images
 from .evaluate import ClassifierPerceptualDistance, HaarMultiscaleDistance, evaluate_samples, kid
-from .sampling import image_grid
+from .sampling import DEFAULT_SAMPLE_ETA, image_grid
 from .trainer import TrainConfig, Trainer
 
 # The curves and tables: (metric key, label, higher is better).
@@ -109,13 +109,18 @@ def track_adaptation(
 
 
 def source_row(
-    model_dir: str, evaluator: DomainEvaluator, num_samples: int, sample_steps: int, sample_seed: int
+    model_dir: str,
+    evaluator: DomainEvaluator,
+    num_samples: int,
+    sample_steps: int,
+    sample_seed: int,
+    sample_eta: float = DEFAULT_SAMPLE_ETA,
 ):
     """(the step-0 row: the source model's metrics, its samples)."""
     from .sampling import load_model_folder, sample_images
 
     unet, scheduler = load_model_folder(model_dir)
-    samples = sample_images(unet, scheduler, num_samples, sample_steps, sample_seed)
+    samples = sample_images(unet, scheduler, num_samples, sample_steps, sample_seed, eta=sample_eta)
     return {"method": "source", "seed": -1, "step": 0, "train_seconds": 0.0, **evaluator(samples)}, samples
 
 

@@ -45,7 +45,7 @@ from . import checkpoint as ckpt
 from .data import BatchStream, DataError, load_images
 from .diffusion import LEARNED_VARIANCE_TYPES, NoiseSchedule
 from .ema import EMA
-from .sampling import load_model_folder, sample_images, save_grid
+from .sampling import DEFAULT_SAMPLE_ETA, DEFAULT_SAMPLE_STEPS, load_model_folder, sample_images, save_grid
 
 METHODS = ("ddpm-pa", "finetune")
 PAIR_TIMESTEPS = ("shared", "per-sample")
@@ -89,7 +89,8 @@ class TrainConfig:
     keep_checkpoints: int = 2
     sample_every: int = 0
     num_samples: int = 16
-    sample_steps: int = 50
+    sample_steps: int = DEFAULT_SAMPLE_STEPS
+    sample_eta: float = DEFAULT_SAMPLE_ETA
     resume: str | None = None
     device: str = "cpu"
     progress: bool = True
@@ -131,6 +132,8 @@ class TrainConfig:
                 raise ConfigError(f"--{name.replace('_', '-')} must be >= 0, got {getattr(self, name)!r}")
         if not 0.0 <= self.ema_decay < 1.0:
             raise ConfigError(f"--ema-decay must be in [0, 1), got {self.ema_decay!r}")
+        if not 0.0 <= self.sample_eta <= 1.0:
+            raise ConfigError(f"--sample-eta must be in [0, 1], got {self.sample_eta!r}")
 
 
 def _world() -> tuple[int, int, int]:
@@ -465,10 +468,10 @@ class Trainer:
 
     def sample(self, num_images: int, seed: int = 0, num_steps: int | None = None) -> torch.Tensor:
         """num_images samples of the EMA weights (sampling.sample_images), in num_steps DDIM steps
-        (default: the config's sample_steps)."""
+        (default: the config's sample_steps) at the config's sample_eta."""
         with self.ema_weights() as model:
             steps = num_steps or self.config.sample_steps
-            return sample_images(model, self.scheduler, num_images, steps, seed)
+            return sample_images(model, self.scheduler, num_images, steps, seed, eta=self.config.sample_eta)
 
     def save_model(self, folder: str | Path) -> Path:
         """Writes the EMA weights and the scheduler as a model folder that load_model_folder reads."""
