@@ -305,6 +305,62 @@ def test_source_pretraining_resumes_exactly(tmp_path):
 # ---- sampling ----
 
 
+@pytest.mark.parametrize(
+    "kwargs, match",
+    [
+        (dict(eta=1.5), "eta must be in"),
+        (dict(eta=-1.0), "eta must be in"),
+        (dict(num_steps=0), "num_steps must be"),
+        (dict(batch_size=0), "batch_size must be"),
+        (dict(num_images=0), "num_images must be"),
+    ],
+)
+def test_sampling_names_a_bad_argument(tmp_path, kwargs, match):
+    from ddpm_pa_fast.train.sampling import sample_images
+
+    from .test_train_common import write_tiny_model
+
+    unet, scheduler = load_model_folder(write_tiny_model(tmp_path / "m"))
+    with pytest.raises(ValueError, match=match):
+        sample_images(unet, scheduler, **{"num_images": 2, "num_steps": 2, **kwargs})
+
+
+def test_sample_cli_takes_eta_and_names_a_bad_one(tmp_path, capsys):
+    """`ddpm-pa-fast sample --sample-eta 0` is deterministic DDIM; the default (1) adds noise each step."""
+    import numpy as np
+    from PIL import Image
+
+    from ddpm_pa_fast.train import cli
+    from ddpm_pa_fast.train.sampling import sample_images, to_uint8_hwc
+
+    from .test_train_common import write_tiny_model
+
+    model = write_tiny_model(tmp_path / "m")
+    unet, scheduler = load_model_folder(model)
+    base = ["sample", "--model-dir", str(model), "--num-images", "3", "--sample-steps", "3", "--seed", "5"]
+    for eta in ("0", "1"):
+        args = [
+            *base,
+            "--sample-eta",
+            eta,
+            "--grid",
+            str(tmp_path / "g.png"),
+            "--images-dir",
+            str(tmp_path / eta),
+        ]
+        assert cli.main(args) == 0
+        written = torch.stack(
+            [torch.from_numpy(np.array(Image.open(f))) for f in sorted((tmp_path / eta).glob("*.png"))]
+        )
+        expected = to_uint8_hwc(sample_images(unet, scheduler, 3, 3, seed=5, eta=float(eta)))
+        assert torch.equal(written, expected)
+    assert not torch.equal(
+        sample_images(unet, scheduler, 3, 3, seed=5, eta=0.0), sample_images(unet, scheduler, 3, 3, seed=5)
+    )
+    assert cli.main([*base, "--sample-eta", "2", "--grid", str(tmp_path / "g.png")]) == 2
+    assert "eta must be in [0, 1]" in capsys.readouterr().err
+
+
 @pytest.mark.parametrize("eta", [0.0, 1.0])
 def test_sampling_in_chunks_equals_one_batch_and_matches_the_solver_by_hand(tmp_path, eta):
     """Every chunk starts the sampler's schedule afresh (a shared multistep solver once ran off its

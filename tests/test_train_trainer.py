@@ -181,6 +181,8 @@ def test_samples_and_saved_model(tmp_path):
         (dict(precision="fp8"), "--precision"),
         (dict(steps=0), "--steps"),
         (dict(ema_decay=1.0), "--ema-decay"),
+        (dict(sample_eta=1.5), "--sample-eta"),
+        (dict(sample_eta=-0.1), "--sample-eta"),
     ],
 )
 def test_bad_settings_are_named(tmp_path, overrides, match):
