@@ -45,16 +45,18 @@ def check_prediction_type(prediction_type, name: str = "prediction_type") -> str
     return prediction_type
 
 
-def _alphas_cumprod_float64(scheduler) -> torch.Tensor:
+def alphas_cumprod_float64(scheduler) -> torch.Tensor:
+    """abar_t = prod_{s <= t} (1 - beta_s), float64 (T,) on the CPU, from a DDPM-style scheduler's betas.
+
+    In float64, as improved-diffusion does (the trainer's NoiseSchedule takes it from here): a_t for
+    epsilon is 1 / sqrt(abar_t), whose relative error is abar's, and float32 cumulative products lose
+    digits over 1000 steps. Raises TypeError if the scheduler has no 1-D betas tensor."""
     betas = getattr(scheduler, "betas", None)
     if not isinstance(betas, torch.Tensor) or betas.ndim != 1:
         raise TypeError(
             "scheduler must be a diffusers DDPM-style scheduler with a 1-D `betas` tensor (e.g. "
             f"DDPMScheduler), got {type(scheduler).__name__}"
         )
-    # Computed in float64 from the betas, as improved-diffusion does and as the trainer's noise schedule
-    # (ddpm_pa_fast.train.diffusion.NoiseSchedule) does: a_t for epsilon is 1 / sqrt(abar_t), whose
-    # relative error is abar's, and float32 cumulative products lose digits over 1000 steps.
     return torch.cumprod(1.0 - betas.detach().cpu().to(torch.float64), dim=0)
 
 
@@ -77,7 +79,7 @@ def coefficient_tables(scheduler, prediction_type: str | None = None) -> tuple[t
     Errors as loss_coefficients'; the trainer makes them once, which also checks a model folder.
     """
     prediction_type = resolve_prediction_type(scheduler, prediction_type)
-    abar = _alphas_cumprod_float64(scheduler)
+    abar = alphas_cumprod_float64(scheduler)
     if prediction_type == "epsilon":
         if not bool((abar > 0).all()):
             raise ValueError(

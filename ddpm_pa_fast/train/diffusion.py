@@ -11,6 +11,8 @@ import math
 
 import torch
 
+from ..prediction import alphas_cumprod_float64
+
 LEARNED_VARIANCE_TYPES = ("learned_range",)
 
 
@@ -22,9 +24,9 @@ class NoiseSchedule:
     """The per-timestep coefficients of a DDPMScheduler's beta schedule, on `device`."""
 
     def __init__(self, scheduler, device: torch.device | str = "cpu"):
-        betas = scheduler.betas.to(torch.float64)
+        betas = scheduler.betas.detach().cpu().to(torch.float64)
         alphas = 1.0 - betas
-        abar = torch.cumprod(alphas, dim=0)
+        abar = alphas_cumprod_float64(scheduler)
         abar_prev = torch.cat([abar.new_ones(1), abar[:-1]])
         self.num_timesteps = betas.shape[0]
         self.variance_type = scheduler.config.variance_type
