@@ -7,7 +7,7 @@ import pytest
 pytest.importorskip("diffusers")
 
 from ddpm_pa_fast.train import cli  # noqa: E402
-from tests.test_train_common import tiny_config  # noqa: E402
+from tests.test_train_common import tiny_config, train_cli_args  # noqa: E402
 
 
 @pytest.mark.parametrize("command", ["train", "sample", "evaluate", "demo"])
@@ -23,13 +23,7 @@ def test_train_sample_evaluate_round_trip(tmp_path, capsys):
     assert (
         cli.main(
             [
-                "train",
-                "--model-dir",
-                config.model_dir,
-                "--data-dir",
-                config.data_dir,
-                "--output-dir",
-                str(tmp_path / "run"),
+                *train_cli_args(config, str(tmp_path / "run")),
                 "--steps",
                 "2",
                 "--batch-size",

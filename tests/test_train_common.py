@@ -75,3 +75,16 @@ def tiny_config(
     )
     values.update(overrides)
     return TrainConfig(**values)
+
+
+def train_cli_args(config, output_dir: str | None = None) -> list[str]:
+    """`ddpm-pa-fast train` arguments naming a TrainConfig's model, data and output folders."""
+    return [
+        "train",
+        "--model-dir",
+        config.model_dir,
+        "--data-dir",
+        config.data_dir,
+        "--output-dir",
+        output_dir or config.output_dir,
+    ]

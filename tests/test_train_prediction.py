@@ -8,7 +8,7 @@ pytest.importorskip("diffusers")
 from ddpm_pa_fast import reference as R  # noqa: E402
 from ddpm_pa_fast.train import trainer as T  # noqa: E402
 from ddpm_pa_fast.train.sampling import load_model_folder, sample_images  # noqa: E402
-from tests.test_train_common import tiny_config, write_tiny_model  # noqa: E402
+from tests.test_train_common import tiny_config, train_cli_args, write_tiny_model  # noqa: E402
 
 PREDICTION_TYPES = ["epsilon", "v_prediction"]
 
@@ -117,17 +117,7 @@ def test_the_cli_names_the_refused_prediction_type(tmp_path, capsys):
     from ddpm_pa_fast.train import cli
 
     config = tiny_config(tmp_path, prediction_type="sample")
-    code = cli.main(
-        [
-            "train",
-            "--model-dir",
-            config.model_dir,
-            "--data-dir",
-            config.data_dir,
-            "--output-dir",
-            config.output_dir,
-        ]
-    )
+    code = cli.main(train_cli_args(config))
     assert code == 2
     assert "prediction_type must be one of 'epsilon', 'v_prediction', got 'sample'" in capsys.readouterr().err
 
