@@ -75,6 +75,10 @@ VALIDATION_VARIANTS = {
     "no-hf-terms": (("ddpm-pa",), {"w_hf_pair": 0.0, "w_hf_mse": 0.0}),
     "clip-1": (("ddpm-pa",), {"grad_clip": 1.0}),
     "lr-5e-4": (("finetune", "ddpm-pa"), {"lr": 5e-4}),
+    # Added for the eta = 1 re-run, after the eta = 0 study found DDPM-PA held to the source at the
+    # authors' pair weights: smaller pair weights let the noise loss adapt more.
+    "pair-weights-1": (("ddpm-pa",), {"w_pair": 1.0, "w_hf_pair": 1.0}),
+    "pair-weights-0.25": (("ddpm-pa",), {"w_pair": 0.25, "w_hf_pair": 0.25}),
 }
 VALIDATION_SEEDS = (0,)
 
@@ -333,9 +337,10 @@ def check_defaults_are_frozen() -> None:
         raise SystemExit(f"TrainConfig's defaults differ from frozen.json (default, frozen): {differ}")
 
 
-def sampler_check(split: str, steps_list: list[int], etas: list[float]) -> None:
+def sampler_check(split: str, steps_list: list[int], etas: list[float], seeds: list[int]) -> None:
     """Source-model metrics against the number of sampler steps and eta: the sampler's own error, and
-    the share of samples the classifier puts in a source class with p > 0.5."""
+    the share of samples the classifier puts in a source class with p > 0.5. Other noise seeds at one
+    setting give the spread that 256 samples alone cause, to compare the steps' differences with."""
     from ddpm_pa_fast.train import fashion
     from ddpm_pa_fast.train.evaluate import class_probabilities
     from ddpm_pa_fast.train.study import DomainEvaluator, source_row
@@ -344,27 +349,32 @@ def sampler_check(split: str, steps_list: list[int], etas: list[float]) -> None:
     path = RESULTS / "sampler_steps.json"
     # Settings measured before are kept, so that one more costs only its own sampling.
     previous = json.loads(path.read_text())["rows"] if path.exists() else []
-    todo = [(n, eta) for eta in etas for n in steps_list]
-    # Rows written before eta was a setting were deterministic DDIM.
+    todo = [(n, eta, seed) for eta in etas for n in steps_list for seed in seeds]
+    # Rows written before eta and the seed were settings were deterministic DDIM from SAMPLE_SEED.
     for r in previous:
         r.setdefault("sampler_eta", 0.0)
-    rows = [r for r in previous if (r["sampler_steps"], r["sampler_eta"]) not in todo]
-    for n, eta in todo:
+        r.setdefault("sample_seed", SAMPLE_SEED)
+    rows = [r for r in previous if (r["sampler_steps"], r["sampler_eta"], r["sample_seed"]) not in todo]
+    for n, eta, seed in todo:
         t0 = time.time()
-        row, samples = source_row(str(fashion.SOURCE_MODEL_DIR), evaluator, NUM_SAMPLES, n, SAMPLE_SEED, eta)
+        row, samples = source_row(str(fashion.SOURCE_MODEL_DIR), evaluator, NUM_SAMPLES, n, seed, eta)
         share = (class_probabilities(samples, evaluator.classifier).max(1).values > 0.5).double().mean()
         row.update(
-            sampler_steps=n, sampler_eta=eta, source_class_share=share.item(), seconds=time.time() - t0
+            sampler_steps=n,
+            sampler_eta=eta,
+            sample_seed=seed,
+            source_class_share=share.item(),
+            seconds=time.time() - t0,
         )
         rows.append(row)
         print(
-            f"eta {eta:g} {n:4d} steps: share in a source class {row['source_class_share']:.3f} "
+            f"eta {eta:g} {n:4d} steps seed {seed}: share in a source class {row['source_class_share']:.3f} "
             f"diversity {row['intra_cluster_diversity']:.4f} KID {row['kid']:.4f} "
             f"nearest {row['nearest_train_distance']:.4f} haar div {row['haar_intra_cluster_diversity']:.4f} "
             f"({row['seconds']:.0f} s)",
             flush=True,
         )
-    rows.sort(key=lambda r: (r["sampler_eta"], r["sampler_steps"]))
+    rows.sort(key=lambda r: (r["sampler_eta"], r["sampler_steps"], r["sample_seed"]))
     path.parent.mkdir(parents=True, exist_ok=True)
     path.write_text(
         json.dumps(
@@ -436,12 +446,19 @@ def main(argv=None) -> None:
         default=list(SAMPLER_ETAS),
         help="the sampler check's DDIM etas (default %(default)s)",
     )
+    parser.add_argument(
+        "--sampler-seeds",
+        type=int,
+        nargs="+",
+        default=[SAMPLE_SEED],
+        help="the sampler check's noise seeds (default %(default)s, the study's)",
+    )
     args = parser.parse_args(argv)
     # The source and sampler checks run for "all" unless their results exist already.
     if args.what == "source" or (args.what == "all" and not (RESULTS / "source_model.json").exists()):
         source_check()
     if args.what == "sampler" or (args.what == "all" and not (RESULTS / "sampler_steps.json").exists()):
-        sampler_check("validation", args.sampler_steps, args.sampler_etas)
+        sampler_check("validation", args.sampler_steps, args.sampler_etas, args.sampler_seeds)
     if args.what in ("source", "sampler"):
         return
     splits = {"all": ("validation", "test"), "validation": ("validation",), "test": ("test",), "report": ()}
