@@ -149,8 +149,11 @@ def source_rows(split: str) -> Path:
     from ddpm_pa_fast.train.trainer import TrainConfig
 
     path = RESULTS / split / "source.json"
-    if not path.exists():
-        defaults = TrainConfig("", "", "")
+    defaults = TrainConfig("", "", "")
+    if path.exists():
+        [row] = json.loads(path.read_text())["rows"]
+        _refuse_another_sampler(path, row.get("sampler_steps"), row.get("sampler_eta"))
+    else:
         row, _ = source_row(
             str(fashion.SOURCE_MODEL_DIR),
             DomainEvaluator(split),
@@ -164,10 +167,29 @@ def source_rows(split: str) -> Path:
     return path
 
 
+def _refuse_another_sampler(path: Path, steps, eta) -> None:
+    """A result kept from an earlier launch must have been sampled as this one samples (TrainConfig's
+    sample_steps and sample_eta; files written before eta was recorded carry none): the curves and the
+    rule compare its numbers with new ones."""
+    from ddpm_pa_fast.train.trainer import TrainConfig
+
+    defaults = TrainConfig("", "", "")
+    if (steps, eta) != (defaults.sample_steps, defaults.sample_eta):
+        raise SystemExit(
+            f"{path} was sampled with DDIM steps {steps}, eta {eta}; this study samples with steps "
+            f"{defaults.sample_steps}, eta {defaults.sample_eta}: delete it (and its split's other results) "
+            "to re-run"
+        )
+
+
 def launch(runs: list[Run], jobs: int) -> None:
     """Runs the unfinished runs, `jobs` at a time in worker processes of one torch thread each."""
     from ddpm_pa_fast.train.study import run_in_parallel
 
+    for run in runs:
+        if run.path.exists():
+            config = json.loads(run.path.read_text())["config"]
+            _refuse_another_sampler(run.path, config["sample_steps"], config.get("sample_eta"))
     todo = [r for r in runs if not r.path.exists()]
     print(
         f"{len(runs) - len(todo)} of {len(runs)} runs already done; {len(todo)} to run, {jobs} at a time",
@@ -367,6 +389,15 @@ def sampler_check(split: str, steps_list: list[int], etas: list[float], seeds: l
             seconds=time.time() - t0,
         )
         rows.append(row)
+        # Written after each setting, so that an interrupted check keeps what it measured.
+        rows.sort(key=lambda r: (r["sampler_eta"], r["sampler_steps"], r["sample_seed"]))
+        path.parent.mkdir(parents=True, exist_ok=True)
+        path.write_text(
+            json.dumps(
+                {"split": split, "machine": platform.processor() or platform.machine(), "rows": rows},
+                indent=1,
+            )
+        )
         print(
             f"eta {eta:g} {n:4d} steps seed {seed}: share in a source class {row['source_class_share']:.3f} "
             f"diversity {row['intra_cluster_diversity']:.4f} KID {row['kid']:.4f} "
@@ -374,13 +405,6 @@ def sampler_check(split: str, steps_list: list[int], etas: list[float], seeds: l
             f"({row['seconds']:.0f} s)",
             flush=True,
         )
-    rows.sort(key=lambda r: (r["sampler_eta"], r["sampler_steps"], r["sample_seed"]))
-    path.parent.mkdir(parents=True, exist_ok=True)
-    path.write_text(
-        json.dumps(
-            {"split": split, "machine": platform.processor() or platform.machine(), "rows": rows}, indent=1
-        )
-    )
 
 
 def source_check(num_samples: int = 1000) -> None:
@@ -425,6 +449,8 @@ def source_check(num_samples: int = 1000) -> None:
 
 
 def main(argv=None) -> None:
+    from ddpm_pa_fast.train.cli import parse_eta
+
     parser = argparse.ArgumentParser(
         description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter
     )
@@ -441,7 +467,7 @@ def main(argv=None) -> None:
     )
     parser.add_argument(
         "--sampler-etas",
-        type=float,
+        type=parse_eta,
         nargs="+",
         default=list(SAMPLER_ETAS),
         help="the sampler check's DDIM etas (default %(default)s)",

@@ -357,8 +357,33 @@ def test_sample_cli_takes_eta_and_names_a_bad_one(tmp_path, capsys):
     assert not torch.equal(
         sample_images(unet, scheduler, 3, 3, seed=5, eta=0.0), sample_images(unet, scheduler, 3, 3, seed=5)
     )
-    assert cli.main([*base, "--sample-eta", "2", "--grid", str(tmp_path / "g.png")]) == 2
-    assert "eta must be in [0, 1]" in capsys.readouterr().err
+    for bad in ("2", "-0.5", "one"):
+        with pytest.raises(SystemExit) as exit_info:
+            cli.main([*base, "--sample-eta", bad, "--grid", str(tmp_path / "g.png")])
+        assert exit_info.value.code == 2
+        assert "argument --sample-eta: must be" in capsys.readouterr().err
+
+
+def test_study_refuses_results_sampled_another_way(tmp_path, monkeypatch):
+    """A run or source row kept from an earlier launch must have been sampled with today's sampler
+    (steps and eta): the eta = 0 results must not be mixed into an eta = 1 study."""
+    from benchmarks import fewshot_study
+
+    monkeypatch.setattr(fewshot_study, "RESULTS", tmp_path)
+    defaults = T.TrainConfig("", "", "")
+    run = fewshot_study.Run("validation", "base", "finetune", 0)
+    run.path.parent.mkdir(parents=True)
+    old = {"sample_steps": defaults.sample_steps}  # written before eta was recorded
+    run.path.write_text(json.dumps({"config": old, "rows": []}))
+    with pytest.raises(SystemExit, match="eta None"):
+        fewshot_study.launch([run], 1)
+    source = tmp_path / "validation" / "source.json"
+    source.write_text(json.dumps({"rows": [{"sampler_steps": defaults.sample_steps, "sampler_eta": 0.0}]}))
+    with pytest.raises(SystemExit, match="source.json was sampled with DDIM steps"):
+        fewshot_study.source_rows("validation")
+    today = {"sample_steps": defaults.sample_steps, "sample_eta": defaults.sample_eta}
+    run.path.write_text(json.dumps({"config": today, "rows": []}))
+    fewshot_study.launch([run], 1)  # finished and sampled alike: nothing to run, nothing refused
 
 
 @pytest.mark.parametrize("eta", [0.0, 1.0])

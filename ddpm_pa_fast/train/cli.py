@@ -100,11 +100,24 @@ def _add_training_options(p: argparse.ArgumentParser) -> None:
     )
     g.add_argument(
         "--sample-eta",
-        type=float,
+        type=parse_eta,
         default=defaults["sample_eta"],
         help="DDIM eta when sampling: 0 deterministic, 1 ancestral (default %(default)s)",
     )
     g.add_argument("--no-progress", action="store_true", help="no tqdm bar")
+
+
+def parse_eta(text: str) -> float:
+    """argparse type of a DDIM eta: a float in [0, 1], refused before any model is loaded."""
+    try:
+        eta = float(text)
+    except ValueError:
+        raise argparse.ArgumentTypeError(f"must be a number in [0, 1], got {text!r}") from None
+    if not 0.0 <= eta <= 1.0:
+        raise argparse.ArgumentTypeError(
+            f"must be in [0, 1] (0: deterministic DDIM, 1: ancestral), got {text}"
+        )
+    return eta
 
 
 def _config(args, **overrides) -> TrainConfig:
@@ -154,7 +167,7 @@ def build_parser() -> argparse.ArgumentParser:
     )
     p.add_argument(
         "--sample-eta",
-        type=float,
+        type=parse_eta,
         default=DEFAULT_SAMPLE_ETA,
         help="DDIM eta: 0 deterministic, 1 ancestral (default %(default)s)",
     )

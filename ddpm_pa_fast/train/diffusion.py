@@ -21,12 +21,14 @@ def _gather(coef: torch.Tensor, t: torch.Tensor) -> torch.Tensor:
 
 
 class NoiseSchedule:
-    """The per-timestep coefficients of a DDPMScheduler's beta schedule, on `device`."""
+    """The per-timestep coefficients of a DDPMScheduler's beta schedule, float32 on `device`.
+
+    Raises TypeError if the scheduler has no 1-D betas tensor (prediction.alphas_cumprod_float64)."""
 
     def __init__(self, scheduler, device: torch.device | str = "cpu"):
+        abar = alphas_cumprod_float64(scheduler)
         betas = scheduler.betas.detach().cpu().to(torch.float64)
         alphas = 1.0 - betas
-        abar = alphas_cumprod_float64(scheduler)
         abar_prev = torch.cat([abar.new_ones(1), abar[:-1]])
         self.num_timesteps = betas.shape[0]
         self.variance_type = scheduler.config.variance_type

@@ -35,10 +35,9 @@ def load_model_folder(folder: str | Path):
 
 
 # The sampler every evaluation uses unless told otherwise (TrainConfig.sample_steps / sample_eta), chosen on
-# the source model (benchmarks/results/fewshot/sampler_steps.json, docs/training.md): stochastic DDIM,
-# eta = 1, is DDPM's ancestral sampler on a 50-step subsequence. Deterministic DDIM (eta = 0) put only 56%
-# of the Fashion-MNIST source model's samples in a source class with p > 0.5; eta = 1 about 85%, as the
-# 1000-step ancestral sampler the model was trained for.
+# the source model (benchmarks/results/fewshot/sampler_steps.json and source_model.json, docs/training.md):
+# stochastic DDIM, eta = 1, DDPM's ancestral step on a 50-step subsequence. Deterministic DDIM (eta = 0)
+# put 56% of the Fashion-MNIST source model's 1,000 samples in a source class with p > 0.5, eta = 1 81%.
 DEFAULT_SAMPLE_STEPS = 50
 DEFAULT_SAMPLE_ETA = 1.0
 
@@ -55,13 +54,16 @@ def sample_images(
 ) -> torch.Tensor:
     """num_images samples in [-1, 1], float32 (num_images, C, H, W) on the CPU, with DDIM (Song et al.
     2021, eq. 12) in num_steps steps over the DDPM schedule, clipping x0 as the scheduler's config says
-    (clip_sample). eta scales the noise added at each step: 0 is deterministic DDIM, 1 is the ancestral
-    (DDPM) sampler on the step subsequence. The model's output is read in its own parameterisation, the
-    scheduler's prediction_type (epsilon, v_prediction or sample).
+    (clip_sample). eta scales the noise added at each step: 0 is deterministic DDIM, 1 the DDPM posterior's
+    variance on the step subsequence (DDPM's ancestral sampler, except that DDIM keeps the noise implied
+    by the unclipped output where x0 is clipped: diffusers' use_clipped_model_output=False). The model's
+    output is read in its own parameterisation, the scheduler's prediction_type (epsilon, v_prediction or
+    sample).
 
-    The seed fixes the starting noise and every step's added noise, for all num_images at once, so every
-    model sampled with one seed starts from and is perturbed by the same noise, and batch_size (the chunk
-    that goes through the UNet) does not change a sample.
+    The seed fixes the starting noise and then each step's added noise, drawn for all num_images at once:
+    models sampled with one seed and one num_images start from and are perturbed by the same noise (at
+    eta > 0 a sample depends on num_images, as the noise of step k follows step k-1's for all samples),
+    and batch_size (the chunk that goes through the UNet) changes a sample only by rounding.
 
     Why not DPM-Solver++, whose metrics settle in fewer steps: it does not clip x0, and a third of the
     Fashion-MNIST source model's samples diverged into saturated noise (benchmarks/results/fewshot/).
@@ -90,10 +92,11 @@ def sample_images(
     for t in solver.timesteps:
         variance_noise = torch.randn(x.shape, generator=generator).to(device) if eta > 0 else None
         outputs = []
-        for i, chunk in enumerate(x.split(batch_size)):
+        chunks = x.split(batch_size)
+        noise_chunks = [None] * len(chunks) if variance_noise is None else variance_noise.split(batch_size)
+        for chunk, noise in zip(chunks, noise_chunks, strict=True):
             # A learned-variance model outputs 2C channels; DDIM uses the prediction (the first C) only.
             prediction = unet(chunk, t.to(device)).sample[:, :channels]
-            noise = None if variance_noise is None else variance_noise.split(batch_size)[i]
             outputs.append(solver.step(prediction, t, chunk, eta=eta, variance_noise=noise).prev_sample)
         x = torch.cat(outputs)
     unet.train(was_training)

@@ -116,12 +116,23 @@ def source_row(
     sample_seed: int,
     sample_eta: float = DEFAULT_SAMPLE_ETA,
 ):
-    """(the step-0 row: the source model's metrics, its samples)."""
+    """(the step-0 row, the source model's samples (num_samples, C, H, W)): the source model in model_dir
+    sampled with sample_images(num_samples, sample_steps, sample_seed, eta=sample_eta) and scored by the
+    evaluator; the row records the sampler's steps and eta."""
     from .sampling import load_model_folder, sample_images
 
     unet, scheduler = load_model_folder(model_dir)
     samples = sample_images(unet, scheduler, num_samples, sample_steps, sample_seed, eta=sample_eta)
-    return {"method": "source", "seed": -1, "step": 0, "train_seconds": 0.0, **evaluator(samples)}, samples
+    row = {
+        "method": "source",
+        "seed": -1,
+        "step": 0,
+        "train_seconds": 0.0,
+        "sampler_steps": sample_steps,
+        "sampler_eta": sample_eta,
+        **evaluator(samples),
+    }
+    return row, samples
 
 
 def summarise(rows: list[dict], key: str) -> dict[tuple[str, int], tuple[float, float, int]]:
