@@ -47,6 +47,10 @@ RESULTS = ROOT / "benchmarks" / "results" / "fewshot"
 NUM_SAMPLES = 256
 SAMPLE_SEED = 1234
 EVAL_EVERY = 250
+# The test domain is also evaluated at these early steps: fine-tuning crosses most of its KID range within
+# the first 250 steps, and the comparison at equal KID reads fine-tuning's path there. Added after the
+# validation sweep (which evaluated every 250 steps only); the settings do not depend on it.
+TEST_EARLY_EVAL_STEPS = (50, 100, 150)
 SEEDS = (0, 1, 2)
 # The sampler's own error: the source model at these DDIM step counts (`sampler`), and the test domain's
 # final models of seed 0 at FINAL_SAMPLER_STEPS beside the study's own (TrainConfig.sample_steps).
@@ -107,6 +111,10 @@ def planned_runs(split: str) -> list[Run]:
     ]
 
 
+def run_extra_eval_steps(run: Run) -> tuple[int, ...]:
+    return TEST_EARLY_EVAL_STEPS if run.split == "test" else ()
+
+
 def run_sampler_check(run: Run) -> tuple[int, ...]:
     """The final models of the test domain's first seed are evaluated again at FINAL_SAMPLER_STEPS."""
     return FINAL_SAMPLER_STEPS if run.split == "test" and run.seed == SEEDS[0] else ()
@@ -131,7 +139,13 @@ def run_one(run: Run) -> None:
             **dict(run.overrides),
         )
         rows, _ = track_adaptation(
-            config, evaluator, EVAL_EVERY, NUM_SAMPLES, SAMPLE_SEED, run_sampler_check(run)
+            config,
+            evaluator,
+            EVAL_EVERY,
+            NUM_SAMPLES,
+            SAMPLE_SEED,
+            run_sampler_check(run),
+            run_extra_eval_steps(run),
         )
     for row in rows:
         row["variant"] = run.variant
@@ -214,7 +228,15 @@ def load_rows(split: str) -> list[dict]:
 
 
 def report(split: str) -> None:
-    from ddpm_pa_fast.train.study import CURVE_METRICS, METHOD_LABELS, markdown_table, plot_curves, summarise
+    from ddpm_pa_fast.train.study import (
+        CURVE_METRICS,
+        METHOD_LABELS,
+        equal_kid_table,
+        markdown_table,
+        plot_curves,
+        plot_tradeoff,
+        summarise,
+    )
 
     rows = load_rows(split)
     if not rows:
@@ -248,6 +270,20 @@ def report(split: str) -> None:
             chosen += [r for r in rows if r.get("variant") == "base" and r["method"] == "finetune"]
         lines += [f"## {variant}", "", markdown_table(chosen), ""]
         plot_curves(chosen, out / f"curves-{variant}.png", f"{split} domain, {variant}")
+    lines += [
+        "## Diversity at equal KID",
+        "",
+        "DDPM-PA's last evaluation against fine-tuning's path through (KID, diversity), linear between its "
+        "evaluations (source model at step 0), at DDPM-PA's KID; same seed, and fine-tuning at the same "
+        "learning rate. Positive: DDPM-PA kept more diversity at that KID. Plot: tradeoff.png.",
+        "",
+    ]
+    for variant in variants:
+        if not any(r.get("variant") == variant and r["method"] == "ddpm-pa" for r in rows):
+            continue
+        has_own = any(r.get("variant") == variant and r["method"] == "finetune" for r in rows)
+        lines += [f"### {variant}", "", *equal_kid_table(rows, variant, variant if has_own else "base"), ""]
+    plot_tradeoff(rows, out / "tradeoff.png", f"{split} domain: diversity against KID, every evaluation")
     lines += sampler_check_table(rows)
     (out / "summary.md").write_text("\n".join(lines))
     keys = sorted({k for r in rows for k, v in r.items() if not isinstance(v, (list, dict))})
@@ -256,7 +292,7 @@ def report(split: str) -> None:
         for r in rows:
             f.write(",".join(str(r.get(k, "")) for k in keys) + "\n")
     print("\n".join(lines))
-    print(f"wrote {out / 'summary.md'}, {out / 'rows.csv'} and curves-*.png")
+    print(f"wrote {out / 'summary.md'}, {out / 'rows.csv'}, curves-*.png and tradeoff.png")
 
 
 def sampler_check_table(rows: list[dict]) -> list[str]:

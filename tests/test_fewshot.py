@@ -176,6 +176,59 @@ def test_plot_curves_titles_each_metric_and_counts_seeds_in_the_legend(tmp_path,
     assert legend == ["fine-tuning (1 seed)", "DDPM-PA (2 seeds)"]
 
 
+def _point(method, seed, step, kid, diversity, variant="v"):
+    return {
+        "method": method,
+        "seed": seed,
+        "step": step,
+        "kid": kid,
+        "intra_cluster_diversity": diversity,
+        "variant": variant,
+    }
+
+
+def test_diversity_at_kid_reads_the_first_crossing_of_the_path():
+    source = _point("source", -1, 0, 3.0, 0.8)
+    path = [source, _point("finetune", 0, 10, 1.0, 0.4), _point("finetune", 0, 20, 2.0, 0.2)]
+    assert study.diversity_at_kid(path, 2.0) == pytest.approx(0.6)  # first crossing: 3.0 -> 1.0
+    assert study.diversity_at_kid(path, 1.5) == pytest.approx(0.5)
+    assert study.diversity_at_kid(path, 3.0) == pytest.approx(0.8)
+    assert study.diversity_at_kid(path, 0.5) is None and study.diversity_at_kid(path, 3.5) is None
+
+
+def test_equal_kid_table_compares_each_seed_with_fine_tuning_of_its_own_seed_and_variant():
+    source = _point("source", -1, 0, 3.0, 0.8)
+    rows = [source]
+    for seed, end in ((0, 0.5), (1, 0.3)):
+        rows += [_point("finetune", seed, 10, 1.0, end, "a"), _point("finetune", seed, 10, 1.0, 9.0, "b")]
+        rows += [_point("ddpm-pa", seed, 10, 2.0, 0.7, "a")]
+    lines = study.equal_kid_table(rows, "a", "a")
+    # seed 0: fine-tuning at KID 2 is (0.8 + 0.5) / 2 = 0.65; seed 1: (0.8 + 0.3) / 2 = 0.55.
+    assert lines[2] == "| 0 | 10 | 2.000 | 0.700 | 0.650 | +0.050 |"
+    assert lines[3] == "| 1 | 10 | 2.000 | 0.700 | 0.550 | +0.150 |"
+    assert lines[4].endswith(f"| +0.100 +- {math.sqrt(0.005):.3f} |")
+    never = study.equal_kid_table(rows + [_point("ddpm-pa", 2, 10, 5.0, 0.1, "a")], "a", "a")
+    assert "(fine-tuning never reached that KID)" in never[4]
+
+
+def test_plot_tradeoff_draws_every_run_from_the_source(tmp_path, monkeypatch):
+    figures = []
+    monkeypatch.setattr(study, "_save_figure", lambda fig, path, title, dpi: figures.append(fig) or path)
+    rows = [_point("source", -1, 0, 3.0, 0.8)]
+    rows += [_point(m, s, 10, 1.0 + s, 0.5) for m in ("finetune", "ddpm-pa") for s in (0, 1)]
+    study.plot_tradeoff(rows, tmp_path / "t.png", "t")
+    ax = figures[0].axes[0]
+    runs = [line for line in ax.get_lines() if len(line.get_xdata()) == 2]
+    assert len(runs) == 4 and all(line.get_xdata()[0] == 3.0 for line in runs)
+    assert [t.get_text() for t in ax.get_legend().get_texts()] == ["DDPM-PA", "fine-tuning", "source"]
+
+
+def test_track_adaptation_evaluates_the_extra_steps(tmp_path):
+    config = tiny_config(tmp_path, steps=4, sample_steps=2)
+    rows, _ = study.track_adaptation(config, _summary_evaluator, 3, 4, 0, extra_eval_steps=(1,))
+    assert [r["step"] for r in rows] == [1, 3, 4]
+
+
 def test_run_in_parallel_keeps_task_order_in_workers_and_in_process():
     done = []
     tasks = [(2, 10), (3, 2), (5, 1)]

@@ -63,6 +63,7 @@ def track_adaptation(
     num_samples: int,
     sample_seed: int,
     final_sample_steps: tuple[int, ...] = (),
+    extra_eval_steps: tuple[int, ...] = (),
 ) -> tuple[list[dict], torch.Tensor]:
     """Trains config (from its source model) and evaluates its EMA weights every eval_every steps and at
     the end. Returns one row per evaluation (method, seed, step, train_seconds without the evaluations,
@@ -70,7 +71,8 @@ def track_adaptation(
 
     final_sample_steps: sampler step counts at which the final model is evaluated again, from the same
     noise, into the last row's "sampler_check" ({steps: metrics}): does the sampler's own error move the
-    comparison?"""
+    comparison?
+    extra_eval_steps: steps evaluated besides every eval_every-th (fine-tuning moves most early on)."""
     trainer = Trainer(config)
     rows: list[dict] = []
     last: list[torch.Tensor] = []
@@ -79,7 +81,7 @@ def track_adaptation(
 
     def on_step(t: Trainer) -> None:
         nonlocal eval_seconds
-        if t.step % eval_every and t.step != config.steps:
+        if t.step % eval_every and t.step != config.steps and t.step not in extra_eval_steps:
             return
         t0 = time.perf_counter()
         last[:] = [t.sample(num_samples, seed=sample_seed)]
@@ -201,6 +203,111 @@ def plot_curves(rows: list[dict], path: str | Path, title: str) -> Path:
     return _save_figure(fig, path, title, dpi=110)
 
 
+def trajectory(rows: list[dict], method: str, seed: int, variant: str | None = None) -> list[dict]:
+    """One run's evaluations in step order, starting from the source model's row (step 0) when rows
+    hold it."""
+    run = sorted(
+        (
+            r
+            for r in rows
+            if r["method"] == method
+            and r["seed"] == seed
+            and (variant is None or r.get("variant") == variant)
+        ),
+        key=lambda r: r["step"],
+    )
+    return [r for r in rows if r["method"] == "source"][:1] + run
+
+
+def diversity_at_kid(path: list[dict], kid: float) -> float | None:
+    """Intra-cluster diversity where a run's path through (KID, diversity), linear between evaluations,
+    first reaches `kid` (None if it never does): what that run kept at that KID. KID falls along an
+    adaptation run (towards the target), not always monotonically, hence the first crossing."""
+    for a, b in zip(path, path[1:], strict=False):
+        low, high = sorted((a["kid"], b["kid"]))
+        if low <= kid <= high:
+            if a["kid"] == b["kid"]:
+                return max(a["intra_cluster_diversity"], b["intra_cluster_diversity"])
+            w = (kid - a["kid"]) / (b["kid"] - a["kid"])
+            return (1 - w) * a["intra_cluster_diversity"] + w * b["intra_cluster_diversity"]
+    return None
+
+
+def equal_kid_table(
+    rows: list[dict], variant: str | None = None, finetune_variant: str | None = None
+) -> list[str]:
+    """Markdown lines: per seed, DDPM-PA's last evaluation (of `variant`) beside fine-tuning's diversity
+    at the same KID on fine-tuning's path (of `finetune_variant`, same seed): does DDPM-PA keep more
+    diversity at equal KID?"""
+    lines = [
+        "| seed | DDPM-PA step | DDPM-PA KID | DDPM-PA diversity | fine-tuning diversity at that KID "
+        "| difference |",
+        "| --- | --- | --- | --- | --- | --- |",
+    ]
+    seeds = sorted({r["seed"] for r in rows if r["method"] == "ddpm-pa"})
+    differences = []
+    for seed in seeds:
+        ours = trajectory(rows, "ddpm-pa", seed, variant)[-1]
+        theirs = diversity_at_kid(trajectory(rows, "finetune", seed, finetune_variant), ours["kid"])
+        cells = [str(seed), str(ours["step"]), f"{ours['kid']:.3f}", f"{ours['intra_cluster_diversity']:.3f}"]
+        if theirs is None:
+            cells += ["(fine-tuning never reached that KID)", "-"]
+        else:
+            differences.append(ours["intra_cluster_diversity"] - theirs)
+            cells += [f"{theirs:.3f}", f"{differences[-1]:+.3f}"]
+        lines.append("| " + " | ".join(cells) + " |")
+    if len(differences) > 1:
+        mean = sum(differences) / len(differences)
+        std = math.sqrt(sum((d - mean) ** 2 for d in differences) / (len(differences) - 1))
+        lines.append(f"| mean +- std | | | | | {mean:+.3f} +- {std:.3f} |")
+    return lines
+
+
+def plot_tradeoff(rows: list[dict], path: str | Path, title: str) -> Path:
+    """Intra-cluster diversity against KID: each run's path from the source model through its
+    evaluations (the step at the last point). Up and left is better: more diversity at a KID."""
+    import matplotlib
+
+    matplotlib.use("Agg")
+    import matplotlib.pyplot as plt
+
+    fig, ax = plt.subplots(figsize=(6.4, 4.6))
+    runs = sorted({(r.get("variant", ""), r["method"], r["seed"]) for r in rows if r["method"] != "source"})
+    variants = sorted({v for v, m, _ in runs if m == "ddpm-pa"})
+    palette = ["tab:blue", "tab:green", "tab:red", "tab:purple", "tab:brown", "tab:pink", "tab:cyan"]
+    labelled = set()
+    for variant, method, seed in runs:
+        run = trajectory(rows, method, seed, variant)
+        if method == "finetune":
+            colour, label = (
+                "tab:orange",
+                f"{METHOD_LABELS[method]} ({variant})" if len(variants) > 1 else "fine-tuning",
+            )
+        else:
+            colour = palette[variants.index(variant) % len(palette)]
+            label = f"DDPM-PA ({variant})" if len(variants) > 1 else "DDPM-PA"
+        ax.plot(
+            [r["kid"] for r in run],
+            [r["intra_cluster_diversity"] for r in run],
+            color=colour,
+            marker="o",
+            ms=3,
+            alpha=0.85,
+            ls="-" if method == "ddpm-pa" else "--",
+            label=None if label in labelled else label,
+        )
+        labelled.add(label)
+        ax.annotate(str(run[-1]["step"]), (run[-1]["kid"], run[-1]["intra_cluster_diversity"]), fontsize=6)
+    source = [r for r in rows if r["method"] == "source"]
+    if source:
+        ax.plot(source[0]["kid"], source[0]["intra_cluster_diversity"], "k*", ms=10, label="source")
+    ax.set_xlabel("KID vs held-out target images (lower: closer to the target)")
+    ax.set_ylabel("intra-cluster diversity (classifier-LPIPS)")
+    ax.grid(alpha=0.3)
+    ax.legend(fontsize=7)
+    return _save_figure(fig, path, title, dpi=110)
+
+
 def _save_figure(fig, path: str | Path, title: str, dpi: int) -> Path:
     import matplotlib.pyplot as plt
 
@@ -281,11 +388,15 @@ __all__ = [
     "CURVE_METRICS",
     "DomainEvaluator",
     "comparison_figure",
+    "diversity_at_kid",
+    "equal_kid_table",
     "markdown_table",
     "plot_curves",
+    "plot_tradeoff",
     "source_row",
     "summarise",
     "adapt",
     "run_in_parallel",
     "track_adaptation",
+    "trajectory",
 ]
