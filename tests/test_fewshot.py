@@ -417,6 +417,40 @@ def test_sample_cli_takes_eta_and_names_a_bad_one(tmp_path, capsys):
         assert "argument --sample-eta: must be" in capsys.readouterr().err
 
 
+def test_study_report_writes_tables_and_plots_from_the_run_files(tmp_path, monkeypatch):
+    from benchmarks import fewshot_study
+
+    monkeypatch.setattr(fewshot_study, "RESULTS", tmp_path)
+    metrics = {key: 0.5 for key, _, _ in study.CURVE_METRICS}
+    (tmp_path / "test").mkdir()
+    source = {
+        "method": "source",
+        "seed": -1,
+        "step": 0,
+        **metrics,
+        "kid": 3.0,
+        "intra_cluster_diversity": 0.8,
+    }
+    (tmp_path / "test" / "source.json").write_text(json.dumps({"rows": [source]}))
+    for method, kid, diversity in (("finetune", 1.0, 0.2), ("ddpm-pa", 2.0, 0.7)):
+        run = fewshot_study.Run("test", "frozen", method, 0)
+        row = {
+            **metrics,
+            "method": method,
+            "seed": 0,
+            "step": 10,
+            "kid": kid,
+            "intra_cluster_diversity": diversity,
+        }
+        run.path.write_text(json.dumps({"rows": [{**row, "variant": "frozen"}]}))
+    fewshot_study.report("test")
+    summary = (tmp_path / "test" / "summary.md").read_text()
+    # Fine-tuning at KID 2.0 on its path 3.0 -> 1.0 has diversity (0.8 + 0.2) / 2 = 0.5.
+    assert "| 0 | 10 | 2.000 | 0.700 | 0.500 | +0.200 |" in summary
+    for name in ("tradeoff.png", "curves-frozen.png", "rows.csv"):
+        assert (tmp_path / "test" / name).stat().st_size > 0
+
+
 def test_study_refuses_results_sampled_another_way(tmp_path, monkeypatch):
     """A run or source row kept from an earlier launch must have been sampled with today's sampler
     (steps and eta): the eta = 0 results must not be mixed into an eta = 1 study."""
