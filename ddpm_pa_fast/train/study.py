@@ -273,19 +273,19 @@ def plot_tradeoff(rows: list[dict], path: str | Path, title: str) -> Path:
 
     fig, ax = plt.subplots(figsize=(6.4, 4.6))
     runs = sorted({(r.get("variant", ""), r["method"], r["seed"]) for r in rows if r["method"] != "source"})
-    variants = sorted({v for v, m, _ in runs if m == "ddpm-pa"})
-    palette = ["tab:blue", "tab:green", "tab:red", "tab:purple", "tab:brown", "tab:pink", "tab:cyan"]
+    variants = {m: sorted({v for v, method, _ in runs if method == m}) for m in ("finetune", "ddpm-pa")}
+    # Fine-tuning in warm colours, dashed; DDPM-PA's variants in the others.
+    palettes = {
+        "finetune": ["tab:orange", "tab:olive", "tab:gray"],
+        "ddpm-pa": ["tab:blue", "tab:green", "tab:red", "tab:purple", "tab:brown", "tab:pink", "tab:cyan"],
+    }
+    named = len(variants["ddpm-pa"]) > 1
     labelled = set()
     for variant, method, seed in runs:
         run = trajectory(rows, method, seed, variant)
-        if method == "finetune":
-            colour, label = (
-                "tab:orange",
-                f"{METHOD_LABELS[method]} ({variant})" if len(variants) > 1 else "fine-tuning",
-            )
-        else:
-            colour = palette[variants.index(variant) % len(palette)]
-            label = f"DDPM-PA ({variant})" if len(variants) > 1 else "DDPM-PA"
+        palette = palettes[method]
+        colour = palette[variants[method].index(variant) % len(palette)]
+        label = f"{METHOD_LABELS[method]} ({variant})" if named else METHOD_LABELS[method]
         ax.plot(
             [r["kid"] for r in run],
             [r["intra_cluster_diversity"] for r in run],
