@@ -51,6 +51,12 @@ EVAL_EVERY = 250
 # the first 250 steps, and the comparison at equal KID reads fine-tuning's path there. Added after the
 # validation sweep (which evaluated every 250 steps only); the settings do not depend on it.
 TEST_EARLY_EVAL_STEPS = (50, 100, 150)
+# Fine-tuning on the test domain reaches KID 0.7-1.0 by step 50: its first steps, where its path crosses
+# DDPM-PA's KID, are measured by a second, 50-step run per seed, evaluated at these steps and at 50. The
+# trainer's learning rate is constant, so these are the full run's first steps: the step-50 evaluation
+# must equal the full run's (recorded as overlap_with_full_run, and kept out of the rows).
+TEST_FIRST_STEPS = 50
+TEST_FIRST_EVAL_STEPS = (10, 20, 30, 40)
 SEEDS = (0, 1, 2)
 # The sampler's own error: the source model at these DDIM step counts (`sampler`), and the test domain's
 # final models of seed 0 at FINAL_SAMPLER_STEPS beside the study's own (TrainConfig.sample_steps).
@@ -94,15 +100,21 @@ class Run:
     method: str
     seed: int
     overrides: tuple = ()
+    # Names a run that covers only part of the variant's run (its rows keep the variant).
+    part: str = ""
 
     @property
     def path(self) -> Path:
-        return RESULTS / self.split / f"{self.variant}--{self.method}--seed{self.seed}.json"
+        part = f"--{self.part}" if self.part else ""
+        return RESULTS / self.split / f"{self.variant}--{self.method}--seed{self.seed}{part}.json"
 
 
 def planned_runs(split: str) -> list[Run]:
     if split == "test":
-        return [Run("test", "frozen", m, s) for s in SEEDS for m in ("finetune", "ddpm-pa")]
+        first = (("steps", TEST_FIRST_STEPS),)
+        return [Run("test", "frozen", m, s) for s in SEEDS for m in ("finetune", "ddpm-pa")] + [
+            Run("test", "frozen", "finetune", s, first, part="first-steps") for s in SEEDS
+        ]
     return [
         Run("validation", name, m, s, tuple(sorted({**VALIDATION_BASE, **overrides}.items())))
         for name, (methods, overrides) in VALIDATION_VARIANTS.items()
@@ -112,12 +124,14 @@ def planned_runs(split: str) -> list[Run]:
 
 
 def run_extra_eval_steps(run: Run) -> tuple[int, ...]:
-    return TEST_EARLY_EVAL_STEPS if run.split == "test" else ()
+    if run.split != "test":
+        return ()
+    return TEST_FIRST_EVAL_STEPS if run.part == "first-steps" else TEST_EARLY_EVAL_STEPS
 
 
 def run_sampler_check(run: Run) -> tuple[int, ...]:
     """The final models of the test domain's first seed are evaluated again at FINAL_SAMPLER_STEPS."""
-    return FINAL_SAMPLER_STEPS if run.split == "test" and run.seed == SEEDS[0] else ()
+    return FINAL_SAMPLER_STEPS if run.split == "test" and run.seed == SEEDS[0] and not run.part else ()
 
 
 def run_one(run: Run) -> None:
@@ -150,10 +164,29 @@ def run_one(run: Run) -> None:
     for row in rows:
         row["variant"] = run.variant
     record = {"run": dataclasses.asdict(run), "config": dataclasses.asdict(config), "rows": rows}
+    if run.part:
+        record.update(_overlap_with_full_run(run, rows))
     run.path.parent.mkdir(parents=True, exist_ok=True)
     tmp_path = run.path.with_suffix(".tmp")
     tmp_path.write_text(json.dumps(record, indent=1))
     os.replace(tmp_path, run.path)
+
+
+def _overlap_with_full_run(run: Run, rows: list[dict]) -> dict:
+    """The part run's last evaluation beside the full run's at the same step ({step, metric: [part, full]},
+    and whether every metric is equal); that row leaves the part's rows, which the full run has."""
+    full = dataclasses.replace(run, overrides=(), part="")
+    full_rows = json.loads(full.path.read_text())["rows"] if full.path.exists() else []
+    last = rows[-1]
+    twin = [r for r in full_rows if r["step"] == last["step"]]
+    rows.remove(last)
+    if not twin:
+        return {"overlap_with_full_run": None}
+    keys = ("intra_cluster_diversity", "kid", "nearest_train_distance", "haar_intra_cluster_diversity")
+    return {
+        "overlap_with_full_run": {"step": last["step"], **{k: [last[k], twin[0][k]] for k in keys}},
+        "equals_full_run": all(abs(last[k] - twin[0][k]) <= 1e-6 * max(1.0, abs(twin[0][k])) for k in keys),
+    }
 
 
 def source_rows(split: str) -> Path:

@@ -451,6 +451,29 @@ def test_study_report_writes_tables_and_plots_from_the_run_files(tmp_path, monke
         assert (tmp_path / "test" / name).stat().st_size > 0
 
 
+def test_study_first_steps_runs_check_their_last_row_against_the_full_run(tmp_path, monkeypatch):
+    from benchmarks import fewshot_study
+
+    monkeypatch.setattr(fewshot_study, "RESULTS", tmp_path)
+    runs = fewshot_study.planned_runs("test")
+    parts = [r for r in runs if r.part]
+    assert [r.seed for r in parts] == list(fewshot_study.SEEDS) and {r.method for r in parts} == {"finetune"}
+    assert len({r.path for r in runs}) == len(runs)
+    assert dict(parts[0].overrides) == {"steps": fewshot_study.TEST_FIRST_STEPS}
+    assert fewshot_study.run_sampler_check(parts[0]) == ()
+    metrics = {"intra_cluster_diversity": 0.5, "kid": 1.0, "nearest_train_distance": 0.4}
+    metrics["haar_intra_cluster_diversity"] = 0.6
+    full = fewshot_study.Run("test", "frozen", "finetune", 0)
+    full.path.parent.mkdir(parents=True)
+    full.path.write_text(json.dumps({"rows": [{"step": 50, **metrics}]}))
+    rows = [{"step": 40, **metrics}, {"step": 50, **metrics}]
+    overlap = fewshot_study._overlap_with_full_run(parts[0], rows)
+    assert overlap["equals_full_run"] and overlap["overlap_with_full_run"]["kid"] == [1.0, 1.0]
+    assert [r["step"] for r in rows] == [40]
+    rows = [{"step": 40, **metrics}, {"step": 50, **metrics, "kid": 1.5}]
+    assert not fewshot_study._overlap_with_full_run(parts[0], rows)["equals_full_run"]
+
+
 def test_study_refuses_results_sampled_another_way(tmp_path, monkeypatch):
     """A run or source row kept from an earlier launch must have been sampled with today's sampler
     (steps and eta): the eta = 0 results must not be mixed into an eta = 1 study."""
