@@ -89,6 +89,8 @@ VALIDATION_VARIANTS = {
     # authors' pair weights: smaller pair weights let the noise loss adapt more.
     "pair-weights-1": (("ddpm-pa",), {"w_pair": 1.0, "w_hf_pair": 1.0}),
     "pair-weights-0.25": (("ddpm-pa",), {"w_pair": 0.25, "w_hf_pair": 0.25}),
+    # The EMA's window: about 100 steps instead of the whole run.
+    "ema-0.99": (("ddpm-pa",), {"ema_decay": 0.99}),
 }
 VALIDATION_SEEDS = (0,)
 
