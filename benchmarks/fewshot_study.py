@@ -111,6 +111,13 @@ class Run:
         return RESULTS / self.split / f"{self.variant}--{self.method}--seed{self.seed}{part}.json"
 
 
+def train_defaults():
+    """TrainConfig's defaults: the frozen settings and the sampler every evaluation uses."""
+    from ddpm_pa_fast.train.trainer import TrainConfig
+
+    return TrainConfig("", "", "")
+
+
 def planned_runs(split: str) -> list[Run]:
     if split == "test":
         first = (("steps", TEST_FIRST_STEPS),)
@@ -184,7 +191,9 @@ def _overlap_with_full_run(run: Run, rows: list[dict]) -> dict:
     rows.remove(last)
     if not twin:
         return {"overlap_with_full_run": None}
-    keys = ("intra_cluster_diversity", "kid", "nearest_train_distance", "haar_intra_cluster_diversity")
+    from ddpm_pa_fast.train.study import CURVE_METRICS
+
+    keys = [key for key, _, _ in CURVE_METRICS]
     return {
         "overlap_with_full_run": {"step": last["step"], **{k: [last[k], twin[0][k]] for k in keys}},
         "equals_full_run": all(abs(last[k] - twin[0][k]) <= 1e-6 * max(1.0, abs(twin[0][k])) for k in keys),
@@ -195,10 +204,9 @@ def source_rows(split: str) -> Path:
     """The source model's metrics on a domain (the step-0 point of every curve)."""
     from ddpm_pa_fast.train import fashion
     from ddpm_pa_fast.train.study import DomainEvaluator, source_row
-    from ddpm_pa_fast.train.trainer import TrainConfig
 
     path = RESULTS / split / "source.json"
-    defaults = TrainConfig("", "", "")
+    defaults = train_defaults()
     if path.exists():
         [row] = json.loads(path.read_text())["rows"]
         _refuse_another_sampler(path, row.get("sampler_steps"), row.get("sampler_eta"))
@@ -220,9 +228,8 @@ def _refuse_another_sampler(path: Path, steps, eta) -> None:
     """A result kept from an earlier launch must have been sampled as this one samples (TrainConfig's
     sample_steps and sample_eta; files written before eta was recorded carry none): the curves and the
     rule compare its numbers with new ones."""
-    from ddpm_pa_fast.train.trainer import TrainConfig
 
-    defaults = TrainConfig("", "", "")
+    defaults = train_defaults()
     if (steps, eta) != (defaults.sample_steps, defaults.sample_eta):
         raise SystemExit(
             f"{path} was sampled with DDIM steps {steps}, eta {eta}; this study samples with steps "
@@ -333,12 +340,11 @@ def report(split: str) -> None:
 def sampler_check_table(rows: list[dict]) -> list[str]:
     """Markdown lines: the final models' metrics at the study's sampler steps and at FINAL_SAMPLER_STEPS."""
     from ddpm_pa_fast.train.study import CURVE_METRICS, METHOD_LABELS
-    from ddpm_pa_fast.train.trainer import TrainConfig
 
     checked = [r for r in rows if r.get("sampler_check")]
     if not checked:
         return []
-    study_steps = TrainConfig("", "", "").sample_steps
+    study_steps = train_defaults().sample_steps
     lines = [
         "## The sampler's own error: final models from the same noise, DDIM steps",
         "",
@@ -421,10 +427,9 @@ def freeze() -> dict:
 
 def check_defaults_are_frozen() -> None:
     """The test domain runs TrainConfig's defaults: they must be the frozen settings."""
-    from ddpm_pa_fast.train.trainer import TrainConfig
 
     frozen = json.loads((RESULTS / "frozen.json").read_text())["settings"]
-    defaults = TrainConfig("", "", "")
+    defaults = train_defaults()
     differ = {k: (getattr(defaults, k), v) for k, v in frozen.items() if getattr(defaults, k) != v}
     if differ:
         raise SystemExit(f"TrainConfig's defaults differ from frozen.json (default, frozen): {differ}")
@@ -487,9 +492,8 @@ def source_check(num_samples: int = 1000) -> None:
     from ddpm_pa_fast.train.classifier import load_classifier
     from ddpm_pa_fast.train.evaluate import class_probabilities, kid
     from ddpm_pa_fast.train.sampling import load_model_folder, sample_images, save_grid
-    from ddpm_pa_fast.train.trainer import TrainConfig
 
-    defaults = TrainConfig("", "", "")
+    defaults = train_defaults()
     classifier = load_classifier(fashion.CLASSIFIER_DIR)
     unet, scheduler = load_model_folder(fashion.SOURCE_MODEL_DIR)
     t0 = time.time()

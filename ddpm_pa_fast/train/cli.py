@@ -95,15 +95,7 @@ def _add_training_options(p: argparse.ArgumentParser) -> None:
     )
     g.add_argument("--compile", action="store_true", help="torch.compile the source and adapted models")
     g.add_argument("--device", default=defaults["device"], help="cpu, cuda, cuda:N (default %(default)s)")
-    g.add_argument(
-        "--sample-steps", type=int, default=defaults["sample_steps"], help="DDIM steps when sampling"
-    )
-    g.add_argument(
-        "--sample-eta",
-        type=parse_eta,
-        default=defaults["sample_eta"],
-        help="DDIM eta when sampling: 0 deterministic, 1 ancestral (default %(default)s)",
-    )
+    _add_sampler_options(g)
     g.add_argument("--no-progress", action="store_true", help="no tqdm bar")
 
 
@@ -118,6 +110,22 @@ def parse_eta(text: str) -> float:
             f"must be in [0, 1] (0: deterministic DDIM, 1: ancestral), got {text}"
         )
     return eta
+
+
+def _add_sampler_options(group) -> None:
+    """--sample-steps and --sample-eta, for `train`/`demo` (TrainConfig's fields) and `sample`."""
+    group.add_argument(
+        "--sample-steps",
+        type=int,
+        default=DEFAULT_SAMPLE_STEPS,
+        help="DDIM steps when sampling (default %(default)s)",
+    )
+    group.add_argument(
+        "--sample-eta",
+        type=parse_eta,
+        default=DEFAULT_SAMPLE_ETA,
+        help="DDIM eta when sampling: 0 deterministic, 1 ancestral (default %(default)s)",
+    )
 
 
 def _config(args, **overrides) -> TrainConfig:
@@ -162,15 +170,7 @@ def build_parser() -> argparse.ArgumentParser:
     )
     p.add_argument("--model-dir", required=True)
     p.add_argument("--num-images", type=int, default=16)
-    p.add_argument(
-        "--sample-steps", type=int, default=DEFAULT_SAMPLE_STEPS, help="DDIM steps (default %(default)s)"
-    )
-    p.add_argument(
-        "--sample-eta",
-        type=parse_eta,
-        default=DEFAULT_SAMPLE_ETA,
-        help="DDIM eta: 0 deterministic, 1 ancestral (default %(default)s)",
-    )
+    _add_sampler_options(p)
     p.add_argument("--seed", type=int, default=0)
     p.add_argument("--device", default="cpu")
     p.add_argument("--grid", required=True, help="PNG grid to write")
