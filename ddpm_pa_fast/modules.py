@@ -51,7 +51,9 @@ def _check_wave(wave) -> str:
 
 
 class DDPMPALoss(nn.Module):
-    """The DDPM-PA loss as a module: forward(x_t, eps_ada, eps_src, noise, a_t, b_t) -> DDPMPALossOutput.
+    """The DDPM-PA loss as a module: forward(x_t, eps_ada, eps_src, noise, a_t, b_t, mse_weight=None,
+    hf_mse_weight=None) -> DDPMPALossOutput (ddpm_pa_fast.functional.ddpm_pa_loss; the optional
+    per-sample weights of mse and hf_mse, shape (N,), come from e.g. ddpm_pa_fast.hf_mse_weights).
 
     Defaults are the authors' weights (w_pair = w_hf_pair = 4, w_hf_mse = 1), tau = 1 and their
     nn.KLDivLoss() 'mean' reduction of the pairwise terms.
@@ -74,7 +76,9 @@ class DDPMPALoss(nn.Module):
         self.reduction = V.check_choice(reduction, "reduction", V.LOSS_REDUCTIONS)
         self.backend = _check_backend(backend)
 
-    def forward(self, x_t, eps_ada, eps_src, noise, a_t, b_t) -> DDPMPALossOutput:
+    def forward(
+        self, x_t, eps_ada, eps_src, noise, a_t, b_t, mse_weight=None, hf_mse_weight=None
+    ) -> DDPMPALossOutput:
         return F.ddpm_pa_loss(
             x_t,
             eps_ada,
@@ -87,6 +91,8 @@ class DDPMPALoss(nn.Module):
             self.w_hf_mse,
             self.tau,
             self.reduction,
+            mse_weight=mse_weight,
+            hf_mse_weight=hf_mse_weight,
             backend=self.backend,
         )
 

@@ -193,7 +193,16 @@ def _per_sample(coef: torch.Tensor, like: torch.Tensor) -> torch.Tensor:
     return coef.detach().reshape(-1, 1, 1, 1).to(like.dtype)
 
 
-def check_loss_inputs(x_t, eps_ada, eps_src, noise, a_t, b_t, w_pair, w_hf_pair, w_hf_mse, tau, reduction):
+def _weighted_mean(squares: torch.Tensor, weight: torch.Tensor | None) -> torch.Tensor:
+    """(1/N) sum_i w_i mean_chw squares_i; the plain mean when weight is None."""
+    if weight is None:
+        return squares.mean()
+    return (squares * _per_sample(weight, squares)).mean()
+
+
+def check_loss_inputs(
+    x_t, eps_ada, eps_src, noise, a_t, b_t, w_pair, w_hf_pair, w_hf_mse, tau, reduction, mse_weight, hf_mse_weight
+):
     """Validates ddpm_pa_loss's arguments for every backend.
 
     Returns (x_t, eps_ada, eps_src, noise) in their common dtype and the four scalars as floats. The
@@ -207,6 +216,10 @@ def check_loss_inputs(x_t, eps_ada, eps_src, noise, a_t, b_t, w_pair, w_hf_pair,
         V.check_same_layout(x_t, "x_t", image, name, same_dtype=False)
     V.check_per_sample(a_t, "a_t", x_t, "x_t")
     V.check_per_sample(b_t, "b_t", x_t, "x_t")
+    if mse_weight is not None:
+        V.check_per_sample(mse_weight, "mse_weight", x_t, "x_t")
+    if hf_mse_weight is not None:
+        V.check_per_sample(hf_mse_weight, "hf_mse_weight", x_t, "x_t")
     V.check_choice(reduction, "reduction", V.LOSS_REDUCTIONS)
     dtypes = {image.dtype for image in images.values()}
     # One dtype (the usual case) needs no promotion and no conversions: each costs microseconds per call.
@@ -232,6 +245,9 @@ def ddpm_pa_loss(
     w_hf_mse: float = 1.0,
     tau: float = 1.0,
     reduction: str = "mean",
+    *,
+    mse_weight: torch.Tensor | None = None,
+    hf_mse_weight: torch.Tensor | None = None,
 ) -> DDPMPALossOutput:
     """The DDPM-PA loss: mse + w_pair pair_img + w_hf_pair pair_hf + w_hf_mse hf_mse.
 
@@ -239,9 +255,18 @@ def ddpm_pa_loss(
     that gets a gradient); eps_src: the frozen source model's prediction; noise: the true noise;
     a_t = sqrt(1 / abar_t), b_t = sqrt(1 / abar_t - 1), one per sample. reduction applies to the two
     pairwise KL terms ('mean' is the authors' nn.KLDivLoss() default).
+
+    mse_weight, hf_mse_weight: optional per-sample weights m_i, h_i (shape (N,) or (N, 1, 1, 1), any
+    float dtype, used in the compute dtype, no gradient):
+        mse    = (1/N) sum_i m_i mean_chw (noise_i - eps_ada_i)^2
+        hf_mse = (1/N) sum_i h_i mean_chw (HF(x0_ada_i) - HF(x0_i))^2
+    None (the default) is weight 1, and is the unweighted computation, not a multiplication by ones.
+    ddpm_pa_fast.hf_mse_weights gives the standard weightings of hf_mse across noise levels (the
+    authors' "x0", "eps", "min-snr"; docs/ddpm_pa_spec.md, "A defect of the formulation itself").
     """
     (x_t, eps_ada, eps_src, noise), (w_pair, w_hf_pair, w_hf_mse, tau) = check_loss_inputs(
-        x_t, eps_ada, eps_src, noise, a_t, b_t, w_pair, w_hf_pair, w_hf_mse, tau, reduction
+        x_t, eps_ada, eps_src, noise, a_t, b_t, w_pair, w_hf_pair, w_hf_mse, tau, reduction, mse_weight,
+        hf_mse_weight,
     )
     dtype = x_t.dtype
     with _autocast_off(x_t.device):
@@ -253,8 +278,8 @@ def ddpm_pa_loss(
         x0_src = a * x_t - b * eps_src
         x0_tgt = a * x_t - b * noise
         hf_ada = ddpm_pa_high_frequency(x0_ada)
-        mse = (noise - eps_ada).square().mean()
-        hf_mse = (hf_ada - ddpm_pa_high_frequency(x0_tgt)).square().mean()
+        mse = _weighted_mean((noise - eps_ada).square(), mse_weight)
+        hf_mse = _weighted_mean((hf_ada - ddpm_pa_high_frequency(x0_tgt)).square(), hf_mse_weight)
         pair_img = pairwise_similarity_kl(x0_src, x0_ada, tau, reduction)
         pair_hf = pairwise_similarity_kl(ddpm_pa_high_frequency(x0_src), hf_ada, tau, reduction)
         loss = mse + w_pair * pair_img + w_hf_pair * pair_hf + w_hf_mse * hf_mse
