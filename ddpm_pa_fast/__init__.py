@@ -3,6 +3,7 @@
     from ddpm_pa_fast import DDPMPALoss, ddpm_pa_loss, pairwise_similarity_kl
     from ddpm_pa_fast import ddpm_pa_high_frequency, haar_dwt2d, haar_idwt2d, DWTForward, DWTInverse
     from ddpm_pa_fast import loss_coefficients   # a_t, b_t and target from a diffusers scheduler
+    from ddpm_pa_fast import hf_mse_weights      # hf_mse_weight= across noise levels (x0, eps, min-snr)
 
 The maths is in docs/ddpm_pa_spec.md; ddpm_pa_fast.reference is its plain-PyTorch statement.
 """
@@ -16,7 +17,7 @@ from .functional import (
     pairwise_similarity_kl,
 )
 from .modules import DDPMPAHighFrequency, DDPMPALoss, DWTForward, DWTInverse, PairwiseSimilarityKL
-from .prediction import PREDICTION_TYPES, LossCoefficients, loss_coefficients
+from .prediction import HF_MSE_WEIGHTINGS, PREDICTION_TYPES, LossCoefficients, hf_mse_weights, loss_coefficients
 from .reference import DDPMPALossOutput
 
 __version__ = "0.1.0"
@@ -29,6 +30,7 @@ __all__ = [
     "DDPMPALossOutput",
     "DWTForward",
     "DWTInverse",
+    "HF_MSE_WEIGHTINGS",
     "LossCoefficients",
     "PREDICTION_TYPES",
     "PairwiseSimilarityKL",
@@ -38,6 +40,7 @@ __all__ = [
     "ddpm_pa_loss",
     "haar_dwt2d",
     "haar_idwt2d",
+    "hf_mse_weights",
     "loss_coefficients",
     "pairwise_similarity_kl",
 ]

@@ -13,6 +13,7 @@ compute the right x0 and mse unchanged. An x0 ("sample") prediction is not suppo
 
 from __future__ import annotations
 
+import math
 from typing import NamedTuple
 
 import torch
@@ -122,7 +123,8 @@ def loss_coefficients(
 
     Raises ValueError for a prediction type other than "epsilon" and "v_prediction" (it names the
     argument, or the scheduler's config, and the allowed values), for mismatched shapes, for non-integer
-    timesteps, and for epsilon on a schedule with abar = 0 (zero terminal SNR: x0 cannot be read from a
+    timesteps or timesteps outside [0, T) (their values are read on the host), and for epsilon on a
+    schedule with abar = 0 (zero terminal SNR: x0 cannot be read from a
     noise prediction there; use v_prediction); TypeError for a scheduler without betas.
     """
     prediction_type = resolve_prediction_type(scheduler, prediction_type)
@@ -133,24 +135,8 @@ def loss_coefficients(
             f"noise must be a tensor of sample's shape {tuple(sample.shape)}, got "
             f"{tuple(noise.shape) if isinstance(noise, torch.Tensor) else type(noise).__name__}"
         )
-    n = sample.shape[0]
-    if (
-        not isinstance(timesteps, torch.Tensor)
-        or timesteps.is_floating_point()
-        or timesteps.is_complex()
-        or timesteps.dtype == torch.bool
-        or tuple(timesteps.shape) != (n,)
-    ):
-        raise ValueError(
-            f"timesteps must be an integer tensor of shape ({n},) (one per sample), got "
-            + (
-                f"{timesteps.dtype} of shape {tuple(timesteps.shape)}"
-                if isinstance(timesteps, torch.Tensor)
-                else type(timesteps).__name__
-            )
-        )
-
     a_table, b_table = coefficient_tables(scheduler, prediction_type)
+    check_timesteps(timesteps, a_table.numel(), sample.shape[0])
     return coefficients_at(a_table, b_table, prediction_type, sample, noise, timesteps)
 
 
@@ -178,3 +164,115 @@ def coefficients_at(
             a_t.reshape(shape) * noise.detach().to(dtype) - b_t.reshape(shape) * sample.detach().to(dtype)
         ).to(out_dtype)
     return LossCoefficients(a_t, b_t, target)
+
+
+# How the x0-space HF-MSE term is weighted across noise levels (docs/ddpm_pa_spec.md, "A defect of the
+# formulation itself"); "x0" is the authors' formulation.
+HF_MSE_WEIGHTINGS = ("x0", "eps", "min-snr")
+DEFAULT_MIN_SNR_GAMMA = 5.0
+
+
+def check_timesteps(timesteps, num_timesteps: int, n: int | None = None) -> None:
+    """timesteps must be an integer tensor (of shape (n,) when n is given) with values in [0, T).
+
+    Reads the values on the host (one synchronisation) to refuse what indexing would wrap around
+    (t = -1 would read t = T - 1). Raises ValueError naming `timesteps` and the valid range."""
+    if (
+        not isinstance(timesteps, torch.Tensor)
+        or timesteps.is_floating_point()
+        or timesteps.is_complex()
+        or timesteps.dtype == torch.bool
+        or (n is not None and tuple(timesteps.shape) != (n,))
+    ):
+        shape = f" of shape ({n},) (one per sample)" if n is not None else ""
+        got = (
+            f"{timesteps.dtype} of shape {tuple(timesteps.shape)}"
+            if isinstance(timesteps, torch.Tensor)
+            else type(timesteps).__name__
+        )
+        raise ValueError(f"timesteps must be an integer tensor{shape}, got {got}")
+    if timesteps.numel() and timesteps.device.type != "meta":
+        low, high = int(timesteps.min()), int(timesteps.max())
+        if low < 0 or high >= num_timesteps:
+            raise ValueError(
+                f"timesteps must lie in [0, {num_timesteps}) (the scheduler's training steps), "
+                f"got values from {low} to {high}"
+            )
+
+
+def hf_mse_weight_table(
+    scheduler,
+    weighting: str = "x0",
+    *,
+    gamma: float = DEFAULT_MIN_SNR_GAMMA,
+    max_t: int | None = None,
+    prediction_type: str | None = None,
+) -> torch.Tensor:
+    """The per-timestep weight of the x0-space HF-MSE term, float64 (T,) on the CPU; see hf_mse_weights."""
+    if weighting not in HF_MSE_WEIGHTINGS:
+        raise ValueError(
+            f"weighting must be one of {', '.join(repr(w) for w in HF_MSE_WEIGHTINGS)}, got {weighting!r}"
+        )
+    if isinstance(gamma, bool) or not isinstance(gamma, (int, float)) or not 0 < gamma < math.inf:
+        raise ValueError(f"gamma must be a finite number > 0, got {gamma!r}")
+    abar = alphas_cumprod_float64(scheduler)
+    num_timesteps = abar.numel()
+    if max_t is not None and (
+        isinstance(max_t, bool) or not isinstance(max_t, int) or not 0 < max_t <= num_timesteps
+    ):
+        raise ValueError(f"max_t must be an integer in [1, {num_timesteps}] or None, got {max_t!r}")
+    if weighting == "x0":
+        table = torch.ones_like(abar)
+    elif weighting == "eps":
+        _, b = coefficient_tables(scheduler, prediction_type)
+        table = 1.0 / b.square()
+    else:
+        snr = abar / (1.0 - abar)
+        table = snr.clamp(max=float(gamma))
+    if max_t is not None:
+        table = torch.where(torch.arange(num_timesteps) < max_t, table, torch.zeros_like(table))
+    return table
+
+
+def hf_mse_weights(
+    scheduler,
+    timesteps: torch.Tensor,
+    weighting: str = "x0",
+    *,
+    gamma: float = DEFAULT_MIN_SNR_GAMMA,
+    max_t: int | None = None,
+    prediction_type: str | None = None,
+) -> torch.Tensor:
+    """Per-sample weights of DDPM-PA's HF-MSE term for `hf_mse_weight=` of ddpm_pa_loss / DDPMPALoss.
+
+    The term compares HF(x0_ada) with HF(x0) in x0 space, so it equals b_t^2 mean HF(pred - target)^2:
+    its weight in the model's own space grows as 1/SNR_t (b_t^2 = 24,777 at t = 999 on the linear
+    schedule), and at high noise its large, noisy gradient drowns the rest (docs/ddpm_pa_spec.md, "A
+    defect of the formulation itself"). The weightings, w(t) multiplying the x0-space term:
+        "x0":      1, the authors' formulation (DDPM-PA, Zhu et al. 2022, eq. 6; their code).
+        "eps":     1 / b_t^2: the HF-MSE of the prediction itself, HF(pred - target), in noise space for
+                   an epsilon model (in v space for a v_prediction model).
+        "min-snr": min(SNR_t, gamma), SNR_t = abar_t / (1 - abar_t): Min-SNR-gamma (Hang et al. 2023,
+                   arXiv 2303.09556, sec. 3.4) in its x0-space form. For an epsilon model this is
+                   their epsilon-loss weight min(SNR_t, gamma) / SNR_t applied to HF(eps_ada - eps).
+    max_t: if given, w(t) = 0 for t >= max_t (HF-MSE only below that noise level), for any weighting.
+
+    scheduler: a diffusers DDPMScheduler (or any scheduler with 1-D `betas` and config.prediction_type).
+    timesteps: integer tensor (N,) in [0, T), any device. gamma: > 0 (5, the paper's choice, by default).
+    Returns float32 (N,) on timesteps' device (no gradient), from a float64 table.
+
+    Raises ValueError for an unknown weighting, gamma <= 0, max_t outside [1, T], timesteps that are not
+    an integer (N,) tensor or lie outside [0, T) (their values are read on the host), or "eps" on a
+    zero-terminal-SNR schedule with an epsilon model (as loss_coefficients); TypeError for a scheduler
+    without betas.
+    """
+    if not isinstance(timesteps, torch.Tensor) or timesteps.dim() != 1:
+        raise ValueError(
+            "timesteps must be an integer tensor of shape (N,), got "
+            + (f"shape {tuple(timesteps.shape)}" if isinstance(timesteps, torch.Tensor) else type(timesteps).__name__)
+        )
+    table = hf_mse_weight_table(
+        scheduler, weighting, gamma=gamma, max_t=max_t, prediction_type=prediction_type
+    )
+    check_timesteps(timesteps, table.numel(), timesteps.shape[0])
+    return table.to(dtype=torch.float32)[timesteps.cpu()].to(timesteps.device)

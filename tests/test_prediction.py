@@ -147,6 +147,9 @@ def test_sample_prediction_is_refused_naming_the_argument_and_the_choices():
         (dict(noise=torch.zeros(5, 3, 8, 4)), ValueError, "noise must be a tensor of sample's shape"),
         (dict(sample=torch.zeros(5, 3, 8, 8, dtype=torch.long)), ValueError, "floating-point"),
         (dict(scheduler=object()), TypeError, "betas"),
+        (dict(timesteps=torch.tensor([-1, 0, 1, 2, 999])), ValueError, r"timesteps must lie in \[0, 1000\).*-1"),
+        (dict(timesteps=torch.tensor([0, 1, 2, 3, 1000])), ValueError, r"timesteps must lie in \[0, 1000\)"),
+        (dict(timesteps=torch.tensor([0.0, 1, 2, 3, 4])), ValueError, "integer tensor"),
     ],
 )
 def test_bad_arguments_are_named(change, error, pattern):
@@ -166,3 +169,63 @@ def test_zero_terminal_snr_needs_v_prediction():
     a_t, b_t, target = ddpm_pa_fast.loss_coefficients(scheduler, x0, noise, t, "v_prediction")
     assert (a_t.item(), b_t.item()) == (0.0, 1.0)
     torch.testing.assert_close(target, torch.zeros_like(noise))
+
+
+# ---- hf_mse_weights: the HF-MSE term's weighting across noise levels (issue 20) ----
+
+
+@pytest.mark.parametrize("prediction_type", PREDICTION_TYPES)
+@pytest.mark.parametrize("schedule", SCHEDULES[:2])
+def test_hf_mse_weights_are_the_stated_formulas(schedule, prediction_type):
+    scheduler, _, _, t = _case(schedule, prediction_type)
+    abar = _abar64(scheduler, t).flatten()
+    snr = abar / (1 - abar)
+    b2 = (1 - abar) / abar if prediction_type == "epsilon" else 1 - abar
+    weights = {w: ddpm_pa_fast.hf_mse_weights(scheduler, t, w, gamma=5.0) for w in ddpm_pa_fast.HF_MSE_WEIGHTINGS}
+    assert all(w.dtype == torch.float32 and w.shape == (5,) for w in weights.values())
+    torch.testing.assert_close(weights["x0"], torch.ones(5))
+    torch.testing.assert_close(weights["eps"].double(), 1 / b2, rtol=1e-6, atol=0)
+    torch.testing.assert_close(weights["min-snr"].double(), snr.clamp(max=5.0), rtol=1e-6, atol=0)
+    if prediction_type == "epsilon":
+        # Hang et al.'s weight of the epsilon loss, min(SNR, gamma) / SNR, on HF(eps_ada - eps) = HF(x0 error) / b_t.
+        torch.testing.assert_close((weights["min-snr"].double() * b2), snr.clamp(max=5.0) / snr, rtol=1e-6, atol=0)
+    cut = ddpm_pa_fast.hf_mse_weights(scheduler, t, "eps", max_t=int(t[2]) + 1)
+    torch.testing.assert_close(cut, torch.where(t <= t[2], weights["eps"], torch.zeros(5)))
+
+
+@pytest.mark.parametrize("backend", ["torch", "auto"])
+def test_eps_weighting_makes_hf_mse_the_noise_space_hf_error(backend):
+    """With "eps" weights the loss's hf_mse is mean HF(eps_ada - eps)^2: the x0-space term's 1/SNR growth
+    undone (docs/ddpm_pa_spec.md), computed in float64 from the definitions."""
+    scheduler, x0, noise, t = _case(SCHEDULES[0], "epsilon")
+    x0, noise = x0.double(), noise.double()
+    x_t = scheduler.add_noise(x0, noise, t)
+    eps_ada = noise + 0.1 * torch.randn_like(noise)
+    a_t, b_t, target = ddpm_pa_fast.loss_coefficients(scheduler, x0, noise, t)
+    weight = ddpm_pa_fast.hf_mse_weights(scheduler, t, "eps")
+    out = ddpm_pa_fast.ddpm_pa_loss(x_t, eps_ada, noise, target, a_t, b_t, hf_mse_weight=weight, backend=backend)
+    expected = R.ddpm_pa_high_frequency(eps_ada - noise).square().mean()
+    # The weight is float32: its rounding bounds the agreement.
+    torch.testing.assert_close(out.hf_mse, expected, rtol=1e-6, atol=0)
+
+
+@pytest.mark.parametrize(
+    "kwargs, pattern",
+    [
+        (dict(weighting="snr"), "weighting must be one of 'x0', 'eps', 'min-snr'"),
+        (dict(weighting="min-snr", gamma=0.0), "gamma must be a finite number > 0"),
+        (dict(weighting="min-snr", gamma=float("nan")), "gamma must be a finite number > 0"),
+        (dict(max_t=0), r"max_t must be an integer in \[1, 1000\]"),
+        (dict(max_t=1001), r"max_t must be an integer in \[1, 1000\]"),
+        (dict(timesteps=torch.tensor([0, 1000])), r"timesteps must lie in \[0, 1000\)"),
+        (dict(timesteps=torch.tensor([-1, 5])), r"timesteps must lie in \[0, 1000\)"),
+        (dict(timesteps=torch.tensor([0.5, 5.0])), "timesteps must be an integer tensor"),
+        (dict(timesteps=torch.zeros(2, 1, dtype=torch.long)), r"timesteps must be an integer tensor of shape \(N,\)"),
+    ],
+)
+def test_hf_mse_weights_name_a_bad_argument(kwargs, pattern):
+    scheduler = diffusers.DDPMScheduler(num_train_timesteps=1000)
+    args = dict(scheduler=scheduler, timesteps=torch.tensor([0, 999]), weighting="x0")
+    args.update(kwargs)
+    with pytest.raises(ValueError, match=pattern):
+        ddpm_pa_fast.hf_mse_weights(**args)
