@@ -9,6 +9,7 @@ from pathlib import Path
 
 from .checkpoint import CheckpointError
 from .data import DataError
+from ..prediction import HF_MSE_WEIGHTINGS
 from .evaluate import DISTANCES
 from .sampling import DEFAULT_SAMPLE_ETA, DEFAULT_SAMPLE_STEPS
 from .trainer import METHODS, PAIR_TIMESTEPS, PRECISIONS, ConfigError, TrainConfig
@@ -48,6 +49,33 @@ def _add_training_options(p: argparse.ArgumentParser) -> None:
     )
     g.add_argument(
         "--w-hf-mse", type=float, default=defaults["w_hf_mse"], help="weight of hf_mse (default %(default)s)"
+    )
+    g.add_argument(
+        "--hf-mse-weighting",
+        default=defaults["hf_mse_weighting"],
+        choices=HF_MSE_WEIGHTINGS,
+        help="weight w(t) of hf_mse across noise levels: 'x0' = 1, the authors' formulation (its weight in "
+        "noise space grows as 1/SNR_t: b_t^2 = 24,777 at t = 999); 'eps' = 1/b_t^2, the HF-MSE of the "
+        "predicted noise itself; 'min-snr' = min(SNR_t, gamma), Hang et al. 2023 (default %(default)s)",
+    )
+    g.add_argument(
+        "--min-snr-gamma",
+        type=float,
+        default=defaults["min_snr_gamma"],
+        help="gamma of --hf-mse-weighting min-snr (default %(default)s)",
+    )
+    g.add_argument(
+        "--hf-mse-max-t",
+        type=int,
+        default=defaults["hf_mse_max_t"],
+        help="hf_mse only at t below this (default: every t, as the authors)",
+    )
+    g.add_argument(
+        "--pair-max-t",
+        type=int,
+        default=defaults["pair_max_t"],
+        help="the pair terms only at steps whose pair subset's shared t is below this (default: every t, "
+        "as the authors; needs --pair-timesteps shared)",
     )
     g.add_argument(
         "--w-vlb", type=float, default=defaults["w_vlb"], help="weight of L_vlb for learned-variance models"
@@ -198,9 +226,10 @@ def build_parser() -> argparse.ArgumentParser:
         "demo",
         help="the main job: DDPM-PA vs fine-tuning on 10 real images (bundled)",
         description="Adapt the bundled Fashion-MNIST source model (8 classes) to 10 shots of a held-out "
-        "class with plain fine-tuning and with DDPM-PA (the study's frozen settings: the training "
-        "defaults below), evaluate both along the run, sample the three models from one noise, and print "
-        "the table. Writes comparison.png, curves.png, <model>/samples.png and metrics.json.",
+        "class with plain fine-tuning, with DDPM-PA as published (--hf-mse-weighting x0, no t cut-offs) "
+        "and with DDPM-PA at the study's frozen settings (the training defaults below), evaluate each "
+        "along the run, sample every model from one noise, and print the table. Writes comparison.png, "
+        "curves.png, <model>/samples.png and metrics.json.",
     )
     from .demo import DEFAULT_MODEL_DIR, DEMO_EVAL_EVERY
 

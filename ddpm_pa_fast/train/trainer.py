@@ -9,6 +9,9 @@ One step (method "ddpm-pa"), after the authors' training_fewshot_losses (docs/dd
     loss = mse + w_hf_mse hf_mse    over the whole batch
          + w_pair pair_img + w_hf_pair pair_hf    over a pair subset of --pair-size samples
          (+ w_vlb L_vlb with the mean detached, for a learned-variance model)
+hf_mse is weighted per sample by w(t) of --hf-mse-weighting (prediction.hf_mse_weights; "x0", weight 1,
+is the authors' formulation, whose weight in noise space grows as 1/SNR_t), and the pair terms are
+left out at steps whose pair t is at or above --pair-max-t.
 The authors draw the subset (sim_size = 3) with numpy's global RNG; here a seeded torch.Generator that
 the checkpoints save. To reuse the fused kernel for the pair terms, DDPMPALoss runs on the subset S of
 k samples with the pair weights scaled by N / k, and the plain terms run on the rest R:
@@ -48,6 +51,9 @@ from .ema import EMA
 from .sampling import DEFAULT_SAMPLE_ETA, DEFAULT_SAMPLE_STEPS, load_model_folder, sample_images, save_grid
 
 METHODS = ("ddpm-pa", "finetune")
+# DDPM-PA as published (Zhu et al. 2022, and the authors' code): the HF-MSE term weighted 1 in x0 space at
+# every t, the pair terms at every t. TrainConfig's other DDPM-PA settings are theirs too.
+AUTHORS_FORMULATION = {"hf_mse_weighting": "x0", "hf_mse_max_t": None, "pair_max_t": None}
 PAIR_TIMESTEPS = ("shared", "per-sample")
 PRECISIONS = {"fp32": torch.float32, "fp16": torch.float16, "bf16": torch.bfloat16}
 # GradScaler halves its scale on every skipped update: ~150 in a row take 2**16 below float32's smallest
@@ -78,6 +84,12 @@ class TrainConfig:
     reduction: str = "mean"
     pair_size: int = 3
     pair_timesteps: str = "shared"
+    # The HF-MSE term's weight across noise levels (prediction.hf_mse_weights): "x0" is the authors'
+    # formulation; hf_mse_max_t drops the term at t >= it, pair_max_t the pair terms (None: never).
+    hf_mse_weighting: str = "x0"
+    min_snr_gamma: float = P.DEFAULT_MIN_SNR_GAMMA
+    hf_mse_max_t: int | None = None
+    pair_max_t: int | None = None
     w_vlb: float = 1.0
     backend: str = "auto"
     precision: str = "fp32"
@@ -119,6 +131,19 @@ class TrainConfig:
         for name in ("warmup_steps", "checkpoint_every", "keep_checkpoints", "sample_every"):
             positive_int(name, 0)
         positive_int("pair_size", 2)
+        if self.hf_mse_weighting not in P.HF_MSE_WEIGHTINGS:
+            raise ConfigError(
+                f"--hf-mse-weighting must be one of {', '.join(P.HF_MSE_WEIGHTINGS)}, got {self.hf_mse_weighting!r}"
+            )
+        if not 0 < self.min_snr_gamma < math.inf:
+            raise ConfigError(f"--min-snr-gamma must be a finite number > 0, got {self.min_snr_gamma!r}")
+        for name in ("hf_mse_max_t", "pair_max_t"):
+            if getattr(self, name) is not None:
+                positive_int(name)
+        if self.pair_max_t is not None and self.pair_timesteps != "shared":
+            raise ConfigError(
+                "--pair-max-t needs --pair-timesteps shared: it switches the pair terms by the pair subset's one t"
+            )
         if self.method == "ddpm-pa" and self.pair_size > self.batch_size:
             raise ConfigError(
                 f"--pair-size ({self.pair_size}) must not exceed --batch-size ({self.batch_size}): the pair "
@@ -182,6 +207,7 @@ class Trainer:
         self.prediction_type, tables = self._loss_coefficient_tables(scheduler, c.model_dir)
         # Made once, on the device: each step only indexes them (prediction.coefficients_at).
         self.loss_tables = [table.to(device=device, dtype=torch.float32) for table in tables]
+        self.hf_mse_weight_table = self._hf_mse_weight_table(scheduler, c)
         min_count = c.pair_size if c.method == "ddpm-pa" else 1
         # Bad data stops here, before any model is copied or any step is taken.
         self.images = load_images(c.data_dir, self.channels, self.source.config.sample_size, min_count).to(
@@ -262,6 +288,25 @@ class Trainer:
             raise ConfigError(f"model folder {model_dir!r}: {error}") from error
         return scheduler.config.prediction_type, tables
 
+    def _hf_mse_weight_table(self, scheduler, c: TrainConfig) -> torch.Tensor | None:
+        """hf_mse's weight per timestep on the device, or None for the authors' formulation (weight 1 at
+        every t: the loss then runs unweighted, bit for bit as before the weightings existed)."""
+        T = len(scheduler.betas)
+        for name in ("hf_mse_max_t", "pair_max_t"):
+            if getattr(c, name) is not None and getattr(c, name) > T:
+                raise ConfigError(
+                    f"--{name.replace('_', '-')} must be at most the scheduler's T = {T}, got {getattr(c, name)}"
+                )
+        if c.hf_mse_weighting == "x0" and c.hf_mse_max_t is None:
+            return None
+        try:
+            table = P.hf_mse_weight_table(
+                scheduler, c.hf_mse_weighting, gamma=c.min_snr_gamma, max_t=c.hf_mse_max_t
+            )
+        except ValueError as error:
+            raise ConfigError(f"--hf-mse-weighting {c.hf_mse_weighting}: {error}") from error
+        return table.to(device=self.device, dtype=torch.float32)
+
     def _mark_update_applied(self, optimizer, args, kwargs) -> None:
         self._update_applied = True
 
@@ -290,9 +335,13 @@ class Trainer:
                 # One t for the whole pair subset, as the authors' text-to-image code and the paper's
                 # figure have it: the similarities then compare predictions at one noise level.
                 t[pair] = t[pair[0]].clone()
+                if c.pair_max_t is not None and int(t[pair[0]]) >= c.pair_max_t:
+                    # No pair terms at this noise level: every sample takes the plain terms, and the
+                    # source model is not run.
+                    pair, rest = None, torch.arange(n, device=self.device)
         x_t = self.schedule.q_sample(x0, t, noise)
 
-        if c.method == "ddpm-pa":
+        if pair is not None:
             with annotate("train/source_forward"):
                 pred_src = self.source_prediction(x_t, t, pair)
         with annotate("train/adapted_forward"), self._autocast():
@@ -356,7 +405,9 @@ class Trainer:
 
     def _loss(self, x0, x_t, t, noise, pred_ada, pred_src, output, pair, rest) -> dict[str, torch.Tensor]:
         """The step's loss terms. pred_* are the models' outputs in the scheduler's parameterisation
-        (noise or v); for DDPM-PA, pred_src holds the source's prediction of the `pair` rows."""
+        (noise or v); for DDPM-PA, pred_src holds the source's prediction of the `pair` rows (pair is None
+        at a step whose pair t is at or above --pair-max-t: pair_img and pair_hf are then 0). hf_mse is
+        the weighted term that the loss adds (--hf-mse-weighting)."""
         c = self.config
         terms: dict[str, torch.Tensor] = {}
         # The one place that reads the prediction type: for epsilon, target is `noise` itself and a_t, b_t
@@ -366,19 +417,30 @@ class Trainer:
             terms["mse"] = (target - pred_ada).square().mean()
             total = terms["mse"]
         else:
-            n, k = x0.shape[0], pair.numel()
-            pa = self.pa_loss(x_t[pair], pred_ada[pair], pred_src, target[pair], a_t[pair], b_t[pair])
-            total = (k / n) * pa.loss
-            mse, hf_mse = (k / n) * pa.mse, (k / n) * pa.hf_mse
+            n = x0.shape[0]
+            h = None if self.hf_mse_weight_table is None else self.hf_mse_weight_table[t]
+            total = mse = hf_mse = pair_img = pair_hf = x0.new_zeros(())
+            if pair is not None:
+                k = pair.numel()
+                pa = self.pa_loss(
+                    x_t[pair], pred_ada[pair], pred_src, target[pair], a_t[pair], b_t[pair],
+                    hf_mse_weight=None if h is None else h[pair],
+                )
+                total, mse, hf_mse = (k / n) * pa.loss, (k / n) * pa.mse, (k / n) * pa.hf_mse
+                pair_img, pair_hf = pa.pair_img, pa.pair_hf
             if rest.numel():
+                share = rest.numel() / n
                 mse_rest = (target[rest] - pred_ada[rest]).square().mean()
                 a, b = a_t[rest].reshape(-1, 1, 1, 1), b_t[rest].reshape(-1, 1, 1, 1)
                 hf_ada = ddpm_pa_high_frequency(a * x_t[rest] - b * pred_ada[rest], backend=c.backend)
                 hf_tgt = ddpm_pa_high_frequency(a * x_t[rest] - b * target[rest], backend=c.backend)
-                hf_mse_rest = (hf_ada - hf_tgt).square().mean()
-                total = total + ((n - k) / n) * (mse_rest + c.w_hf_mse * hf_mse_rest)
-                mse, hf_mse = mse + ((n - k) / n) * mse_rest, hf_mse + ((n - k) / n) * hf_mse_rest
-            terms.update(mse=mse, hf_mse=hf_mse, pair_img=pa.pair_img, pair_hf=pa.pair_hf)
+                hf_squares = (hf_ada - hf_tgt).square()
+                if h is not None:
+                    hf_squares = hf_squares * h[rest].reshape(-1, 1, 1, 1)
+                hf_mse_rest = hf_squares.mean()
+                total = total + share * (mse_rest + c.w_hf_mse * hf_mse_rest)
+                mse, hf_mse = mse + share * mse_rest, hf_mse + share * hf_mse_rest
+            terms.update(mse=mse, hf_mse=hf_mse, pair_img=pair_img, pair_hf=pair_hf)
         if self.learned_variance:
             # improved-DDPM's RESCALED_MSE weighting (T / 1000), as the authors' code uses.
             pred_x0 = a_t.reshape(-1, 1, 1, 1) * x_t - b_t.reshape(-1, 1, 1, 1) * pred_ada.detach()
