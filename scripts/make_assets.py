@@ -3,6 +3,7 @@
     apt-get install dataset-fashion-mnist            # the only prerequisite (Debian; Zalando SE, MIT)
     python scripts/make_assets.py data               # target shots, reference sets, source test set
     python scripts/make_assets.py classifier         # the 8-class evaluation classifier (~2 min)
+    python scripts/make_assets.py fidelity           # the 10-class fidelity classifier (~3 min)
     python scripts/make_assets.py source [--resume]  # pretrain the source UNet (checkpoints, resumable)
     python scripts/make_assets.py all
 
@@ -20,7 +21,8 @@ Domains (ddpm_pa_fast.train.fashion holds the class split):
 - source test set: 250 test images of each source class, for the source model's KID.
 
 Outputs under assets/ (see assets/README.md): domains/<class>/shots/*.png,
-domains/<class>/reference.safetensors, source_test.safetensors, source_classifier/, source_model/.
+domains/<class>/reference.safetensors, source_test.safetensors, source_classifier/, fidelity_classifier/,
+source_model/.
 Deterministic for a given torch version and thread count (fixed seeds, --threads).
 """
 
@@ -122,15 +124,14 @@ def source_training_set():
     return x, torch.from_numpy(fashion.source_index(labels[keep]))
 
 
-def make_classifier(out: Path, seed: int, epochs: int, threads: int) -> None:
+def train_classifier(x, y, test_x, test_y, num_classes: int, seed: int, epochs: int, threads: int):
+    """A SourceClassifier of num_classes trained on (x, y), [-1, 1] images and class indices; returns
+    (model in eval mode, its accuracy on (test_x, test_y))."""
     import torch
 
     torch.set_num_threads(threads)
     torch.manual_seed(seed)
-    x, y = source_training_set()
-    test = fashion.load_uint8_images(out / "source_test.safetensors")
-    test_x, test_y = fashion.to_model_range(test["images"]), test["labels"]
-    model = SourceClassifier()
+    model = SourceClassifier(num_classes)
     optimizer = torch.optim.AdamW(model.parameters(), lr=2e-3, weight_decay=1e-4)
     batch, steps_per_epoch = 128, len(x) // 128
     lr_schedule = torch.optim.lr_scheduler.OneCycleLR(optimizer, 2e-3, total_steps=epochs * steps_per_epoch)
@@ -154,12 +155,57 @@ def make_classifier(out: Path, seed: int, epochs: int, threads: int) -> None:
         with torch.no_grad():
             accuracy = (model(test_x).argmax(1) == test_y).float().mean().item()
         print(
-            f"epoch {epoch + 1}/{epochs}: loss {loss.item():.3f}, source test accuracy {accuracy:.4f}, "
+            f"epoch {epoch + 1}/{epochs}: loss {loss.item():.3f}, test accuracy {accuracy:.4f}, "
             f"{time.time() - start:.0f} s",
             flush=True,
         )
+    return model, accuracy
+
+
+def make_classifier(out: Path, seed: int, epochs: int, threads: int) -> None:
+    x, y = source_training_set()
+    test = fashion.load_uint8_images(out / "source_test.safetensors")
+    model, accuracy = train_classifier(
+        x, y, fashion.to_model_range(test["images"]), test["labels"], len(fashion.SOURCE_CLASSES), seed,
+        epochs, threads,
+    )
     save_classifier(model, out / "source_classifier", {"source_test_accuracy": round(accuracy, 4)})
     print(f"wrote the classifier to {out / 'source_classifier'}")
+
+
+def shot_indices(out: Path) -> list[int]:
+    """Training-split indices of every target domain's shots (their PNG names end in -trainNNNNN)."""
+    return sorted(
+        int(path.stem.rsplit("-train", 1)[1])
+        for name in fashion.TARGET_DOMAINS.values()
+        for path in (out / "domains" / name / "shots").glob("*.png")
+    )
+
+
+def make_fidelity_classifier(out: Path, seed: int, epochs: int, threads: int) -> None:
+    """All 10 classes' training images but the targets' shots: the classifier that judges whether a
+    sample is of the target class (the fidelity metric); never used for a distance or KID."""
+    import torch
+
+    images, labels = load_split("train")
+    keep = np.ones(len(labels), dtype=bool)
+    shots = shot_indices(out)
+    if len(shots) != SHOTS * len(fashion.TARGET_DOMAINS):
+        raise SystemExit(f"expected {SHOTS} shots per target domain under {out / 'domains'}, found {len(shots)}")
+    keep[shots] = False
+    x = torch.from_numpy(images[keep][:, None].copy()).float() / 127.5 - 1.0
+    test_images, test_labels = load_split("t10k")
+    model, accuracy = train_classifier(
+        x, torch.from_numpy(labels[keep]), torch.from_numpy(test_images[:, None].copy()).float() / 127.5 - 1.0,
+        torch.from_numpy(test_labels), len(fashion.CLASS_NAMES), seed, epochs, threads,
+    )
+    info = {
+        "classes": list(fashion.CLASS_NAMES),
+        "test_accuracy": round(accuracy, 4),
+        "trained_on": f"Fashion-MNIST train, all 10 classes, {int(keep.sum())} images (the {len(shots)} shots left out)",
+    }
+    save_classifier(model, out / "fidelity_classifier", info)
+    print(f"wrote the fidelity classifier to {out / 'fidelity_classifier'}")
 
 
 def pretrain_source(x, out: Path, args) -> None:
@@ -250,7 +296,7 @@ def build_parser() -> argparse.ArgumentParser:
     parser = argparse.ArgumentParser(
         description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter
     )
-    parser.add_argument("stage", choices=("data", "classifier", "source", "all"))
+    parser.add_argument("stage", choices=("data", "classifier", "fidelity", "source", "all"))
     parser.add_argument("--out", type=Path, default=REPO / "assets", help="output folder (default: assets/)")
     parser.add_argument("--seed", type=int, default=0)
     parser.add_argument("--threads", type=int, default=2, help="torch threads (fixes the summation order)")
@@ -277,6 +323,8 @@ def main(argv=None) -> None:
         make_data(args.out, args.seed)
     if args.stage in ("classifier", "all"):
         make_classifier(args.out, args.seed, args.classifier_epochs, args.threads)
+    if args.stage in ("fidelity", "all"):
+        make_fidelity_classifier(args.out, args.seed, args.classifier_epochs, args.threads)
     if args.stage in ("source", "all"):
         pretrain_source(source_training_set()[0], args.out, args)
 

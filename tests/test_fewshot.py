@@ -127,6 +127,24 @@ def test_kid_separates_domains_and_is_near_zero_within_one(classifier):
 # ---- the study's evaluator and tables ----
 
 
+@pytest.mark.parametrize("split", ["validation", "test"])
+def test_fidelity_classifier_knows_the_target_class_and_nothing_else_calls_it(split):
+    """The fidelity metric: most held-out real images of the target class are called that class, almost
+    no image of a source class is (so a texture or a source garment does not count as on target)."""
+    evaluator = study.DomainEvaluator(split)
+    assert evaluator.fidelity_real > 0.85
+    source_test = fashion.to_model_range(fashion.load_uint8_images(fashion.SOURCE_TEST_FILE)["images"])
+    assert E.fidelity(source_test, evaluator.fidelity_classifier, evaluator.label) < 0.02
+
+
+def test_fidelity_names_what_it_needs():
+    classifier = SourceClassifier(10).eval()
+    with pytest.raises(ValueError, match="at least 1 image"):
+        E.fidelity(torch.zeros(0, 1, 32, 32), classifier, 3)
+    with pytest.raises(ValueError, match=r"label must be in \[0, 10\)"):
+        E.fidelity(torch.zeros(2, 1, 32, 32), classifier, 10)
+
+
 def test_domain_evaluator_on_the_shots_themselves():
     evaluator = study.DomainEvaluator("validation")
     m = evaluator(evaluator.shots.repeat(3, 1, 1, 1))
@@ -176,51 +194,62 @@ def test_plot_curves_titles_each_metric_and_counts_seeds_in_the_legend(tmp_path,
     assert legend == ["fine-tuning (1 seed)", "DDPM-PA (2 seeds)"]
 
 
-def _point(method, seed, step, kid, diversity, variant="v"):
+def _point(method, seed, step, kid, diversity, variant="v", fidelity=0.0, nearest=0.5):
     return {
         "method": method,
         "seed": seed,
         "step": step,
         "kid": kid,
+        "fidelity": fidelity,
         "intra_cluster_diversity": diversity,
+        "nearest_train_distance": nearest,
         "variant": variant,
     }
 
 
-def test_diversity_at_kid_reads_the_first_crossing_of_the_path():
+def test_value_at_reads_the_first_crossing_of_the_path():
     source = _point("source", -1, 0, 3.0, 0.8)
     path = [source, _point("finetune", 0, 10, 1.0, 0.4), _point("finetune", 0, 20, 2.0, 0.2)]
-    assert study.diversity_at_kid(path, 2.0) == pytest.approx(0.6)  # first crossing: 3.0 -> 1.0
-    assert study.diversity_at_kid(path, 1.5) == pytest.approx(0.5)
-    assert study.diversity_at_kid(path, 3.0) == pytest.approx(0.8)
-    assert study.diversity_at_kid(path, 0.5) is None and study.diversity_at_kid(path, 3.5) is None
+    d = "intra_cluster_diversity"
+    assert study.value_at(path, "kid", 2.0, d) == pytest.approx(0.6)  # first crossing: 3.0 -> 1.0
+    assert study.value_at(path, "kid", 1.5, d) == pytest.approx(0.5)
+    assert study.value_at(path, "kid", 3.0, d) == pytest.approx(0.8)
+    assert study.value_at(path, "kid", 0.5, d) is None and study.value_at(path, "kid", 3.5, d) is None
 
 
-def test_equal_kid_table_compares_each_seed_with_fine_tuning_of_its_own_seed_and_variant():
-    source = _point("source", -1, 0, 3.0, 0.8)
+def test_equal_level_table_compares_each_seed_with_fine_tuning_of_its_own_seed_and_variant():
+    source = _point("source", -1, 0, 3.0, 0.8, fidelity=0.0, nearest=0.9)
     rows = [source]
     for seed, end in ((0, 0.5), (1, 0.3)):
-        rows += [_point("finetune", seed, 10, 1.0, end, "a"), _point("finetune", seed, 10, 1.0, 9.0, "b")]
-        rows += [_point("ddpm-pa", seed, 10, 2.0, 0.7, "a")]
-    lines = study.equal_kid_table(rows, "a", "a")
-    # seed 0: fine-tuning at KID 2 is (0.8 + 0.5) / 2 = 0.65; seed 1: (0.8 + 0.3) / 2 = 0.55.
-    assert lines[2] == "| 0 | 10 | 2.000 | 0.700 | 0.650 | +0.050 |"
-    assert lines[3] == "| 1 | 10 | 2.000 | 0.700 | 0.550 | +0.150 |"
-    assert lines[4].endswith(f"| +0.100 +- {math.sqrt(0.005):.3f} |")
-    never = study.equal_kid_table(rows + [_point("ddpm-pa", 2, 10, 5.0, 0.1, "a")], "a", "a")
+        rows += [
+            _point("finetune", seed, 10, 1.0, end, "a", fidelity=1.0, nearest=0.1),
+            _point("finetune", seed, 10, 1.0, 9.0, "b", fidelity=1.0),
+        ]
+        rows += [_point("ddpm-pa", seed, 10, 2.0, 0.7, "a", fidelity=0.5, nearest=0.6)]
+    for along in ("kid", "fidelity"):
+        lines = study.equal_level_table(rows, along, "a", "a")
+        # Both levels are halfway along fine-tuning's path: seed 0 diversity (0.8 + 0.5) / 2 = 0.65, seed 1
+        # (0.8 + 0.3) / 2 = 0.55; nearest-shot distance (0.9 + 0.1) / 2 = 0.5 for both.
+        level = "2.000" if along == "kid" else "0.500"
+        assert lines[2] == f"| 0 | 10 | {level} | 0.700 | 0.650 | +0.050 | 0.600 | 0.500 | +0.100 |"
+        assert lines[3] == f"| 1 | 10 | {level} | 0.700 | 0.550 | +0.150 | 0.600 | 0.500 | +0.100 |"
+        assert lines[4].endswith(f"| +0.100 +- {math.sqrt(0.005):.3f} |  |  | +0.100 +- 0.000 |")
+    never = study.equal_level_table(rows + [_point("ddpm-pa", 2, 10, 5.0, 0.1, "a")], "kid", "a", "a")
     assert "(fine-tuning never reached that KID)" in never[4]
 
 
 def test_plot_tradeoff_draws_every_run_from_the_source(tmp_path, monkeypatch):
+    """Diversity against KID (left) and against fidelity (right), each run's path from the source."""
     figures = []
     monkeypatch.setattr(study, "_save_figure", lambda fig, path, title, dpi: figures.append(fig) or path)
-    rows = [_point("source", -1, 0, 3.0, 0.8)]
-    rows += [_point(m, s, 10, 1.0 + s, 0.5) for m in ("finetune", "ddpm-pa") for s in (0, 1)]
+    rows = [_point("source", -1, 0, 3.0, 0.8, fidelity=0.1)]
+    rows += [_point(m, s, 10, 1.0 + s, 0.5, fidelity=0.9) for m in ("finetune", "ddpm-pa") for s in (0, 1)]
     study.plot_tradeoff(rows, tmp_path / "t.png", "t")
-    ax = figures[0].axes[0]
-    runs = [line for line in ax.get_lines() if len(line.get_xdata()) == 2]
-    assert len(runs) == 4 and all(line.get_xdata()[0] == 3.0 for line in runs)
-    assert [t.get_text() for t in ax.get_legend().get_texts()] == ["DDPM-PA", "fine-tuning", "source"]
+    for ax, start in zip(figures[0].axes, (3.0, 0.1), strict=True):
+        runs = [line for line in ax.get_lines() if len(line.get_xdata()) == 2]
+        assert len(runs) == 4 and all(line.get_xdata()[0] == start for line in runs)
+    legend = figures[0].axes[1].get_legend().get_texts()
+    assert [t.get_text() for t in legend] == ["DDPM-PA", "fine-tuning", "source"]
 
 
 def test_track_adaptation_evaluates_the_extra_steps(tmp_path):
@@ -428,6 +457,7 @@ def test_study_report_writes_tables_and_plots_from_the_run_files(tmp_path, monke
         "seed": -1,
         "step": 0,
         **metrics,
+        "fidelity_real": 0.9,
         "kid": 3.0,
         "intra_cluster_diversity": 0.8,
     }
@@ -447,31 +477,56 @@ def test_study_report_writes_tables_and_plots_from_the_run_files(tmp_path, monke
     summary = (tmp_path / "test" / "summary.md").read_text()
     # Fine-tuning at KID 2.0 on its path 3.0 -> 1.0 has diversity (0.8 + 0.2) / 2 = 0.5.
     assert "| 0 | 10 | 2.000 | 0.700 | 0.500 | +0.200 |" in summary
+    assert "## Diversity and nearest-shot distance at equal fidelity" in summary
+    assert "Fidelity ceiling" in summary
     for name in ("tradeoff.png", "curves-frozen.png", "rows.csv"):
         assert (tmp_path / "test" / name).stat().st_size > 0
 
 
-def test_study_first_steps_runs_check_their_last_row_against_the_full_run(tmp_path, monkeypatch):
-    from benchmarks import fewshot_study
+def test_study_plans_every_variant_seed_by_seed_and_evaluates_fine_tuning_early(tmp_path, monkeypatch):
+    from benchmarks import fewshot_study as FS
 
-    monkeypatch.setattr(fewshot_study, "RESULTS", tmp_path)
-    runs = fewshot_study.planned_runs("test")
-    parts = [r for r in runs if r.part]
-    assert [r.seed for r in parts] == list(fewshot_study.SEEDS) and {r.method for r in parts} == {"finetune"}
+    monkeypatch.setattr(FS, "RESULTS", tmp_path)
+    runs = FS.planned_runs("validation")
+    per_seed = sum(len(methods) for methods, _ in FS.VALIDATION_VARIANTS.values())
+    assert [r.seed for r in runs] == [s for s in FS.VALIDATION_SEEDS for _ in range(per_seed)]
     assert len({r.path for r in runs}) == len(runs)
-    assert dict(parts[0].overrides) == {"steps": fewshot_study.TEST_FIRST_STEPS}
-    assert fewshot_study.run_sampler_check(parts[0]) == ()
-    metrics = {"intra_cluster_diversity": 0.5, "kid": 1.0, "nearest_train_distance": 0.4}
-    metrics["haar_intra_cluster_diversity"] = 0.6
-    full = fewshot_study.Run("test", "frozen", "finetune", 0)
-    full.path.parent.mkdir(parents=True)
-    full.path.write_text(json.dumps({"rows": [{"step": 50, **metrics}]}))
-    rows = [{"step": 40, **metrics}, {"step": 50, **metrics}]
-    overlap = fewshot_study._overlap_with_full_run(parts[0], rows)
-    assert overlap["equals_full_run"] and overlap["overlap_with_full_run"]["kid"] == [1.0, 1.0]
-    assert [r["step"] for r in rows] == [40]
-    rows = [{"step": 40, **metrics}, {"step": 50, **metrics, "kid": 1.5}]
-    assert not fewshot_study._overlap_with_full_run(parts[0], rows)["equals_full_run"]
+    authors = [r for r in runs if r.variant == "base" and r.method == "ddpm-pa"][0]
+    assert dict(authors.overrides)["hf_mse_weighting"] == "x0" and dict(authors.overrides)["pair_max_t"] is None
+    assert FS.run_extra_eval_steps(FS.Run("test", "frozen", "finetune", 0)) == FS.FINETUNE_EARLY_EVAL_STEPS
+    assert FS.run_extra_eval_steps(FS.Run("test", "frozen", "ddpm-pa", 0)) == ()
+    # Before a non-authors' variant is frozen, the test domain runs the frozen settings only; after, the
+    # authors' formulation beside them, every run for TEST_STEPS.
+    assert {(r.variant, r.method) for r in FS.planned_runs("test")} == {("frozen", "finetune"), ("frozen", "ddpm-pa")}
+    (tmp_path / "frozen.json").write_text(json.dumps({"ddpm_pa_variant": "eps"}))
+    test_runs = FS.planned_runs("test")
+    assert ("published", "ddpm-pa") in {(r.variant, r.method) for r in test_runs}
+    assert all(dict(r.overrides)["steps"] == FS.TEST_STEPS for r in test_runs)
+
+
+def test_freeze_applies_the_fidelity_rule(tmp_path, monkeypatch):
+    """The admissible variant (fidelity >= the floor) with the most diversity over fine-tuning at equal
+    fidelity wins; a more diverse variant below the floor does not."""
+    from benchmarks import fewshot_study as FS
+
+    monkeypatch.setattr(FS, "RESULTS", tmp_path)
+    rows = [_point("source", -1, 0, 3.0, 0.8, fidelity=0.0)]
+    for seed in (0, 1):
+        rows += [
+            _point("finetune", seed, 100, 1.0, 0.4, "base", fidelity=1.0),
+            _point("ddpm-pa", seed, 100, 2.0, 0.79, "base", fidelity=0.05),  # textures: most diverse, off target
+            _point("ddpm-pa", seed, 100, 2.0, 0.7, "eps", fidelity=0.6),  # fine-tuning there: 0.8 - 0.4 * 0.6
+            _point("ddpm-pa", seed, 100, 2.0, 0.5, "min-snr", fidelity=0.9),
+        ]
+    (tmp_path / "validation").mkdir()
+    (tmp_path / "validation" / "rows.json").write_text(json.dumps({"rows": rows}))
+    record = FS.freeze()
+    assert record["ddpm_pa_variant"] == "eps"
+    candidates = record["ddpm_pa_candidates_at_last_step"]
+    assert not candidates["base"]["admissible"] and candidates["min-snr"]["admissible"]
+    assert candidates["eps"]["mean_advantage"] == pytest.approx(0.7 - (0.8 - 0.4 * 0.6))
+    assert record["settings"]["hf_mse_weighting"] == "eps"
+    assert json.loads((tmp_path / "frozen.json").read_text())["ddpm_pa_variant"] == "eps"
 
 
 def test_study_refuses_results_sampled_another_way(tmp_path, monkeypatch):

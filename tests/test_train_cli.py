@@ -78,24 +78,29 @@ def test_train_sample_evaluate_round_trip(tmp_path, capsys):
     assert metrics["distance"] == "haar-multiscale-rms" and metrics["num_samples"] == 6
 
 
-def test_tiny_demo_writes_figures_metrics_and_table(tmp_path, capsys):
-    """The main job on the bundled assets, shrunk: 2 steps, 12 samples of 2 DDIM steps, in this process."""
+@pytest.mark.parametrize("weighting", ["x0", "eps"])
+def test_tiny_demo_writes_figures_metrics_and_table(tmp_path, capsys, weighting):
+    """The main job on the bundled assets, shrunk: 2 steps, 12 samples of 2 DDIM steps, in this process.
+    With a frozen weighting other than the authors', DDPM-PA as published runs beside it (four panels);
+    with the authors' it runs once."""
     out = tmp_path / "demo"
     argv = ["demo", "--output-dir", str(out), "--steps", "2", "--eval-every", "1", "--num-samples", "12"]
     argv += ["--sample-steps", "2", "--jobs", "1", "--backend", "torch", "--split", "validation"]
+    argv += ["--hf-mse-weighting", weighting]
     assert cli.main(argv) == 0
     printed = capsys.readouterr().out
     assert "intra-cluster div." in printed and "classifier-lpips" in printed and "KID" in printed
+    assert "fidelity" in printed
     metrics = json.loads((out / "metrics.json").read_text())
     assert metrics["domain"] == "sandal" and metrics["distance"] == "classifier-lpips"
-    assert [(r["method"], r["step"]) for r in metrics["rows"]] == [
-        ("source", 0),
-        ("finetune", 1),
-        ("finetune", 2),
-        ("ddpm-pa", 1),
-        ("ddpm-pa", 2),
+    runs = ["finetune", "ddpm-pa-published", "ddpm-pa"] if weighting != "x0" else ["finetune", "ddpm-pa"]
+    assert [(r["run"], r["step"]) for r in metrics["rows"]] == [("source", 0)] + [
+        (run, step) for run in runs for step in (1, 2)
     ]
-    for name in ("source", "finetune", "ddpm-pa"):
+    table = printed[printed.index("model "):]
+    assert len([line for line in table.splitlines() if line.split()[0] in ("source", "fine-tuning", "DDPM-PA")]) == 1 + len(runs)
+    assert all(0.0 <= r["fidelity"] <= 1.0 for r in metrics["rows"])
+    for name in ("source", *runs):
         assert (out / name / "samples.png").is_file()
     for name in ("comparison.png", "curves.png"):
         assert (out / name).read_bytes()[:4] == b"\x89PNG"

@@ -231,7 +231,7 @@ def build_parser() -> argparse.ArgumentParser:
         "along the run, sample every model from one noise, and print the table. Writes comparison.png, "
         "curves.png, <model>/samples.png and metrics.json.",
     )
-    from .demo import DEFAULT_MODEL_DIR, DEMO_EVAL_EVERY
+    from .demo import DEFAULT_MODEL_DIR, DEMO_EVAL_EVERY, DEMO_JOBS
 
     p.add_argument("--model-dir", default=str(DEFAULT_MODEL_DIR), help="the source model folder")
     p.add_argument(
@@ -248,7 +248,9 @@ def build_parser() -> argparse.ArgumentParser:
         default=DEMO_EVAL_EVERY,
         help="steps between evaluations (default %(default)s)",
     )
-    p.add_argument("--jobs", type=int, default=2, help="adaptation runs in parallel (one thread each)")
+    p.add_argument(
+        "--jobs", type=int, default=DEMO_JOBS, help="adaptation runs in parallel (one thread each; default %(default)s)"
+    )
     _add_training_options(p)
     return parser
 

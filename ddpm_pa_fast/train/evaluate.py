@@ -193,6 +193,21 @@ def class_probabilities(images: torch.Tensor, classifier) -> torch.Tensor:
     return torch.cat([classifier(chunk.float()).softmax(1) for chunk in images.split(FEATURE_CHUNK)])
 
 
+@torch.no_grad()
+def fidelity(images: torch.Tensor, classifier, label: int, threshold: float = 0.5) -> float:
+    """The share of images (N, C, H, W) in [-1, 1] that the classifier puts in class `label` with
+    probability > threshold: are they of the target class at all? Distances and KID, computed in a space
+    that never saw the target class, score an unrecognisable texture as "different"; this does not.
+    Raises ValueError for an empty batch (a share of nothing is not a number) or a label the classifier
+    does not have."""
+    if len(images) == 0:
+        raise ValueError("fidelity needs at least 1 image, got 0")
+    probabilities = class_probabilities(images, classifier)
+    if not 0 <= label < probabilities.shape[1]:
+        raise ValueError(f"label must be in [0, {probabilities.shape[1]}), got {label}")
+    return (probabilities[:, label] > threshold).double().mean().item()
+
+
 def evaluate_samples(samples: torch.Tensor, train: torch.Tensor, distance=None) -> dict:
     """Metrics of samples (N, C, H, W) against the training images (M, C, H, W), both in [-1, 1]."""
     if samples.shape[1:] != train.shape[1:]:

@@ -34,6 +34,8 @@ SOURCE_LABELS = tuple(i for i, name in enumerate(CLASS_NAMES) if name not in TAR
 SOURCE_CLASSES = tuple(CLASS_NAMES[i] for i in SOURCE_LABELS)
 SOURCE_MODEL_DIR = ASSETS / "source_model"
 CLASSIFIER_DIR = ASSETS / "source_classifier"
+# The 10-class classifier that judges fidelity (is a sample of the target class?); nothing else.
+FIDELITY_CLASSIFIER_DIR = ASSETS / "fidelity_classifier"
 SOURCE_TEST_FILE = ASSETS / "source_test.safetensors"
 
 
@@ -102,6 +104,7 @@ __all__ = [
     "ASSETS",
     "CLASSIFIER_DIR",
     "CLASS_NAMES",
+    "FIDELITY_CLASSIFIER_DIR",
     "IMAGE_SIZE",
     "SOURCE_CLASSES",
     "SOURCE_LABELS",

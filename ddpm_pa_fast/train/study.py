@@ -7,7 +7,11 @@ noise (so the source, fine-tuned and DDPM-PA models are compared on the same noi
 against the domain's 10 shots and its 1,000 held-out reference images (fashion.py):
 - intra_cluster_diversity / nearest_train_distance with the classifier-LPIPS distance (evaluate.py);
 - the same two with the weights-free Haar distance (haar_*), as a cross-check;
-- kid / kid_std against the reference set in the classifier's feature space.
+- kid / kid_std against the reference set in the classifier's feature space;
+- fidelity: the share of samples that a 10-class classifier (trained on every class but the shots,
+  assets/fidelity_classifier/) calls the target class with p > 0.5, and fidelity_real, the same share
+  for the 1,000 held-out real images of the class (the ceiling). That classifier judges this one share
+  and nothing else: the distances and KID use the source classifier, which never saw a target class.
 """
 
 from __future__ import annotations
@@ -21,12 +25,13 @@ import torch
 from . import fashion
 from .classifier import load_classifier
 from .data import load_images
-from .evaluate import ClassifierPerceptualDistance, HaarMultiscaleDistance, evaluate_samples, kid
+from .evaluate import ClassifierPerceptualDistance, HaarMultiscaleDistance, evaluate_samples, fidelity, kid
 from .sampling import DEFAULT_SAMPLE_ETA, image_grid
 from .trainer import TrainConfig, Trainer
 
 # The curves and tables: (metric key, label, higher is better).
 CURVE_METRICS = (
+    ("fidelity", "fidelity: share called the target class (p > 0.5)", True),
     ("intra_cluster_diversity", "intra-cluster diversity (classifier-LPIPS)", True),
     ("kid", "KID vs held-out images (classifier features)", False),
     ("nearest_train_distance", "nearest-shot distance (classifier-LPIPS)", True),
@@ -38,7 +43,12 @@ METHOD_LABELS = {"source": "source", "finetune": "fine-tuning", "ddpm-pa": "DDPM
 class DomainEvaluator:
     """The metrics of samples for one target domain ("validation" or "test"), its fixed inputs loaded once."""
 
-    def __init__(self, split: str, classifier_dir: str | Path | None = None):
+    def __init__(
+        self,
+        split: str,
+        classifier_dir: str | Path | None = None,
+        fidelity_classifier_dir: str | Path | None = None,
+    ):
         self.split = split
         self.shots = load_images(fashion.shots_dir(split), channels=1, size=fashion.IMAGE_SIZE)
         self.domain = fashion.TARGET_DOMAINS[split]
@@ -46,6 +56,9 @@ class DomainEvaluator:
         self.classifier = load_classifier(classifier_dir or fashion.CLASSIFIER_DIR)
         self.distance = ClassifierPerceptualDistance(self.classifier)
         self.haar = HaarMultiscaleDistance()
+        self.fidelity_classifier = load_classifier(fidelity_classifier_dir or fashion.FIDELITY_CLASSIFIER_DIR)
+        self.label = fashion.CLASS_NAMES.index(self.domain)
+        self.fidelity_real = fidelity(self.reference, self.fidelity_classifier, self.label)
 
     def __call__(self, samples: torch.Tensor) -> dict:
         metrics = evaluate_samples(samples, self.shots, self.distance)
@@ -53,6 +66,8 @@ class DomainEvaluator:
         metrics["haar_intra_cluster_diversity"] = haar["intra_cluster_diversity"]
         metrics["haar_nearest_train_distance"] = haar["nearest_train_distance"]
         metrics.update(kid(samples, self.reference, self.classifier))
+        metrics["fidelity"] = fidelity(samples, self.fidelity_classifier, self.label)
+        metrics["fidelity_real"] = self.fidelity_real
         return metrics
 
 
@@ -100,7 +115,8 @@ def track_adaptation(
             }
         rows.append(row)
         print(
-            f"  {METHOD_LABELS[config.method]} seed {config.seed} step {t.step}: diversity "
+            f"  {METHOD_LABELS[config.method]} seed {config.seed} step {t.step}: fidelity "
+            f"{row['fidelity']:.3f}, diversity "
             f"{row['intra_cluster_diversity']:.4f}, nearest-shot {row['nearest_train_distance']:.4f}, "
             f"KID {row['kid']:.4f} ({row['train_seconds']:.0f} s training, {eval_seconds:.0f} s evaluating)",
             flush=True,
@@ -169,9 +185,14 @@ def markdown_table(rows: list[dict], steps: list[int] | None = None) -> str:
     return "\n".join(lines)
 
 
+def run_label(method: str, variant: str | None, named: bool) -> str:
+    """"DDPM-PA (eps)" where a plot holds several variants of a method (named), else "DDPM-PA"."""
+    return f"{METHOD_LABELS[method]} ({variant})" if named and variant else METHOD_LABELS[method]
+
+
 def plot_curves(rows: list[dict], path: str | Path, title: str) -> Path:
-    """Each CURVE_METRICS metric against steps: per method the mean over seeds and its min-max band; the
-    source model's value at step 0 starts both curves."""
+    """Each CURVE_METRICS metric against steps: per method (and variant, where a method has several) the
+    mean over seeds and its min-max band; the source model's value at step 0 starts every curve."""
     import matplotlib
 
     matplotlib.use("Agg")
@@ -179,27 +200,33 @@ def plot_curves(rows: list[dict], path: str | Path, title: str) -> Path:
 
     source = [r for r in rows if r["method"] == "source"]
     fig, axes = plt.subplots(1, len(CURVE_METRICS), figsize=(4.2 * len(CURVE_METRICS), 3.6))
-    colours = {"finetune": "tab:orange", "ddpm-pa": "tab:blue"}
+    palettes = {"finetune": ["tab:orange", "tab:olive"], "ddpm-pa": ["tab:blue", "tab:green", "tab:red", "tab:purple"]}
+    series = sorted(
+        {(r["method"], r.get("variant")) for r in rows if r["method"] in palettes},
+        key=lambda mv: (list(palettes).index(mv[0]), str(mv[1])),
+    )
     for ax, (key, label, higher_better) in zip(axes, CURVE_METRICS, strict=True):
-        for method, colour in colours.items():
-            runs = [r for r in rows if r["method"] == method]
-            if not runs:
-                continue
+        for method, variant in series:
+            variants = [v for m, v in series if m == method]
+            colour = palettes[method][variants.index(variant) % len(palettes[method])]
+            runs = [r for r in rows if r["method"] == method and r.get("variant") == variant]
             steps = sorted({r["step"] for r in runs})
             per_step = [[r[key] for r in runs if r["step"] == s] for s in steps]
             if source:
                 steps, per_step = [0, *steps], [[source[0][key]], *per_step]
             means = [sum(v) / len(v) for v in per_step]
             seeds = len({r["seed"] for r in runs})
-            legend = f"{METHOD_LABELS[method]} ({seeds} seed{'s' if seeds > 1 else ''})"
+            legend = f"{run_label(method, variant, len(variants) > 1)} ({seeds} seed{'s' if seeds > 1 else ''})"
             ax.plot(steps, means, color=colour, marker="o", ms=3, label=legend)
             ax.fill_between(
                 steps, [min(v) for v in per_step], [max(v) for v in per_step], color=colour, alpha=0.2
             )
+        if key == "fidelity" and source and "fidelity_real" in source[0]:
+            ax.axhline(source[0]["fidelity_real"], color="k", ls=":", lw=1, label="real held-out images")
         ax.set_title(label + (" (higher: better)" if higher_better else " (lower: better)"), fontsize=8)
         ax.set_xlabel("adaptation step")
         ax.grid(alpha=0.3)
-    axes[0].legend(fontsize=8)
+    axes[0].legend(fontsize=7)
     return _save_figure(fig, path, title, dpi=110)
 
 
@@ -219,59 +246,98 @@ def trajectory(rows: list[dict], method: str, seed: int, variant: str | None = N
     return [r for r in rows if r["method"] == "source"][:1] + run
 
 
-def diversity_at_kid(path: list[dict], kid: float) -> float | None:
-    """Intra-cluster diversity where a run's path through (KID, diversity), linear between evaluations,
-    first reaches `kid` (None if it never does): what that run kept at that KID. KID falls along an
-    adaptation run (towards the target), not always monotonically, hence the first crossing."""
+def value_at(path: list[dict], along: str, level: float, key: str) -> float | None:
+    """`key` where a run's path through (`along`, `key`), linear between evaluations, first reaches
+    `along` = level (None if it never does): what that run had there. KID falls and fidelity rises along
+    an adaptation run, not always monotonically, hence the first crossing."""
     for a, b in zip(path, path[1:], strict=False):
-        low, high = sorted((a["kid"], b["kid"]))
-        if low <= kid <= high:
-            if a["kid"] == b["kid"]:
-                return max(a["intra_cluster_diversity"], b["intra_cluster_diversity"])
-            w = (kid - a["kid"]) / (b["kid"] - a["kid"])
-            return (1 - w) * a["intra_cluster_diversity"] + w * b["intra_cluster_diversity"]
+        low, high = sorted((a[along], b[along]))
+        if low <= level <= high:
+            if a[along] == b[along]:
+                return max(a[key], b[key])
+            w = (level - a[along]) / (b[along] - a[along])
+            return (1 - w) * a[key] + w * b[key]
     return None
 
 
-def equal_kid_table(
-    rows: list[dict], variant: str | None = None, finetune_variant: str | None = None
+# The comparisons at an equal level of adaptation: (the level's metric, the metrics compared there).
+EQUAL_LEVEL_KEYS = ("intra_cluster_diversity", "nearest_train_distance")
+EQUAL_LEVEL_LABELS = {
+    "kid": "KID",
+    "fidelity": "fidelity",
+    "intra_cluster_diversity": "diversity",
+    "nearest_train_distance": "nearest-shot distance",
+}
+
+
+def equal_level_differences(
+    rows: list[dict], along: str, variant: str | None = None, finetune_variant: str | None = None
+) -> dict[int, dict]:
+    """Per DDPM-PA seed: its last evaluation (of `variant`) and, for each EQUAL_LEVEL_KEYS metric, fine-
+    tuning's value where its path (of `finetune_variant`, same seed) reaches the same `along` level
+    (None where it never does)."""
+    out = {}
+    for seed in sorted({r["seed"] for r in rows if r["method"] == "ddpm-pa" and (variant is None or r.get("variant") == variant)}):
+        ours = trajectory(rows, "ddpm-pa", seed, variant)[-1]
+        path = trajectory(rows, "finetune", seed, finetune_variant)
+        out[seed] = {
+            "ours": ours,
+            "finetune": {key: value_at(path, along, ours[along], key) for key in EQUAL_LEVEL_KEYS},
+        }
+    return out
+
+
+def equal_level_table(
+    rows: list[dict], along: str, variant: str | None = None, finetune_variant: str | None = None
 ) -> list[str]:
     """Markdown lines: per seed, DDPM-PA's last evaluation (of `variant`) beside fine-tuning's diversity
-    at the same KID on fine-tuning's path (of `finetune_variant`, same seed): does DDPM-PA keep more
-    diversity at equal KID?"""
-    lines = [
-        "| seed | DDPM-PA step | DDPM-PA KID | DDPM-PA diversity | fine-tuning diversity at that KID "
-        "| difference |",
-        "| --- | --- | --- | --- | --- | --- |",
-    ]
-    seeds = sorted({r["seed"] for r in rows if r["method"] == "ddpm-pa"})
-    differences = []
-    for seed in seeds:
-        ours = trajectory(rows, "ddpm-pa", seed, variant)[-1]
-        theirs = diversity_at_kid(trajectory(rows, "finetune", seed, finetune_variant), ours["kid"])
-        cells = [str(seed), str(ours["step"]), f"{ours['kid']:.3f}", f"{ours['intra_cluster_diversity']:.3f}"]
-        if theirs is None:
-            cells += ["(fine-tuning never reached that KID)", "-"]
-        else:
-            differences.append(ours["intra_cluster_diversity"] - theirs)
-            cells += [f"{theirs:.3f}", f"{differences[-1]:+.3f}"]
+    and nearest-shot distance at the same `along` ("kid" or "fidelity") on fine-tuning's path (of
+    `finetune_variant`, same seed): does DDPM-PA keep more at an equal level of adaptation?"""
+    level = EQUAL_LEVEL_LABELS[along]
+    header = ["seed", "DDPM-PA step", f"DDPM-PA {level}"]
+    for key in EQUAL_LEVEL_KEYS:
+        name = EQUAL_LEVEL_LABELS[key]
+        header += [f"DDPM-PA {name}", f"fine-tuning {name} at that {level}", "difference"]
+    lines = ["| " + " | ".join(header) + " |", "|" + " --- |" * len(header)]
+    differences: dict[str, list[float]] = {key: [] for key in EQUAL_LEVEL_KEYS}
+    for seed, d in equal_level_differences(rows, along, variant, finetune_variant).items():
+        ours = d["ours"]
+        cells = [str(seed), str(ours["step"]), f"{ours[along]:.3f}"]
+        for key in EQUAL_LEVEL_KEYS:
+            theirs = d["finetune"][key]
+            cells.append(f"{ours[key]:.3f}")
+            if theirs is None:
+                cells += [f"(fine-tuning never reached that {level})", "-"]
+            else:
+                differences[key].append(ours[key] - theirs)
+                cells += [f"{theirs:.3f}", f"{differences[key][-1]:+.3f}"]
         lines.append("| " + " | ".join(cells) + " |")
-    if len(differences) > 1:
-        mean = sum(differences) / len(differences)
-        std = math.sqrt(sum((d - mean) ** 2 for d in differences) / (len(differences) - 1))
-        lines.append(f"| mean +- std | | | | | {mean:+.3f} +- {std:.3f} |")
+    if any(len(v) > 1 for v in differences.values()):
+        cells = ["mean +- std", "", ""]
+        for key in EQUAL_LEVEL_KEYS:
+            cells += ["", "", _mean_std(differences[key])]
+        lines.append("| " + " | ".join(cells) + " |")
     return lines
 
 
+def _mean_std(values: list[float]) -> str:
+    if len(values) < 2:
+        return "-"
+    mean = sum(values) / len(values)
+    std = math.sqrt(sum((v - mean) ** 2 for v in values) / (len(values) - 1))
+    return f"{mean:+.3f} +- {std:.3f}"
+
+
 def plot_tradeoff(rows: list[dict], path: str | Path, title: str) -> Path:
-    """Intra-cluster diversity against KID: each run's path from the source model through its
-    evaluations (the step at the last point). Up and left is better: more diversity at a KID."""
+    """Intra-cluster diversity against KID (left) and against fidelity (right): each run's path from the
+    source model through its evaluations (the step at the last point). Up and towards the target (left
+    for KID, right for fidelity) is better: more diversity at a level of adaptation."""
     import matplotlib
 
     matplotlib.use("Agg")
     import matplotlib.pyplot as plt
 
-    fig, ax = plt.subplots(figsize=(6.4, 4.6))
+    fig, axes = plt.subplots(1, 2, figsize=(12.0, 4.8))
     runs = sorted({(r.get("variant", ""), r["method"], r["seed"]) for r in rows if r["method"] != "source"})
     variants = {m: sorted({v for v, method, _ in runs if method == m}) for m in ("finetune", "ddpm-pa")}
     # Fine-tuning in warm colours, dashed; DDPM-PA's variants in the others.
@@ -280,31 +346,35 @@ def plot_tradeoff(rows: list[dict], path: str | Path, title: str) -> Path:
         "ddpm-pa": ["tab:blue", "tab:green", "tab:red", "tab:purple", "tab:brown", "tab:pink", "tab:cyan"],
     }
     named = len(variants["ddpm-pa"]) > 1
-    labelled = set()
-    for variant, method, seed in runs:
-        run = trajectory(rows, method, seed, variant)
-        palette = palettes[method]
-        colour = palette[variants[method].index(variant) % len(palette)]
-        label = f"{METHOD_LABELS[method]} ({variant})" if named else METHOD_LABELS[method]
-        ax.plot(
-            [r["kid"] for r in run],
-            [r["intra_cluster_diversity"] for r in run],
-            color=colour,
-            marker="o",
-            ms=3,
-            alpha=0.85,
-            ls="-" if method == "ddpm-pa" else "--",
-            label=None if label in labelled else label,
-        )
-        labelled.add(label)
-        ax.annotate(str(run[-1]["step"]), (run[-1]["kid"], run[-1]["intra_cluster_diversity"]), fontsize=6)
     source = [r for r in rows if r["method"] == "source"]
-    if source:
-        ax.plot(source[0]["kid"], source[0]["intra_cluster_diversity"], "k*", ms=10, label="source")
-    ax.set_xlabel("KID vs held-out target images (lower: closer to the target)")
-    ax.set_ylabel("intra-cluster diversity (classifier-LPIPS)")
-    ax.grid(alpha=0.3)
-    ax.legend(fontsize=7)
+    for ax, along, xlabel in (
+        (axes[0], "kid", "KID vs held-out target images (lower: closer to the target)"),
+        (axes[1], "fidelity", "fidelity: share called the target class (higher: more on target)"),
+    ):
+        labelled = set()
+        for variant, method, seed in runs:
+            run = trajectory(rows, method, seed, variant)
+            palette = palettes[method]
+            colour = palette[variants[method].index(variant) % len(palette)]
+            label = run_label(method, variant, named)
+            ax.plot(
+                [r[along] for r in run],
+                [r["intra_cluster_diversity"] for r in run],
+                color=colour,
+                marker="o",
+                ms=3,
+                alpha=0.85,
+                ls="-" if method == "ddpm-pa" else "--",
+                label=None if label in labelled else label,
+            )
+            labelled.add(label)
+            ax.annotate(str(run[-1]["step"]), (run[-1][along], run[-1]["intra_cluster_diversity"]), fontsize=6)
+        if source:
+            ax.plot(source[0][along], source[0]["intra_cluster_diversity"], "k*", ms=10, label="source")
+        ax.set_xlabel(xlabel, fontsize=8)
+        ax.set_ylabel("intra-cluster diversity (classifier-LPIPS)", fontsize=8)
+        ax.grid(alpha=0.3)
+    axes[1].legend(fontsize=7)
     return _save_figure(fig, path, title, dpi=110)
 
 
@@ -379,24 +449,35 @@ def run_in_parallel(function, tasks: list[tuple], jobs: int, on_done=None) -> li
     return results
 
 
-def adapt(config: TrainConfig, split: str, eval_every: int, num_samples: int, sample_seed: int):
+def adapt(
+    config: TrainConfig,
+    split: str,
+    eval_every: int,
+    num_samples: int,
+    sample_seed: int,
+    extra_eval_steps: tuple[int, ...] = (),
+):
     """Worker entry: track_adaptation of one run on the domain `split`, its evaluator built in the worker."""
-    return track_adaptation(config, DomainEvaluator(split), eval_every, num_samples, sample_seed)
+    return track_adaptation(
+        config, DomainEvaluator(split), eval_every, num_samples, sample_seed, extra_eval_steps=extra_eval_steps
+    )
 
 
 __all__ = [
     "CURVE_METRICS",
     "DomainEvaluator",
     "comparison_figure",
-    "diversity_at_kid",
-    "equal_kid_table",
+    "equal_level_differences",
+    "equal_level_table",
     "markdown_table",
     "plot_curves",
     "plot_tradeoff",
+    "run_label",
     "source_row",
     "summarise",
     "adapt",
     "run_in_parallel",
     "track_adaptation",
     "trajectory",
+    "value_at",
 ]
