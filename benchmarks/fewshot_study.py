@@ -157,8 +157,9 @@ def run_sampler_check(run: Run) -> tuple[int, ...]:
     return FINAL_SAMPLER_STEPS if run.split == "test" and run.seed == SEEDS[0] else ()
 
 
-def run_one(run: Run) -> None:
-    """Trains and evaluates one run in this process; writes run.path."""
+def run_one(run: Run, backend: str = "auto") -> None:
+    """Trains and evaluates one run in this process with the loss on `backend` (recorded in the run's
+    config; the maths is the same on every backend); writes run.path."""
     from ddpm_pa_fast.train import fashion
     from ddpm_pa_fast.train.study import DomainEvaluator, track_adaptation
     from ddpm_pa_fast.train.trainer import TrainConfig
@@ -173,6 +174,7 @@ def run_one(run: Run) -> None:
             seed=run.seed,
             progress=False,
             save_model=False,
+            backend=backend,
             **dict(run.overrides),
         )
         rows, _ = track_adaptation(
@@ -231,7 +233,7 @@ def _refuse_another_sampler(path: Path, steps, eta) -> None:
         )
 
 
-def launch(runs: list[Run], jobs: int) -> None:
+def launch(runs: list[Run], jobs: int, backend: str = "auto") -> None:
     """Runs the unfinished runs, `jobs` at a time in worker processes of one torch thread each."""
     from ddpm_pa_fast.train.study import run_in_parallel
 
@@ -252,7 +254,7 @@ def launch(runs: list[Run], jobs: int) -> None:
             flush=True,
         )
 
-    run_in_parallel(run_one, [(run,) for run in todo], jobs, on_done=done)
+    run_in_parallel(run_one, [(run, backend) for run in todo], jobs, on_done=done)
 
 
 def load_rows(split: str) -> list[dict]:
@@ -538,6 +540,12 @@ def main(argv=None) -> None:
     )
     parser.add_argument("--jobs", type=int, default=2, help="runs in parallel (default %(default)s)")
     parser.add_argument(
+        "--backend",
+        default="auto",
+        choices=("auto", "torch", "cpu"),
+        help="the loss's backend in every run (default %(default)s; recorded in each run's config)",
+    )
+    parser.add_argument(
         "--sampler-steps",
         type=int,
         nargs="+",
@@ -571,7 +579,7 @@ def main(argv=None) -> None:
         if split == "test":
             check_defaults_are_frozen()
         source_rows(split)
-        launch(planned_runs(split), args.jobs)
+        launch(planned_runs(split), args.jobs, args.backend)
         if split == "validation":
             freeze()
     for split in ("validation", "test"):
