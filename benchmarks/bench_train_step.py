@@ -13,7 +13,9 @@ all through ddpm_pa_fast.train.Trainer.training_step (data, noise, forwards, los
 - frozen + fused: source in eval/inference mode, backend "auto" (the fastest built kernels);
 - frozen bf16 source + fused: the same with the source's weights in bfloat16 (--source-precision bf16).
 Cases are interleaved step by step in every round so that load changes on a shared machine hit all
-of them alike; the table reports medians and the ratio to finetune.
+of them alike; the table reports medians and the ratio to finetune, and, for each case, what its source
+model's forwards were (mode, autograd, rows, dtype), recorded by a forward hook: the proof that a row
+times the path it names (tests/test_benchmarks.py checks each case's).
 """
 
 from __future__ import annotations
@@ -29,6 +31,7 @@ from pathlib import Path
 
 import numpy as np
 import torch
+from typing_extensions import override
 
 from ddpm_pa_fast.train.trainer import TrainConfig, Trainer
 
@@ -43,9 +46,55 @@ class AuthorsWayTrainer(Trainer):
         super().__init__(config)
         self.source.train().requires_grad_(True)
 
-    def source_eps(self, x_t, t, rows):
+    @override
+    def source_prediction(self, x_t, t, rows):
         with self._autocast():
             return self.source_forward(x_t, t).sample[:, : self.channels].float()[rows]
+
+
+def record_source_forwards(trainer: Trainer) -> list[dict]:
+    """A list that each forward of trainer's source model appends to: its mode, whether autograd
+    recorded it, its batch rows and its weights' dtype."""
+    seen: list[dict] = []
+
+    def hook(module, args, output):
+        seen.append(
+            {
+                "training": module.training,
+                "grad": output.sample.requires_grad,
+                "rows": args[0].shape[0],
+                "dtype": str(next(module.parameters()).dtype).removeprefix("torch."),
+            }
+        )
+
+    trainer.source.register_forward_hook(hook)
+    return seen
+
+
+def describe_source_forwards(seen: list[dict]) -> str:
+    """One line for the table: the distinct kinds of source forward a case ran."""
+    if not seen:
+        return "none"
+    kinds = sorted({(s["training"], s["grad"], s["rows"], s["dtype"]) for s in seen})
+    return "; ".join(
+        f"{'train' if training else 'eval'}, {'grad' if grad else 'no grad'}, {rows} rows, {dtype}"
+        for training, grad, rows, dtype in kinds
+    )
+
+
+def build_cases(base: TrainConfig) -> dict[str, Trainer]:
+    """The table's cases, by name (module doc)."""
+    return {
+        "finetune": Trainer(dataclasses.replace(base, method="finetune")),
+        "authors' way (source with grad, train mode; unfused loss)": AuthorsWayTrainer(
+            dataclasses.replace(base, backend="torch")
+        ),
+        "frozen source + unfused loss (backend torch)": Trainer(dataclasses.replace(base, backend="torch")),
+        "frozen source + fused loss (backend auto)": Trainer(dataclasses.replace(base, backend="auto")),
+        "frozen bf16 source + fused loss (backend auto)": Trainer(
+            dataclasses.replace(base, backend="auto", source_precision="bf16")
+        ),
+    }
 
 
 def make_setting(folder: Path, batch: int) -> tuple[str, str]:
@@ -112,19 +161,8 @@ def main(argv=None) -> None:
             compile=args.compile,
             steps=10**9,
         )
-        cases = {
-            "finetune": Trainer(dataclasses.replace(base, method="finetune")),
-            "authors' way (source with grad, train mode; unfused loss)": AuthorsWayTrainer(
-                dataclasses.replace(base, backend="torch")
-            ),
-            "frozen source + unfused loss (backend torch)": Trainer(
-                dataclasses.replace(base, backend="torch")
-            ),
-            "frozen source + fused loss (backend auto)": Trainer(dataclasses.replace(base, backend="auto")),
-            "frozen bf16 source + fused loss (backend auto)": Trainer(
-                dataclasses.replace(base, backend="auto", source_precision="bf16")
-            ),
-        }
+        cases = build_cases(base)
+        forwards = {name: record_source_forwards(trainer) for name, trainer in cases.items()}
         n_params = sum(p.numel() for p in cases["finetune"].adapted.parameters())
         times = {name: [] for name in cases}
         for round_index in range(args.warmup + args.rounds):
@@ -136,15 +174,16 @@ def main(argv=None) -> None:
 
     plain = statistics.median(times["finetune"])
     rows = [
-        "| case | loss backend | median ms | p20-p80 ms | x plain |",
-        "|---|---|---|---|---|",
+        "| case | loss backend | source forwards seen | median ms | p20-p80 ms | x plain |",
+        "|---|---|---|---|---|---|",
     ]
     for name, values in times.items():
         q = np.quantile(values, [0.2, 0.8]) * 1e3
         median = statistics.median(values)
         backend = "-" if name == "finetune" else cases[name].loss_backend
         rows.append(
-            f"| {name} | {backend} | {median * 1e3:.0f} | {q[0]:.0f}-{q[1]:.0f} | {median / plain:.2f}x |"
+            f"| {name} | {backend} | {describe_source_forwards(forwards[name])} | {median * 1e3:.0f} | "
+            f"{q[0]:.0f}-{q[1]:.0f} | {median / plain:.2f}x |"
         )
     report = "\n".join(
         [

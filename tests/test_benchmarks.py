@@ -302,3 +302,27 @@ def test_sizes_select_cases_and_each_finished_case_is_written(tmp_path, monkeypa
     rows = read_csv(str(tmp_path / "cpu.csv"))
     assert [(r["size"], r["provider"], r["status"]) for r in rows] == [("16x3x64x64/J1", "torch", "ok")]
     assert "Few repetitions (--few-repeats" in (tmp_path / "cpu.md").read_text()
+
+
+def test_train_step_cases_run_the_source_path_their_names_say(tmp_path):
+    """bench_train_step's rows time what they name: the authors' way runs the source on the whole batch
+    in train mode with autograd; the frozen cases on the pair subset in eval mode without it (the bf16
+    one with bfloat16 weights); fine-tuning runs no source at all. The fused cases use the C++ loss."""
+    from benchmarks import bench_train_step as B
+
+    from .test_train_common import tiny_config
+
+    base = tiny_config(tmp_path, batch_size=5, pair_size=3)
+    cases = B.build_cases(base)
+    seen = {name: B.record_source_forwards(trainer) for name, trainer in cases.items()}
+    for trainer in cases.values():
+        trainer.training_step()
+    by_kind = {name.split(" (")[0]: kinds for name, kinds in seen.items()}
+    assert by_kind["finetune"] == []
+    assert by_kind["authors' way"] == [{"training": True, "grad": True, "rows": 5, "dtype": "float32"}]
+    frozen = {"training": False, "grad": False, "rows": 3, "dtype": "float32"}
+    assert by_kind["frozen source + unfused loss"] == [frozen]
+    assert by_kind["frozen source + fused loss"] == [frozen]
+    assert by_kind["frozen bf16 source + fused loss"] == [{**frozen, "dtype": "bfloat16"}]
+    assert [t.loss_backend for t in cases.values()][1:] == ["torch", "torch", "cpu", "cpu"]
+    assert B.describe_source_forwards(by_kind["authors' way"]) == "train, grad, 5 rows, float32"
