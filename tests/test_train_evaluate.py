@@ -63,3 +63,42 @@ def test_auto_distance_names_itself_and_lpips_request_is_explained():
 def test_shape_mismatch_is_named():
     with pytest.raises(ValueError, match="per image"):
         E.evaluate_samples(torch.zeros(2, 3, 8, 8), torch.zeros(2, 3, 16, 16))
+
+
+def _images(values):
+    return torch.tensor(values, dtype=torch.float32).reshape(-1, 1, 1, 1).expand(-1, 1, 2, 2).clone()
+
+
+@pytest.mark.parametrize(
+    "samples, train, pattern",
+    [
+        ([0.0], [0.0, 10.0], "at least 2 samples and 1 training image, got 1 samples"),
+        ([], [0.0], "at least 2 samples and 1 training image, got 0 samples"),
+        ([0.0, 1.0], [], "got 2 samples and 0 training images"),
+        # Two samples, each nearest to another training image: no cluster has a pair.
+        ([0.0, 10.0], [0.0, 10.0], r"no training image has 2 of the 2 samples.*more than 2"),
+    ],
+)
+def test_too_few_samples_for_the_diversity_are_named_never_nan(samples, train, pattern):
+    """toshas/torch-fidelity#8's kind (issue 21 H): too few inputs give an error naming the count, not NaN."""
+    with pytest.raises(ValueError, match=pattern):
+        E.evaluate_samples(_images(samples), _images(train), _AbsMeanDistance())
+
+
+@pytest.mark.parametrize("n_samples, n_reference", [(1, 50), (50, 1), (0, 5)])
+def test_kid_on_too_few_images_names_the_count_never_nan(n_samples, n_reference):
+    from ddpm_pa_fast.train.classifier import SourceClassifier
+
+    classifier = SourceClassifier().eval()
+    with pytest.raises(ValueError, match=rf"KID needs at least 2 samples and 2 reference images.*got {n_samples} samples and {n_reference} reference"):
+        E.kid(torch.zeros(n_samples, 1, 32, 32), torch.zeros(n_reference, 1, 32, 32), classifier)
+
+
+def test_kid_on_two_images_each_is_finite():
+    from ddpm_pa_fast.train.classifier import SourceClassifier
+
+    torch.manual_seed(0)
+    classifier = SourceClassifier().eval()
+    g = torch.Generator().manual_seed(0)
+    result = E.kid(torch.rand(2, 1, 32, 32, generator=g), torch.rand(2, 1, 32, 32, generator=g), classifier)
+    assert result["kid_subset_size"] == 2 and torch.isfinite(torch.tensor(result["kid"]))

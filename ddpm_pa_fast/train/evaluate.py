@@ -164,8 +164,16 @@ def kid(
 ) -> dict:
     """KID (unbiased MMD^2, cubic polynomial kernel) between samples and reference images in the
     classifier's 64-d pooled feature space, via torchmetrics. Subsets of min(len(samples), len(reference))
-    images each; their mean and standard deviation. Deterministic for a given seed. Lower is closer."""
+    images each; their mean and standard deviation. Deterministic for a given seed. Lower is closer.
+    Raises ValueError with fewer than 2 samples or reference images: the unbiased MMD divides by
+    m (m - 1) (torchmetrics returns NaN there)."""
     import warnings
+
+    if len(samples) < 2 or len(reference) < 2:
+        raise ValueError(
+            "KID needs at least 2 samples and 2 reference images (its unbiased MMD divides by m (m - 1)), "
+            f"got {len(samples)} samples and {len(reference)} reference images"
+        )
 
     from torchmetrics.image.kid import KernelInceptionDistance
 
@@ -209,7 +217,15 @@ def fidelity(images: torch.Tensor, classifier, label: int, threshold: float = 0.
 
 
 def evaluate_samples(samples: torch.Tensor, train: torch.Tensor, distance=None) -> dict:
-    """Metrics of samples (N, C, H, W) against the training images (M, C, H, W), both in [-1, 1]."""
+    """Metrics of samples (N, C, H, W) against the training images (M, C, H, W), both in [-1, 1].
+
+    Raises ValueError for N < 2 or M < 1, and when no training image has 2 samples nearest to it
+    (intra-cluster diversity has no pair to average; N > M guarantees one)."""
+    if len(samples) < 2 or len(train) < 1:
+        raise ValueError(
+            "intra-cluster diversity needs at least 2 samples and 1 training image, got "
+            f"{len(samples)} samples and {len(train)} training images"
+        )
     if samples.shape[1:] != train.shape[1:]:
         raise ValueError(
             f"samples have shape {tuple(samples.shape[1:])} per image, the training images "
@@ -227,10 +243,16 @@ def evaluate_samples(samples: torch.Tensor, train: torch.Tensor, distance=None) 
         pairwise = distance.matrix(members, members)
         upper = torch.triu_indices(len(members), len(members), offset=1)
         cluster_means.append(pairwise[upper[0], upper[1]].mean().item())
+    if not cluster_means:
+        raise ValueError(
+            f"no training image has 2 of the {len(samples)} samples nearest to it, so intra-cluster "
+            f"diversity has no pair to average: evaluate more samples (more than {len(train)}, the "
+            "training images, guarantees a pair)"
+        )
     return {
         "distance": distance.name,
         "num_samples": len(samples),
-        "intra_cluster_diversity": sum(cluster_means) / len(cluster_means) if cluster_means else float("nan"),
+        "intra_cluster_diversity": sum(cluster_means) / len(cluster_means),
         "clusters_with_pairs": len(cluster_means),
         "cluster_sizes": sizes,
         "nearest_train_distance": to_train.min(dim=1).values.mean().item(),
