@@ -98,3 +98,19 @@ def test_vlb_at_t0_is_the_decoder_nll_and_gradient_reaches_only_the_variance():
     vb.sum().backward()
     assert var_values.grad is not None and var_values.grad.abs().sum() > 0
     assert eps_leaf.grad is None
+
+
+@pytest.mark.parametrize("bad", [torch.tensor([-1, 5]), torch.tensor([0, 1000]), torch.tensor([0.0, 5.0])])
+@pytest.mark.parametrize("method", ["q_sample", "x0_coefficients", "vb_terms_bpd", "vb_terms_bpd_x0"])
+def test_timesteps_outside_the_schedule_are_refused_by_name(method, bad):
+    """huggingface/diffusers#5921's kind (issue 21 F): t = -1 would index t = 999's coefficients."""
+    _, s = _schedule()
+    x = torch.zeros(2, 1, 2, 2)
+    args = {
+        "q_sample": (x, bad, x),
+        "x0_coefficients": (bad,),
+        "vb_terms_bpd": (x, x, x, x, bad),
+        "vb_terms_bpd_x0": (x, x, x, x, bad),
+    }[method]
+    with pytest.raises(ValueError, match=r"timesteps must (lie in \[0, 1000\)|be an integer tensor)"):
+        getattr(s, method)(*args)

@@ -11,7 +11,7 @@ import math
 
 import torch
 
-from ..prediction import alphas_cumprod_float64
+from ..prediction import alphas_cumprod_float64, check_timesteps
 
 LEARNED_VARIANCE_TYPES = ("learned_range",)
 
@@ -23,7 +23,9 @@ def _gather(coef: torch.Tensor, t: torch.Tensor) -> torch.Tensor:
 class NoiseSchedule:
     """The per-timestep coefficients of a DDPMScheduler's beta schedule, float32 on `device`.
 
-    Raises TypeError if the scheduler has no 1-D betas tensor (prediction.alphas_cumprod_float64)."""
+    Raises TypeError if the scheduler has no 1-D betas tensor (prediction.alphas_cumprod_float64). Every
+    method that takes timesteps t refuses, with a ValueError naming `timesteps` and [0, T), a t that is not
+    an integer tensor or lies outside the schedule (indexing would wrap t = -1 around to T - 1)."""
 
     def __init__(self, scheduler, device: torch.device | str = "cpu"):
         abar = alphas_cumprod_float64(scheduler)
@@ -52,10 +54,12 @@ class NoiseSchedule:
 
     def q_sample(self, x0: torch.Tensor, t: torch.Tensor, noise: torch.Tensor) -> torch.Tensor:
         """x_t = sqrt(abar_t) x0 + sqrt(1 - abar_t) noise."""
+        check_timesteps(t, self.num_timesteps)
         return _gather(self.sqrt_abar, t) * x0 + _gather(self.sqrt_one_minus_abar, t) * noise
 
     def x0_coefficients(self, t: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
         """(a_t, b_t) = (sqrt(1 / abar_t), sqrt(1 / abar_t - 1)), shape (N,): x0 = a_t x_t - b_t eps."""
+        check_timesteps(t, self.num_timesteps)
         return self.sqrt_recip_abar[t], self.sqrt_recipm1_abar[t]
 
     def vb_terms_bpd(
@@ -67,6 +71,7 @@ class NoiseSchedule:
         t: torch.Tensor,
     ) -> torch.Tensor:
         """vb_terms_bpd_x0 for a noise prediction eps (x0 = sqrt(1/abar) x_t - sqrt(1/abar - 1) eps)."""
+        check_timesteps(t, self.num_timesteps)
         a, b = _gather(self.sqrt_recip_abar, t), _gather(self.sqrt_recipm1_abar, t)
         return self.vb_terms_bpd_x0(a * x_t - b * eps, var_values, x0, x_t, t)
 
@@ -86,6 +91,7 @@ class NoiseSchedule:
         variance between the clipped posterior variance and beta_t ("learned_range"). clip_denoised is
         False, as in the authors' call.
         """
+        check_timesteps(t, self.num_timesteps)
         coef1, coef2 = _gather(self.posterior_mean_coef1, t), _gather(self.posterior_mean_coef2, t)
         true_mean = coef1 * x0 + coef2 * x_t
         true_log_variance = _gather(self.posterior_log_variance_clipped, t)
