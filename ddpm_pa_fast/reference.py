@@ -153,8 +153,10 @@ def similarity_logits(features: torch.Tensor) -> torch.Tensor:
     gram = f @ f.T
     norms = torch.linalg.vector_norm(f, dim=1)
     sim = gram / (norms[:, None] * norms[None, :]).clamp_min(SIMILARITY_EPS)
-    off_diagonal = ~torch.eye(n, dtype=torch.bool, device=f.device)
-    return sim[off_diagonal].reshape(n, n - 1)
+    # The diagonal removed by reshaping, not by a boolean mask: the (n*n - 1) entries after the first,
+    # read n + 1 at a time, start each row with its off-diagonal run. Shape-only ops, so meta and fake
+    # tensors (shape inference without data) go through; a mask would need torch.nonzero's data.
+    return sim.flatten()[1:].reshape(n - 1, n + 1)[:, :-1].reshape(n, n - 1)
 
 
 def reduce_kl_rows(terms: torch.Tensor, reduction: str) -> torch.Tensor:
