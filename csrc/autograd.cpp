@@ -10,6 +10,7 @@
 #include <torch/autograd.h>
 #include <torch/library.h>
 
+#include <optional>
 #include <string>
 #include <tuple>
 
@@ -150,20 +151,28 @@ struct PairwiseSimilarityKlFunction : public torch::autograd::Function<PairwiseS
 
 using LossOutputs = std::tuple<at::Tensor, at::Tensor, at::Tensor, at::Tensor, at::Tensor, at::Tensor>;
 
+using OptionalTensor = std::optional<at::Tensor>;
+
+// An optional weight through save_for_backward, which keeps an absent one as an undefined tensor.
+at::Tensor saved_optional(const OptionalTensor& t) { return t.has_value() ? *t : at::Tensor(); }
+OptionalTensor restored_optional(const at::Tensor& t) { return t.defined() ? OptionalTensor(t) : std::nullopt; }
+
 struct DdpmPaLossFunction : public torch::autograd::Function<DdpmPaLossFunction> {
   static variable_list forward(AutogradContext* ctx, const at::Tensor& x_t, const at::Tensor& eps_ada,
                                const at::Tensor& eps_src, const at::Tensor& noise, const at::Tensor& a_t,
-                               const at::Tensor& b_t, double w_pair, double w_hf_pair, double w_hf_mse, double tau,
-                               const std::string& reduction) {
+                               const at::Tensor& b_t, const OptionalTensor& mse_weight,
+                               const OptionalTensor& hf_mse_weight, double w_pair, double w_hf_pair, double w_hf_mse,
+                               double tau, const std::string& reduction) {
     static const auto op =
         op_handle<LossOutputs(const at::Tensor&, const at::Tensor&, const at::Tensor&, const at::Tensor&,
-                              const at::Tensor&, const at::Tensor&, double, double, double, double, c10::string_view)>(
-            "ddpm_pa_fast::ddpm_pa_loss");
+                              const at::Tensor&, const at::Tensor&, const OptionalTensor&, const OptionalTensor&,
+                              double, double, double, double, c10::string_view)>("ddpm_pa_fast::ddpm_pa_loss");
     at::AutoDispatchBelowADInplaceOrView below_autograd;
-    auto [loss, mse, hf_mse, pair_img, pair_hf, grams] =
-        op.call(x_t, eps_ada, eps_src, noise, a_t, b_t, w_pair, w_hf_pair, w_hf_mse, tau, reduction);
+    auto [loss, mse, hf_mse, pair_img, pair_hf, grams] = op.call(
+        x_t, eps_ada, eps_src, noise, a_t, b_t, mse_weight, hf_mse_weight, w_pair, w_hf_pair, w_hf_mse, tau, reduction);
     ctx->mark_non_differentiable({grams});
-    ctx->save_for_backward({grams, x_t, eps_ada, noise, a_t, b_t});
+    ctx->save_for_backward(
+        {grams, x_t, eps_ada, noise, a_t, b_t, saved_optional(mse_weight), saved_optional(hf_mse_weight)});
     ctx->saved_data["w_pair"] = w_pair;
     ctx->saved_data["w_hf_pair"] = w_hf_pair;
     ctx->saved_data["w_hf_mse"] = w_hf_mse;
@@ -172,10 +181,10 @@ struct DdpmPaLossFunction : public torch::autograd::Function<DdpmPaLossFunction>
     return {loss, mse, hf_mse, pair_img, pair_hf, grams};
   }
   static variable_list backward(AutogradContext* ctx, variable_list grads) {
-    static const auto op = op_handle<at::Tensor(const at::Tensor&, const at::Tensor&, const at::Tensor&,
-                                                const at::Tensor&, const at::Tensor&, const at::Tensor&,
-                                                const at::Tensor&, double, double, double, double, c10::string_view)>(
-        "ddpm_pa_fast::ddpm_pa_loss_backward");
+    static const auto op = op_handle<at::Tensor(
+        const at::Tensor&, const at::Tensor&, const at::Tensor&, const at::Tensor&, const at::Tensor&,
+        const at::Tensor&, const at::Tensor&, const OptionalTensor&, const OptionalTensor&, double, double, double,
+        double, c10::string_view)>("ddpm_pa_fast::ddpm_pa_loss_backward");
     BackwardRange range("ddpm_pa_loss.backward");
     const variable_list saved = ctx->get_saved_variables();
     const at::Tensor& grams = saved[0];
@@ -186,10 +195,11 @@ struct DdpmPaLossFunction : public torch::autograd::Function<DdpmPaLossFunction>
     const auto& data = ctx->saved_data;
     const std::string reduction = data.at("reduction").toStringRef();
     const at::Tensor grad_eps_ada =
-        op.call(grad_terms, grams, saved[1], saved[2], saved[3], saved[4], saved[5], data.at("w_pair").toDouble(),
-                data.at("w_hf_pair").toDouble(), data.at("w_hf_mse").toDouble(), data.at("tau").toDouble(), reduction);
-    // Only eps_ada gets a gradient (see the schema in ops.cpp).
-    variable_list result(11);
+        op.call(grad_terms, grams, saved[1], saved[2], saved[3], saved[4], saved[5], restored_optional(saved[6]),
+                restored_optional(saved[7]), data.at("w_pair").toDouble(), data.at("w_hf_pair").toDouble(),
+                data.at("w_hf_mse").toDouble(), data.at("tau").toDouble(), reduction);
+    // Only eps_ada gets a gradient (see the schema in ops.cpp): none for the weights either.
+    variable_list result(13);
     result[1] = grad_eps_ada;
     return result;
   }
@@ -215,10 +225,12 @@ std::tuple<at::Tensor, at::Tensor, at::Tensor> pairwise_similarity_kl_autograd(c
 }
 
 LossOutputs ddpm_pa_loss_autograd(const at::Tensor& x_t, const at::Tensor& eps_ada, const at::Tensor& eps_src,
-                                  const at::Tensor& noise, const at::Tensor& a_t, const at::Tensor& b_t, double w_pair,
+                                  const at::Tensor& noise, const at::Tensor& a_t, const at::Tensor& b_t,
+                                  const OptionalTensor& mse_weight, const OptionalTensor& hf_mse_weight, double w_pair,
                                   double w_hf_pair, double w_hf_mse, double tau, c10::string_view reduction) {
-  const variable_list out = DdpmPaLossFunction::apply(x_t, eps_ada, eps_src, noise, a_t, b_t, w_pair, w_hf_pair,
-                                                      w_hf_mse, tau, std::string(reduction));
+  const variable_list out = DdpmPaLossFunction::apply(x_t, eps_ada, eps_src, noise, a_t, b_t, mse_weight,
+                                                      hf_mse_weight, w_pair, w_hf_pair, w_hf_mse, tau,
+                                                      std::string(reduction));
   return {out[0], out[1], out[2], out[3], out[4], out[5]};
 }
 

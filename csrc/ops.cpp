@@ -36,11 +36,16 @@ TORCH_LIBRARY(ddpm_pa_fast, m) {
   m.def("pairwise_similarity_kl(Tensor src, Tensor ada, float tau, str reduction) -> (Tensor loss, Tensor gram_src, Tensor gram_ada)");
   m.def("pairwise_similarity_kl_backward(Tensor grad_loss, Tensor ada, Tensor gram_src, Tensor gram_ada, float tau, str reduction) -> Tensor");
 
-  // The fused DDPM-PA loss. a_t, b_t: (N,) or (N, 1, 1, 1). Outputs the total and its four terms
-  // (0-d, the input dtype) and grams (4, N, N) in the accumulation dtype:
+  // The fused DDPM-PA loss. a_t, b_t: (N,) or (N, 1, 1, 1). mse_weight, hf_mse_weight: optional
+  // per-sample weights m_i, h_i of the same shapes, any float dtype (used in the accumulation dtype, no
+  // gradient, values unchecked: no host sync):
+  //   mse = (1/N) sum_i m_i mean_chw (noise_i - eps_ada_i)^2,
+  //   hf_mse = (1/N) sum_i h_i mean_chw (HF(x0_ada_i) - HF(x0_tgt_i))^2;
+  // None is the plain mean, by the unweighted arithmetic (not a multiplication by ones). Outputs the
+  // total and its four terms (0-d, the input dtype) and grams (4, N, N) in the accumulation dtype:
   // [G(x0_src), G(x0_ada), G(HF(x0_src)), G(HF(x0_ada))].
-  m.def("ddpm_pa_loss(Tensor x_t, Tensor eps_ada, Tensor eps_src, Tensor noise, Tensor a_t, Tensor b_t, float w_pair, float w_hf_pair, float w_hf_mse, float tau, str reduction) -> (Tensor loss, Tensor mse, Tensor hf_mse, Tensor pair_img, Tensor pair_hf, Tensor grams)");
+  m.def("ddpm_pa_loss(Tensor x_t, Tensor eps_ada, Tensor eps_src, Tensor noise, Tensor a_t, Tensor b_t, Tensor? mse_weight, Tensor? hf_mse_weight, float w_pair, float w_hf_pair, float w_hf_mse, float tau, str reduction) -> (Tensor loss, Tensor mse, Tensor hf_mse, Tensor pair_img, Tensor pair_hf, Tensor grams)");
   // grad_terms: (5,) upstream gradients of (loss, mse, hf_mse, pair_img, pair_hf), accumulation dtype.
   // Returns the gradient with respect to eps_ada, the only input that gets one.
-  m.def("ddpm_pa_loss_backward(Tensor grad_terms, Tensor grams, Tensor x_t, Tensor eps_ada, Tensor noise, Tensor a_t, Tensor b_t, float w_pair, float w_hf_pair, float w_hf_mse, float tau, str reduction) -> Tensor");
+  m.def("ddpm_pa_loss_backward(Tensor grad_terms, Tensor grams, Tensor x_t, Tensor eps_ada, Tensor noise, Tensor a_t, Tensor b_t, Tensor? mse_weight, Tensor? hf_mse_weight, float w_pair, float w_hf_pair, float w_hf_mse, float tau, str reduction) -> Tensor");
 }

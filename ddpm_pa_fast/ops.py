@@ -158,8 +158,27 @@ def _register_fakes() -> None:
         )
         return ada.new_empty(ada.shape)
 
+    def check_per_sample(x_t, **per_sample):
+        # a_t, b_t and the optional weights (None: absent): one value per sample, on x_t's device.
+        n = x_t.shape[0]
+        for name, t in per_sample.items():
+            if t is None:
+                continue
+            torch._check(
+                t.numel() == n,
+                lambda name=name, t=t: f"{name} must hold one value per sample of x_t ({n}), got shape "
+                f"{tuple(t.shape)}",
+            )
+            torch._check(
+                t.device == x_t.device,
+                lambda name=name, t=t: f"{name} must be on the device of x_t ({x_t.device}), got {t.device}",
+            )
+
     @register_fake("ddpm_pa_fast::ddpm_pa_loss")
-    def _(x_t, eps_ada, eps_src, noise, a_t, b_t, w_pair, w_hf_pair, w_hf_mse, tau, reduction):
+    def _(
+        x_t, eps_ada, eps_src, noise, a_t, b_t, mse_weight, hf_mse_weight, w_pair, w_hf_pair, w_hf_mse, tau,
+        reduction,
+    ):
         _check_images(x_t, "x_t")
         for name, t in (("eps_ada", eps_ada), ("eps_src", eps_src), ("noise", noise)):
             torch._check(
@@ -168,14 +187,18 @@ def _register_fakes() -> None:
             )
         n = x_t.shape[0]
         torch._check(n >= 2, lambda: "x_t must hold at least 2 samples")
-        torch._check(a_t.numel() == n and b_t.numel() == n, lambda: f"a_t and b_t must hold {n} values")
+        check_per_sample(x_t, a_t=a_t, b_t=b_t, mse_weight=mse_weight, hf_mse_weight=hf_mse_weight)
         terms = [x_t.new_empty(()) for _ in range(5)]
         return (*terms, x_t.new_empty(4, n, n, dtype=_accumulation_dtype(x_t.dtype)))
 
     @register_fake("ddpm_pa_fast::ddpm_pa_loss_backward")
-    def _(grad_terms, grams, x_t, eps_ada, noise, a_t, b_t, w_pair, w_hf_pair, w_hf_mse, tau, reduction):
+    def _(
+        grad_terms, grams, x_t, eps_ada, noise, a_t, b_t, mse_weight, hf_mse_weight, w_pair, w_hf_pair,
+        w_hf_mse, tau, reduction,
+    ):
         _check_images(x_t, "x_t")
         torch._check(grad_terms.numel() == 5, lambda: "grad_terms must hold 5 values")
+        check_per_sample(x_t, a_t=a_t, b_t=b_t, mse_weight=mse_weight, hf_mse_weight=hf_mse_weight)
         return x_t.new_empty(x_t.shape)
 
 

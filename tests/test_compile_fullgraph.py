@@ -82,6 +82,13 @@ def _loss_inputs(n, device):
     return make_loss_sample((n, 3, 8, 10), seed=n, dtype=DTYPE, device=device).args()
 
 
+def _weighted_loss_inputs(n, device):
+    """_loss_inputs and per-sample weights of mse (N,) and hf_mse (N, 1, 1, 1), the latter in float64."""
+    mse_weight = randn((n,), n + 2, DTYPE, device).abs() + 0.5
+    hf_mse_weight = (randn((n,), n + 3).abs() + 0.5).view(n, 1, 1, 1).to(device)
+    return (*_loss_inputs(n, device), mse_weight, hf_mse_weight)
+
+
 def _idwt_inputs(n, device):
     # Two levels of a 9 x 9 image: the finest bands 5 x 5, the coarse ones None (zero detail), yl 3 x 3
     # (its 6 x 6 reconstruction is cropped to the finest bands' 5 x 5).
@@ -107,11 +114,23 @@ CASES = {
         lambda b: lambda *args: D.ddpm_pa_loss(*args, "sum", backend=b),
         lambda n, d: (*_loss_inputs(n, d), 2.0, 3.0, 0.5, 0.8),
     ),
+    # The per-sample weights are tensors of the graph; they get no gradient (zeros, compiled as eager).
+    "ddpm_pa_loss_weighted": Case(
+        lambda b: lambda x_t, eps_ada, eps_src, noise, a_t, b_t, mse_weight, hf_mse_weight: D.ddpm_pa_loss(
+            x_t, eps_ada, eps_src, noise, a_t, b_t, 2.0, 3.0, 0.5, 0.8, "sum", mse_weight=mse_weight,
+            hf_mse_weight=hf_mse_weight, backend=b,
+        ),
+        _weighted_loss_inputs,
+    ),
     "DDPMPALoss": Case(
         lambda b: D.DDPMPALoss(
             w_pair=2.0, w_hf_pair=3.0, w_hf_mse=0.5, tau=0.8, reduction="batchmean", backend=b
         ),
         _loss_inputs,
+    ),
+    "DDPMPALoss_weighted": Case(
+        lambda b: D.DDPMPALoss(w_pair=2.0, w_hf_pair=3.0, w_hf_mse=0.5, tau=0.8, backend=b),
+        lambda n, d: (*_weighted_loss_inputs(n, d)[:7], None),
     ),
     "PairwiseSimilarityKL": Case(
         lambda b: D.PairwiseSimilarityKL(tau=0.5, reduction="mean", backend=b), _features
@@ -135,8 +154,10 @@ def test_every_public_function_and_module_has_a_case():
         for name in D.__all__
         if isinstance(getattr(D, name), type) and issubclass(getattr(D, name), torch.nn.Module)
     }
-    # loss_coefficients takes no backend and returns no gradient: test_loss_coefficients_compiles_once.
-    assert tensor_functions | modules == set(CASES) | {"loss_coefficients"}
+    # loss_coefficients and hf_mse_weights take no backend and return no gradient
+    # (test_loss_coefficients_compiles_once); the weighted cases are extra.
+    weighted = {"ddpm_pa_loss_weighted", "DDPMPALoss_weighted"}
+    assert tensor_functions | modules == (set(CASES) - weighted) | {"loss_coefficients", "hf_mse_weights"}
 
 
 @pytest.fixture(autouse=True)
@@ -210,10 +231,11 @@ def test_dynamic_batch_compiles_once(case, device, backend):
 
 
 # Real compilation by inductor (C++ code generation on CPU, seconds of compiler time per kernel), kept
-# to the fused loss module on the device's kernels and the HF map on the reference, each with two batch
-# sizes under dynamic=True, and the reported input below.
+# to the fused loss on the device's kernels (the module, and the function with per-sample weights) and
+# the HF map on the reference, each with two batch sizes under dynamic=True, and the reported input below.
 INDUCTOR_CASES = [
     pytest.param("DDPMPALoss", "cpu", "cpu", id="DDPMPALoss-cpu-cpu"),
+    pytest.param("ddpm_pa_loss_weighted", "cpu", "cpu", id="ddpm_pa_loss_weighted-cpu-cpu"),
     pytest.param("DDPMPAHighFrequency", "cpu", "torch", id="DDPMPAHighFrequency-cpu-torch"),
     pytest.param(
         "DDPMPALoss",

@@ -191,15 +191,21 @@ def test_pairwise_kl_source_gets_no_gradient():
 # ddpm_pa_loss
 
 
-def run_loss(sample, backend, weights=(4.0, 4.0, 1.0), tau=1.0, reduction="mean", grad_seed=8):
-    """Loss terms, grad of eps_ada from random upstream grads on all five terms, and the reference's."""
+def run_loss(
+    sample, backend, weights=(4.0, 4.0, 1.0), tau=1.0, reduction="mean", grad_seed=8, mse_weight=None,
+    hf_mse_weight=None,
+):
+    """Loss terms, grad of eps_ada from random upstream grads on all five terms, and the reference's.
+
+    mse_weight, hf_mse_weight go to both as given (the reference uses them in float64)."""
     eps_ada = leaf(sample.eps_ada)
     args = (sample.x_t, eps_ada, sample.eps_src, sample.noise, sample.a_t, sample.b_t)
-    out = D.ddpm_pa_loss(*args, *weights, tau, reduction, backend=backend)
+    sample_weights = {"mse_weight": mse_weight, "hf_mse_weight": hf_mse_weight}
+    out = D.ddpm_pa_loss(*args, *weights, tau, reduction, backend=backend, **sample_weights)
     ref_sample = sample.to(dtype=torch.float64)
     eps64 = leaf(ref_sample.eps_ada)
     ref_args = (ref_sample.x_t, eps64, ref_sample.eps_src, ref_sample.noise, ref_sample.a_t, ref_sample.b_t)
-    expected = R.ddpm_pa_loss(*ref_args, *weights, tau, reduction)
+    expected = R.ddpm_pa_loss(*ref_args, *weights, tau, reduction, **sample_weights)
     upstream = randn((5,), grad_seed, torch.float64) + 1.5
     torch.autograd.backward(list(out), [g.to(out.loss) for g in upstream])
     torch.autograd.backward(list(expected), list(upstream.to(sample.x_t.device)))
@@ -264,11 +270,194 @@ def test_loss_rejects_bad_op_arguments_by_name():
     args = list(sample.args())
     args[1] = args[1][:, :1]
     with pytest.raises(RuntimeError, match="eps_ada must have the shape of x_t"):
-        OPS.ddpm_pa_loss(*args, 4.0, 4.0, 1.0, 1.0, "mean")
+        OPS.ddpm_pa_loss(*args, None, None, 4.0, 4.0, 1.0, 1.0, "mean")
     with pytest.raises(RuntimeError, match="reduction must be one of"):
-        OPS.ddpm_pa_loss(*sample.args(), 4.0, 4.0, 1.0, 1.0, "none")
+        OPS.ddpm_pa_loss(*sample.args(), None, None, 4.0, 4.0, 1.0, 1.0, "none")
     with pytest.raises(RuntimeError, match="a_t must hold one value per sample"):
-        OPS.ddpm_pa_loss(*sample.args()[:4], sample.a_t[:2], sample.b_t, 4.0, 4.0, 1.0, 1.0, "mean")
+        OPS.ddpm_pa_loss(
+            *sample.args()[:4], sample.a_t[:2], sample.b_t, None, None, 4.0, 4.0, 1.0, 1.0, "mean"
+        )
+
+
+# ---------------------------------------------------------------------------------------------
+# ddpm_pa_loss with per-sample weights of mse and hf_mse
+
+
+def loss_weights(n, kind, device="cpu", dtype=torch.float64, seed=50):
+    """(mse_weight, hf_mse_weight) of one kind, for n samples.
+
+    "both": positive weights of shape (N,); "both_4d": (N, 1, 1, 1) in another dtype than float64 and
+    of very different magnitudes (as 1 / b_t^2 weights are); "mse_only", "hf_only": the other None;
+    "zeros": some samples weigh 0 in mse, all in hf_mse; "signed": a negative weight and a zero
+    (no value checks: any float is a weight).
+    """
+    w = randn((n,), seed).abs() + 0.25
+    h = randn((n,), seed + 1).abs() + 0.25
+    if kind == "both":
+        pair = (w, h)
+    elif kind == "both_4d":
+        scales = torch.logspace(-3, 2, n, dtype=torch.float64)
+        pair = (w.view(n, 1, 1, 1), (h * scales).view(n, 1, 1, 1))
+    elif kind == "mse_only":
+        pair = (w, None)
+    elif kind == "hf_only":
+        pair = (None, h)
+    elif kind == "zeros":
+        pair = (w * (torch.arange(n) % 2), torch.zeros(n, dtype=torch.float64))
+    elif kind == "signed":
+        pair = (w * torch.tensor([(-1.0, 0.0, 1.0)[k % 3] for k in range(n)], dtype=torch.float64), -h)
+    else:
+        raise ValueError(kind)
+    return tuple(None if t is None else t.to(device=device, dtype=dtype) for t in pair)
+
+
+WEIGHT_KINDS = ["both", "both_4d", "mse_only", "hf_only", "zeros", "signed"]
+
+
+@pytest.mark.isa_copies
+@pytest.mark.parametrize("device", DEVICES)
+@pytest.mark.parametrize("dtype", FLOAT_DTYPES)
+@pytest.mark.parametrize("shape", LOSS_SHAPES)
+def test_weighted_loss_matches_reference(device, dtype, shape):
+    # Weights in float64, another dtype than the images but for float64 images: there float32.
+    weight_dtype = torch.float32 if dtype == torch.float64 else torch.float64
+    sample = make_loss_sample(shape, seed=sum(shape) + 1, dtype=dtype, device=device)
+    mse_weight, hf_mse_weight = loss_weights(shape[0], "both", device, weight_dtype)
+    snapshots = [t.clone() for t in (*sample.args(), mse_weight, hf_mse_weight)]
+    out, grad, expected, grad_expected = run_loss(
+        sample, backend_for(device), mse_weight=mse_weight, hf_mse_weight=hf_mse_weight
+    )
+    check_loss(out, grad, expected, grad_expected, dtype)
+    assert_unchanged((*sample.args(), mse_weight, hf_mse_weight), snapshots)
+
+
+@pytest.mark.isa_copies
+@pytest.mark.parametrize("device", DEVICES)
+@pytest.mark.parametrize("dtype", [torch.float32, torch.float64, torch.bfloat16])
+@pytest.mark.parametrize("kind", WEIGHT_KINDS)
+def test_weighted_loss_kinds_of_weights(device, dtype, kind):
+    weight_dtype = {torch.float32: torch.float16, torch.float64: torch.float32, torch.bfloat16: torch.float64}
+    # Weights rounded to their dtype first: the reference then sees the values the kernel converts.
+    sample = make_loss_sample((5, 3, 9, 12), seed=51, dtype=dtype, device=device, coef_shape="4d")
+    mse_weight, hf_mse_weight = loss_weights(5, kind, device, weight_dtype[dtype])
+    out, grad, expected, grad_expected = run_loss(
+        sample, backend_for(device), (2.5, -1.0, 3.0), 0.7, "batchmean", mse_weight=mse_weight,
+        hf_mse_weight=hf_mse_weight,
+    )
+    check_loss(out, grad, expected, grad_expected, dtype)
+    if kind == "zeros":
+        assert out.hf_mse.item() == 0.0
+
+
+@pytest.mark.parametrize("device", DEVICES)
+def test_weighted_loss_large_flattened_dimension(device):
+    # Many blocks and chunks per sample (and, on CPU, the backward's streaming stores): the weight is
+    # applied to every block's sums, not once.
+    sample = make_loss_sample((8, 3, 256, 256), seed=52, dtype=torch.float32, device=device)
+    mse_weight, hf_mse_weight = loss_weights(8, "both_4d", device, torch.float32)
+    check_loss(
+        *run_loss(sample, backend_for(device), mse_weight=mse_weight, hf_mse_weight=hf_mse_weight),
+        torch.float32,
+    )
+
+
+@pytest.mark.isa_copies
+@pytest.mark.parametrize("device", DEVICES)
+@pytest.mark.parametrize("dtype", FLOAT_DTYPES)
+@pytest.mark.parametrize("shape", [(3, 2, 5, 58), (8, 3, 64, 64)])
+def test_unit_weights_equal_the_unweighted_call(device, dtype, shape):
+    """Weights of exactly 1 give the unweighted call's results bit for bit: the kernels put the weight
+    first in each product (1 * x == x), and an absent weight skips the product. So the weighted
+    arithmetic is the unweighted one plus a factor, and None computes what the kernels computed
+    before weights existed (that code path is unchanged)."""
+    sample = make_loss_sample(shape, seed=53, dtype=dtype, device=device)
+    upstream = randn((5,), 54) + 1.5
+    ones = torch.ones(shape[0], device=device)
+
+    x_t, _, eps_src, noise, a_t, b_t = sample.args()
+
+    def run(**weights):
+        eps_ada = leaf(sample.eps_ada)
+        out = OPS.ddpm_pa_loss(
+            x_t, eps_ada, eps_src, noise, a_t, b_t, weights.get("m"), weights.get("h"),
+            2.0, 3.0, 0.5, 0.8, "mean",
+        )
+        torch.autograd.backward(list(out[:5]), [g.to(out[0]) for g in upstream])
+        return [*out, eps_ada.grad]
+
+    unweighted = run()
+    for weights in ({"m": ones}, {"h": ones.double()}, {"m": ones.half(), "h": ones.view(-1, 1, 1, 1)}):
+        for name, got, want in zip(("loss", "mse", "hf_mse", "pair_img", "pair_hf", "grams", "grad"),
+                                   run(**weights), unweighted, strict=True):
+            assert torch.equal(got, want), (name, list(weights), (got - want).abs().max().item())
+
+
+@pytest.mark.parametrize("device", DEVICES)
+def test_weights_get_no_gradient(device):
+    sample = make_loss_sample((3, 2, 6, 6), seed=55, dtype=torch.float32, device=device)
+    mse_weight, hf_mse_weight = (leaf(w) for w in loss_weights(3, "both", device, torch.float32))
+    eps_ada = leaf(sample.eps_ada)
+    out = OPS.ddpm_pa_loss(
+        sample.x_t, eps_ada, *sample.args()[2:], mse_weight, hf_mse_weight, 4.0, 4.0, 1.0, 1.0, "mean"
+    )
+    (out[0] + out[1] + out[2]).backward()
+    assert eps_ada.grad is not None and mse_weight.grad is None and hf_mse_weight.grad is None
+    public = D.ddpm_pa_loss(
+        *sample.args(), backend=backend_for(device), mse_weight=mse_weight, hf_mse_weight=hf_mse_weight
+    )
+    assert not public.mse.requires_grad and not public.hf_mse.requires_grad
+
+
+@pytest.mark.parametrize("name", ["mse_weight", "hf_mse_weight"])
+def test_loss_rejects_bad_weights_by_name(name):
+    sample = make_loss_sample((3, 2, 4, 4))
+    n = 3
+
+    def public(weight):
+        D.ddpm_pa_loss(*sample.args(), backend="cpu", **{name: weight})
+
+    def op_args(weight):
+        weights = (weight, None) if name == "mse_weight" else (None, weight)
+        return (*sample.args(), *weights, 4.0, 4.0, 1.0, 1.0, "mean")
+
+    def backward_args(weight):
+        grams = OPS.ddpm_pa_loss(*op_args(None))[5]
+        return (randn((5,), 56), grams, sample.x_t, sample.eps_ada, sample.noise, *op_args(weight)[4:])
+
+    for bad_shape in ((n + 1,), (n, 2)):
+        weight = torch.ones(bad_shape, dtype=torch.float64)
+        with pytest.raises(ValueError, match=f"{name} must hold one value per sample of x_t"):
+            public(weight)
+        with pytest.raises(RuntimeError, match=f"{name} must hold one value per sample of x_t"):
+            OPS.ddpm_pa_loss(*op_args(weight))
+        with pytest.raises(RuntimeError, match=f"{name} must hold one value per sample of x_t"):
+            OPS.ddpm_pa_loss_backward(*backward_args(weight))
+    # A weight on another device than x_t: the meta device stands in for a GPU. Called normally the
+    # op dispatches to its fake (Meta) kernel, which checks; redispatched to the CPU kernel, the C++
+    # check must name the argument too.
+    elsewhere = torch.ones(n, device="meta")
+    with pytest.raises(ValueError, match=f"{name} must be on the device of x_t"):
+        public(elsewhere)
+    with pytest.raises(RuntimeError, match=f"{name} must be on the device of x_t"):
+        OPS.ddpm_pa_loss(*op_args(elsewhere))
+    cpu_only = torch._C.DispatchKeySet(torch._C.DispatchKey.CPU)
+    with pytest.raises(RuntimeError, match=f"{name} must be on the device of x_t"):
+        OPS.ddpm_pa_loss.default.redispatch(cpu_only, *op_args(elsewhere))
+    with pytest.raises(RuntimeError, match=f"{name} must be on the device of x_t"):
+        OPS.ddpm_pa_loss_backward.default.redispatch(cpu_only, *backward_args(elsewhere))
+    with pytest.raises(RuntimeError, match=f"{name} must be float16, bfloat16, float32 or float64"):
+        OPS.ddpm_pa_loss(*op_args(torch.ones(n, dtype=torch.int64)))
+
+
+@pytest.mark.skipif(not torch.cuda.is_available(), reason="no CUDA device on this machine")
+@pytest.mark.parametrize("name", ["mse_weight", "hf_mse_weight"])
+def test_cuda_loss_rejects_weights_by_name(name):
+    sample = make_loss_sample((3, 2, 4, 4), device="cuda")
+    bad = ((torch.ones(3), "must be on x_t's device"), (torch.ones(4, device="cuda"), "must have shape"))
+    for weight, message in bad:
+        weights = (weight, None) if name == "mse_weight" else (None, weight)
+        with pytest.raises(RuntimeError, match=f"{name} {message}"):
+            OPS.ddpm_pa_loss(*sample.args(), *weights, 4.0, 4.0, 1.0, 1.0, "mean")
 
 
 # ---------------------------------------------------------------------------------------------
@@ -387,7 +576,9 @@ def op_samples():
     loss_sample = make_loss_sample((3, 2, 5, 6), seed=23)
     loss_sample_4d = make_loss_sample((2, 1, 4, 3), seed=30, coef_shape="4d")
     n = 3
-    grams = OPS.ddpm_pa_loss(*loss_sample.args(), 4.0, 4.0, 1.0, 1.0, "mean")[5]
+    grams = OPS.ddpm_pa_loss(*loss_sample.args(), None, None, 4.0, 4.0, 1.0, 1.0, "mean")[5]
+    mse_weight, hf_mse_weight = loss_weights(3, "both")
+    mse_weight_4d, _ = loss_weights(2, "both_4d", dtype=torch.float32)
     _, gram_src, gram_ada = OPS.pairwise_similarity_kl(src, ada, 1.0, "none")
     samples = [
         ("ddpm_pa_high_frequency", (x,)),
@@ -400,10 +591,16 @@ def op_samples():
         ("pairwise_similarity_kl", (src, ada, 0.5, "mean")),
         ("pairwise_similarity_kl", (src, ada, 1.0, "none")),
         ("pairwise_similarity_kl_backward", (randn((4,), 29), ada, gram_src, gram_ada, 1.0, "none")),
-        ("ddpm_pa_loss", (*loss_sample.args(), 4.0, 4.0, 1.0, 1.0, "mean")),
-        ("ddpm_pa_loss", (*loss_sample_4d.args(), 1.0, 2.0, 3.0, 0.5, "sum")),
+        ("ddpm_pa_loss", (*loss_sample.args(), None, None, 4.0, 4.0, 1.0, 1.0, "mean")),
+        ("ddpm_pa_loss", (*loss_sample_4d.args(), None, None, 1.0, 2.0, 3.0, 0.5, "sum")),
         ("ddpm_pa_loss_backward", (randn((5,), 31), grams, *loss_sample.args()[:2], loss_sample.noise,
-                                   loss_sample.a_t, loss_sample.b_t, 4.0, 4.0, 1.0, 1.0, "mean")),
+                                   loss_sample.a_t, loss_sample.b_t, None, None, 4.0, 4.0, 1.0, 1.0, "mean")),
+        # Weighted: both (N,) in float64, one (N, 1, 1, 1) in float32 with the other None.
+        ("ddpm_pa_loss", (*loss_sample.args(), mse_weight, hf_mse_weight, 4.0, 4.0, 1.0, 1.0, "mean")),
+        ("ddpm_pa_loss", (*loss_sample_4d.args(), mse_weight_4d, None, 1.0, 2.0, 3.0, 0.5, "sum")),
+        ("ddpm_pa_loss_backward", (randn((5,), 32), grams, *loss_sample.args()[:2], loss_sample.noise,
+                                   loss_sample.a_t, loss_sample.b_t, None, hf_mse_weight, 4.0, 4.0, 1.0, 1.0,
+                                   "mean")),
     ]
     assert grams.shape == (4, n, n)
     return samples
@@ -448,6 +645,7 @@ def test_compiled_ops_match_eager():
     x = randn((2, 3, 9, 8), 40, torch.float32)
     src, ada = similar_features((4, 3, 6, 6), 41, torch.float32)
     sample = make_loss_sample((3, 3, 8, 10), seed=42, dtype=torch.float32)
+    mse_weight, hf_mse_weight = loss_weights(3, "both_4d", dtype=torch.float32)
 
     def every_op(x, ada, eps_ada):
         hf = ops.ddpm_pa_high_frequency(x)
@@ -455,8 +653,12 @@ def test_compiled_ops_match_eager():
         rec = ops.haar_idwt2d(yl, [None, yh[1]], "symmetric")
         kl = ops.pairwise_similarity_kl(src, ada, 0.5, "none")
         terms = ops.ddpm_pa_loss(sample.x_t, eps_ada, sample.eps_src, sample.noise, sample.a_t, sample.b_t)
+        weighted = ops.ddpm_pa_loss(
+            sample.x_t, eps_ada, sample.eps_src, sample.noise, sample.a_t, sample.b_t, mse_weight=mse_weight,
+            hf_mse_weight=hf_mse_weight,
+        )
         total = hf.square().sum() + yl.sum() + yh[0].square().sum() + rec.square().sum() + (kl * kl).sum()
-        return total + terms.loss + terms.hf_mse, terms
+        return total + terms.loss + terms.hf_mse + 0.5 * weighted.loss - weighted.mse, (*terms, *weighted)
 
     compiled = torch.compile(every_op, fullgraph=True)
     results = []
@@ -482,7 +684,8 @@ def test_backward_ranges_reach_the_profiler():
         "haar_idwt2d": lambda: OPS.haar_idwt2d(yl, yh).sum(),
         "pairwise_similarity_kl": lambda: OPS.pairwise_similarity_kl(src, ada, 1.0, "mean")[0],
         "ddpm_pa_loss": lambda: OPS.ddpm_pa_loss(
-            sample.x_t, x, sample.eps_src, sample.noise, sample.a_t, sample.b_t, 1.0, 1.0, 1.0, 1.0, "mean"
+            sample.x_t, x, sample.eps_src, sample.noise, sample.a_t, sample.b_t, None, None,
+            1.0, 1.0, 1.0, 1.0, "mean",
         )[0],
     }
     for name, loss in calls.items():

@@ -4,14 +4,23 @@
 // into units of one channel's row pair (so every 2x2 Haar block is whole; an odd last row is a unit of
 // one row). For a block of units, x0_src, x0_ada and their high-frequency maps of all N samples are
 // formed in a small buffer, and the four Gram matrices and the two squared-error sums accumulate from
-// it; no x0 or HF tensor is ever materialised. Per-chunk partial sums are added in chunk order.
+// it; no x0 or HF tensor is ever materialised. Per-chunk partial sums are added in chunk order. The
+// optional per-sample weights m_i (mse_weight) and h_i (hf_mse_weight) scale sample i's squared-error
+// sums of a block as they are added to the chunk's partial sums:
+//   mse = sum_i m_i sum_chw (eps_ada - noise)_i^2 / numel,
+//   hf_mse = sum_i h_i b_i^2 sum_chw HF(eps_ada - noise)_i^2 / numel_hf.
 //
-// Backward: one pass over x_t, eps_ada and noise, writing grad_eps_ada once:
-//   grad = c_mse 2 (eps_ada - noise) / numel + HF^T(c_hf 2 b^2 HF(eps_ada - noise) / numel_hf)
-//          - b (M_img @ x0_ada) - b HF^T(M_hf @ HF(x0_ada))
+// Backward: one pass over x_t, eps_ada and noise, writing grad_eps_ada once; for sample i:
+//   grad_i = c_mse m_i 2 (eps_ada - noise)_i / numel + HF^T(c_hf h_i 2 b_i^2 HF(eps_ada - noise)_i / numel_hf)
+//            - b_i (M_img @ x0_ada)_i - b_i HF^T(M_hf @ HF(x0_ada))_i
 // with the M matrices built from the Gram matrices the forward saved. hf_mse uses
-// HF(x0_ada) - HF(x0_tgt) = -b HF(eps_ada - noise), so x0_tgt is never formed either.
+// HF(x0_ada) - HF(x0_tgt) = -b HF(eps_ada - noise), so x0_tgt is never formed either. An absent
+// weight is no factor at all (not a factor of one), so unweighted calls keep the unweighted arithmetic.
 #include <torch/library.h>
+
+#include <optional>
+#include <utility>
+#include <vector>
 
 #include "cpu_kernel_utils.h"
 
@@ -52,9 +61,12 @@ struct LossInputs {
   const scalar_t* noise;
   const acc_type<scalar_t>* coef_a;
   const acc_type<scalar_t>* coef_b;
+  const acc_type<scalar_t>* mse_weight;     // (N,) or null: unweighted
+  const acc_type<scalar_t>* hf_mse_weight;  // (N,) or null: unweighted
 };
 
-// What the backward multiplies by: the two N x N similarity-gradient matrices and the mse factors.
+// What the backward multiplies by: the two N x N similarity-gradient matrices and the mse factors,
+// which sample i's weights (LossInputs) scale.
 template <typename acc_t>
 struct BackwardFactors {
   const acc_t* m_img;
@@ -62,6 +74,10 @@ struct BackwardFactors {
   acc_t mse;  // c_mse 2 / numel
   acc_t hf;   // c_hf 2 / numel_hf
   bool stream_out;  // write the gradient with streaming stores (kStreamingPassBytes)
+
+  // Sample i's factors: the weight is applied only when given.
+  acc_t mse_of(const acc_t* weight, int64_t i) const { return weight ? mse * weight[i] : mse; }
+  acc_t hf_of(const acc_t* weight, int64_t i) const { return weight ? hf * weight[i] : hf; }
 };
 
 // HF(eps_ada - noise) of block j of a row pair (top rows et, nt; bottom rows eb, nb), in acc_t: both
@@ -194,9 +210,22 @@ DDPM_PA_ALWAYS_INLINE void loss_forward_chunk_impl(const LossLayout& layout, con
       }
       len = pos;
       hf_len = hpos;
-      partial[4 * nn] += static_cast<double>(sum_lanes(sq_lanes) + sq);
-      partial[4 * nn + 1] +=
-          static_cast<double>(b) * static_cast<double>(b) * static_cast<double>(sum_lanes(hf_sq_lanes) + hf_sq);
+      // Sample i's weight (one load per sample and block) scales its block sums in double. It is the
+      // first factor of each product, so a weight of 1 gives the unweighted sums bit for bit, whether or
+      // not the compiler fuses the multiply and the add (it does in the FMA copies).
+      const double sample_sq = static_cast<double>(sum_lanes(sq_lanes) + sq);
+      const double sample_hf_sq = static_cast<double>(sum_lanes(hf_sq_lanes) + hf_sq);
+      const double b_d = static_cast<double>(b);
+      if (in.mse_weight) {
+        partial[4 * nn] += static_cast<double>(in.mse_weight[i]) * sample_sq;
+      } else {
+        partial[4 * nn] += sample_sq;
+      }
+      if (in.hf_mse_weight) {
+        partial[4 * nn + 1] += static_cast<double>(in.hf_mse_weight[i]) * b_d * b_d * sample_hf_sq;
+      } else {
+        partial[4 * nn + 1] += b_d * b_d * sample_hf_sq;
+      }
     }
     add_block_gram_impl<kBytes>(x0_src, n, stride, len, partial);
     add_block_gram_impl<kBytes>(x0_ada, n, stride, len, partial + nn);
@@ -233,7 +262,6 @@ DDPM_PA_ALWAYS_INLINE void loss_backward_chunk_impl(const LossLayout& layout, co
   using vec = typename Vec<acc_t, kBytes>::type;
   constexpr int64_t kLanes = Vec<acc_t, kBytes>::lanes;
   const HighFrequencyLanes<vec> hf_lanes;
-  const vec mse_lanes = vec{} + factors.mse;
   for (int64_t u0 = unit_begin; u0 < unit_end; u0 += layout.units_per_block) {
     const int64_t u1 = std::min(unit_end, u0 + layout.units_per_block);
     int64_t len = 0, hf_len = 0;
@@ -273,7 +301,9 @@ DDPM_PA_ALWAYS_INLINE void loss_backward_chunk_impl(const LossLayout& layout, co
     apply_matrix_block_impl<kBytes>(factors.m_img, n, x0_ada, stride, len, pair_img, stride);
     apply_matrix_block_impl<kBytes>(factors.m_hf, n, hf_ada, stride, hf_len, pair_hf, stride);
     for (int64_t i = 0; i < n; ++i) {
-      const acc_t b = coef_b[i], k_hf_b = factors.hf * b * b;
+      const acc_t k_mse = factors.mse_of(in.mse_weight, i);
+      const acc_t b = coef_b[i], k_hf_b = factors.hf_of(in.hf_mse_weight, i) * b * b;
+      const vec mse_lanes = vec{} + k_mse;
       const vec b_lanes = vec{} + b, k_hf_b_lanes = vec{} + k_hf_b;
       int64_t pos = 0, hpos = 0;
       for (int64_t u = u0; u < u1; ++u) {
@@ -300,7 +330,7 @@ DDPM_PA_ALWAYS_INLINE void loss_backward_chunk_impl(const LossLayout& layout, co
           for (; w < width; ++w) {
             const acc_t d = d_row ? d_row[w] : diff(off + w);
             const acc_t spread = w < paired ? hf_lanes.weight(row, w) * hf_grad[w / 2] : acc_t(0);
-            out[off + w] = static_cast<scalar_t>(factors.mse * d - b * p_row[w] + spread);
+            out[off + w] = static_cast<scalar_t>(k_mse * d - b * p_row[w] + spread);
           }
         };
         if (layout.unit_rows(u) == 1) {
@@ -359,7 +389,8 @@ DDPM_PA_LOSS_CHUNKS(c10::BFloat16)
 namespace {
 
 void check_loss_args(const at::Tensor& x_t, const at::Tensor& eps_ada, const at::Tensor& noise, const at::Tensor& a_t,
-                     const at::Tensor& b_t, double tau) {
+                     const at::Tensor& b_t, const std::optional<at::Tensor>& mse_weight,
+                     const std::optional<at::Tensor>& hf_mse_weight, double tau) {
   TORCH_CHECK(x_t.dim() == 4, "x_t must be a 4-D (N, C, H, W) tensor, got shape ", x_t.sizes());
   check_floating(x_t, "x_t");
   check_same_layout(x_t, "x_t", eps_ada, "eps_ada");
@@ -368,7 +399,12 @@ void check_loss_args(const at::Tensor& x_t, const at::Tensor& eps_ada, const at:
               x_t.size(0));
   TORCH_CHECK(x_t.size(2) >= 2 && x_t.size(3) >= 2, "x_t must have height and width of at least 2, got shape ",
               x_t.sizes());
-  for (const auto& [coef, name] : {std::pair{&a_t, "a_t"}, std::pair{&b_t, "b_t"}}) {
+  // The per-sample tensors: coefficients and the weights that are given. Values are not checked (a host
+  // sync on CUDA, and any float is a weight).
+  std::vector<std::pair<const at::Tensor*, const char*>> per_sample_args{{&a_t, "a_t"}, {&b_t, "b_t"}};
+  if (mse_weight.has_value()) per_sample_args.emplace_back(&*mse_weight, "mse_weight");
+  if (hf_mse_weight.has_value()) per_sample_args.emplace_back(&*hf_mse_weight, "hf_mse_weight");
+  for (const auto& [coef, name] : per_sample_args) {
     check_floating(*coef, name);
     TORCH_CHECK(coef->numel() == x_t.size(0), name, " must hold one value per sample of x_t (", x_t.size(0),
                 "), got shape ", coef->sizes());
@@ -382,11 +418,23 @@ at::Tensor per_sample(const at::Tensor& coef, at::ScalarType acc_dtype) {
   return coef.reshape({coef.numel()}).to(acc_dtype).contiguous();
 }
 
+// An optional weight as per_sample's tensor, or an undefined tensor when absent.
+at::Tensor per_sample(const std::optional<at::Tensor>& weight, at::ScalarType acc_dtype) {
+  return weight.has_value() ? per_sample(*weight, acc_dtype) : at::Tensor();
+}
+
+// The data of per_sample's tensor, null for an absent weight.
+template <typename acc_t>
+const acc_t* optional_data(const at::Tensor& weight) {
+  return weight.defined() ? weight.const_data_ptr<acc_t>() : nullptr;
+}
+
 std::tuple<at::Tensor, at::Tensor, at::Tensor, at::Tensor, at::Tensor, at::Tensor> ddpm_pa_loss_cpu(
     const at::Tensor& x_t, const at::Tensor& eps_ada, const at::Tensor& eps_src, const at::Tensor& noise,
-    const at::Tensor& a_t, const at::Tensor& b_t, double w_pair, double w_hf_pair, double w_hf_mse, double tau,
+    const at::Tensor& a_t, const at::Tensor& b_t, const std::optional<at::Tensor>& mse_weight,
+    const std::optional<at::Tensor>& hf_mse_weight, double w_pair, double w_hf_pair, double w_hf_mse, double tau,
     c10::string_view reduction_name) {
-  check_loss_args(x_t, eps_ada, noise, a_t, b_t, tau);
+  check_loss_args(x_t, eps_ada, noise, a_t, b_t, mse_weight, hf_mse_weight, tau);
   check_same_layout(x_t, "x_t", eps_src, "eps_src");
   const int reduction = reduction_from_name(std::string(reduction_name), "reduction", /*allow_none=*/false);
   const LossLayout layout(x_t);
@@ -395,6 +443,7 @@ std::tuple<at::Tensor, at::Tensor, at::Tensor, at::Tensor, at::Tensor, at::Tenso
   const at::Tensor xt_c = x_t.contiguous(), ea_c = eps_ada.contiguous(), es_c = eps_src.contiguous();
   const at::Tensor noise_c = noise.contiguous();
   const at::Tensor a_c = per_sample(a_t, acc_dtype), b_c = per_sample(b_t, acc_dtype);
+  const at::Tensor mse_w = per_sample(mse_weight, acc_dtype), hf_mse_w = per_sample(hf_mse_weight, acc_dtype);
   at::Tensor grams = at::empty({4, n, n}, x_t.options().dtype(acc_dtype));
   std::array<at::Tensor, 5> terms;
   for (auto& t : terms) t = at::empty({}, x_t.options());
@@ -408,13 +457,14 @@ std::tuple<at::Tensor, at::Tensor, at::Tensor, at::Tensor, at::Tensor, at::Tenso
     const acc_t* coef_a = a_c.const_data_ptr<acc_t>();
     const acc_t* coef_b = b_c.const_data_ptr<acc_t>();
     const int64_t nn = n * n;
-    // Per chunk: upper triangles of the four Gram matrices, then sum (eps_ada - noise)^2 and
-    // sum b^2 HF(eps_ada - noise)^2.
+    // Per chunk: upper triangles of the four Gram matrices, then sum m (eps_ada - noise)^2 and
+    // sum h b^2 HF(eps_ada - noise)^2 (m, h: the weights, or no factor).
     const int64_t width_partial = 4 * nn + 2;
     const FixedPartition partition(layout.units, layout.units_per_block);
     std::vector<double> partials(partition.count * width_partial, 0.0);
 
-    const LossInputs<scalar_t> in{xt, ea, es, nz, coef_a, coef_b};
+    const LossInputs<scalar_t> in{xt, ea, es, nz, coef_a, coef_b, optional_data<acc_t>(mse_w),
+                                  optional_data<acc_t>(hf_mse_w)};
     parallel_for_chunks(
         partition, [&] { return loss_scratch<acc_t>(layout, ForwardScratch::kCount); },
         [&](StaggeredScratch<acc_t>& scratch, int64_t chunk, int64_t unit_begin, int64_t unit_end) {
@@ -443,9 +493,10 @@ std::tuple<at::Tensor, at::Tensor, at::Tensor, at::Tensor, at::Tensor, at::Tenso
 
 at::Tensor ddpm_pa_loss_backward_cpu(const at::Tensor& grad_terms, const at::Tensor& grams, const at::Tensor& x_t,
                                      const at::Tensor& eps_ada, const at::Tensor& noise, const at::Tensor& a_t,
-                                     const at::Tensor& b_t, double w_pair, double w_hf_pair, double w_hf_mse,
-                                     double tau, c10::string_view reduction_name) {
-  check_loss_args(x_t, eps_ada, noise, a_t, b_t, tau);
+                                     const at::Tensor& b_t, const std::optional<at::Tensor>& mse_weight,
+                                     const std::optional<at::Tensor>& hf_mse_weight, double w_pair, double w_hf_pair,
+                                     double w_hf_mse, double tau, c10::string_view reduction_name) {
+  check_loss_args(x_t, eps_ada, noise, a_t, b_t, mse_weight, hf_mse_weight, tau);
   const int reduction = reduction_from_name(std::string(reduction_name), "reduction", /*allow_none=*/false);
   const LossLayout layout(x_t);
   const int64_t n = layout.n;
@@ -457,6 +508,7 @@ at::Tensor ddpm_pa_loss_backward_cpu(const at::Tensor& grad_terms, const at::Ten
   TORCH_CHECK(grams.scalar_type() == acc_dtype, "grams must have dtype ", acc_dtype, ", got ", grams.scalar_type());
   const at::Tensor xt_c = x_t.contiguous(), ea_c = eps_ada.contiguous(), noise_c = noise.contiguous();
   const at::Tensor a_c = per_sample(a_t, acc_dtype), b_c = per_sample(b_t, acc_dtype);
+  const at::Tensor mse_w = per_sample(mse_weight, acc_dtype), hf_mse_w = per_sample(hf_mse_weight, acc_dtype);
   const at::Tensor g_c = grams.contiguous(), up_c = grad_terms.to(acc_dtype).contiguous();
   at::Tensor grad = at::empty(x_t.sizes(), x_t.options());
 
@@ -483,7 +535,8 @@ at::Tensor ddpm_pa_loss_backward_cpu(const at::Tensor& grad_terms, const at::Ten
     scalar_t* out = grad.mutable_data_ptr<scalar_t>();
     const FixedPartition partition(layout.units, layout.units_per_block);
 
-    const LossInputs<scalar_t> in{xt, ea, nullptr, nz, coef_a, coef_b};
+    const LossInputs<scalar_t> in{xt, ea, nullptr, nz, coef_a, coef_b, optional_data<acc_t>(mse_w),
+                                  optional_data<acc_t>(hf_mse_w)};
     // The pass reads x_t, eps_ada and noise and writes the gradient, all of one size.
     const BackwardFactors<acc_t> factors{m_img.data(), m_hf.data(), k_mse, k_hf,
                                          4 * grad.nbytes() >= static_cast<size_t>(kStreamingPassBytes)};
