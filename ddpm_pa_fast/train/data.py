@@ -27,18 +27,72 @@ def image_files(folder: str | Path) -> list[Path]:
     return files
 
 
+# Transparent pixels are composited over this background (white, as a product photo's cut-out is meant
+# to be seen) before the image is read; a model with 4 channels keeps the alpha channel instead.
+TRANSPARENT_BACKGROUND = (255, 255, 255)
+# Pillow modes read exactly, by their full scale: bilevel, 8-bit and 16-bit (PNG, TIFF) integers.
+_FULL_SCALE = {"1": 1.0, "L": 255.0, "RGB": 255.0, "RGBA": 255.0, "I;16": 65535.0, "I;16B": 65535.0, "I;16L": 65535.0}
+# ITU-R 601-2 luma, the weights of Pillow's convert("L"), for colour images given to a 1-channel model.
+_LUMA = (0.299, 0.587, 0.114)
+
+
+def read_image(path: str | Path, channels: int) -> torch.Tensor:
+    """One image file as float32 (channels, H, W) in [-1, 1], scaled by its real bit depth.
+
+    The EXIF orientation is applied (as diffusers.utils.load_image does). Modes: 1 (bilevel), L, P
+    (palette), RGB, CMYK (Pillow's conversion to RGB), I;16 (16-bit grey PNG and TIFF, as Pillow >= 10
+    opens them); LA, PA, RGBA and a palette with
+    transparency are composited over TRANSPARENT_BACKGROUND (kept as a fourth channel for a 4-channel
+    model). Grey images are repeated over 3 channels; colour images become luma for a 1-channel model.
+    Raises DataError naming the file for an unreadable file, and naming the file and mode for a mode
+    whose values have no known full scale (I from other formats, F: floating point), which would be
+    read wrong rather than refused."""
+    import numpy as np
+    from PIL import Image, ImageOps, UnidentifiedImageError
+
+    try:
+        with Image.open(path) as opened:
+            image = ImageOps.exif_transpose(opened)
+            image.load()
+    except (OSError, UnidentifiedImageError) as error:
+        raise DataError(f"cannot read image {str(path)!r}: {error}") from error
+    mode = image.mode
+    if mode == "P":
+        image = image.convert("RGBA" if "transparency" in image.info else "RGB")
+    elif mode in ("PA", "LA", "La", "RGBa"):
+        image = image.convert("RGBA")
+    elif mode == "CMYK":
+        image = image.convert("RGB")
+    if image.mode == "RGBA" and channels != 4:
+        background = Image.new("RGBA", image.size, (*TRANSPARENT_BACKGROUND, 255))
+        image = Image.alpha_composite(background, image).convert("RGB")
+    scale = _FULL_SCALE.get(image.mode)
+    if scale is None:
+        raise DataError(
+            f"cannot read image {str(path)!r} exactly: Pillow mode {mode!r} has no known full scale "
+            "(modes read: 1, L, LA, P, PA, RGB, RGBA, CMYK, 16-bit I;16 PNG/TIFF); save it as 8- or 16-bit"
+        )
+    array = torch.from_numpy(np.asarray(image).astype(np.float32) / scale)
+    array = array[..., None] if array.ndim == 2 else array
+    if array.shape[-1] == 1 and channels in (3, 4):
+        array = array.expand(-1, -1, 3)
+    elif array.shape[-1] in (3, 4) and channels == 1:
+        array = sum(w * array[..., i : i + 1] for i, w in enumerate(_LUMA))
+    if channels == 4 and array.shape[-1] == 3:
+        array = torch.cat([array, torch.ones_like(array[..., :1])], dim=-1)
+    return array.permute(2, 0, 1).contiguous() * 2.0 - 1.0
+
+
 def load_images(
     folder: str | Path, channels: int = 3, size: int | None = None, min_count: int = 1
 ) -> torch.Tensor:
-    """All images of `folder` as one float tensor (N, channels, H, W) in [-1, 1], sorted by file name.
+    """All images of `folder` as one float tensor (N, channels, H, W) in [-1, 1], sorted by file name,
+    each read by read_image (its bit depth, transparency and EXIF orientation).
 
-    Raises DataError for a missing or empty folder, an unreadable file, images of different sizes, a
-    size other than `size` (the model's sample_size), or fewer than `min_count` images.
+    Raises DataError for a missing or empty folder, an unreadable file or mode, images of different
+    sizes, a size other than `size` (the model's sample_size), or fewer than `min_count` images.
     """
-    from PIL import Image, UnidentifiedImageError
-
-    mode = {1: "L", 3: "RGB", 4: "RGBA"}.get(channels)
-    if mode is None:
+    if channels not in (1, 3, 4):
         raise DataError(f"the model takes {channels} input channels; image data has 1, 3 or 4")
     files = image_files(folder)
     if len(files) < min_count:
@@ -46,32 +100,23 @@ def load_images(
             f"data folder {str(folder)!r} holds {len(files)} images, fewer than the {min_count} needed "
             "(the pair subset size --pair-size, at least 2)"
         )
-    arrays, first_size = [], None
+    images = []
     for path in files:
-        try:
-            with Image.open(path) as image:
-                image = image.convert(mode)
-                image.load()
-        except (OSError, UnidentifiedImageError) as error:
-            raise DataError(f"cannot read image {str(path)!r}: {error}") from error
-        if first_size is None:
-            first_size = image.size
-        elif image.size != first_size:
+        image = read_image(path, channels)
+        if images and image.shape[1:] != images[0].shape[1:]:
+            (h0, w0), (h, w) = images[0].shape[1:], image.shape[1:]
             raise DataError(
-                f"images must all have one size: {files[0].name} is {first_size[0]}x{first_size[1]}, "
-                f"{path.name} is {image.size[0]}x{image.size[1]} (width x height)"
+                f"images must all have one size: {files[0].name} is {w0}x{h0}, {path.name} is {w}x{h} "
+                "(width x height)"
             )
-        arrays.append(
-            torch.frombuffer(bytearray(image.tobytes()), dtype=torch.uint8).reshape(
-                image.size[1], image.size[0], channels
-            )
-        )
-    if size is not None and first_size != (size, size):
+        images.append(image)
+    height, width = images[0].shape[1:]
+    if size is not None and (height, width) != (size, size):
         raise DataError(
             f"the model's sample_size is {size}x{size}, the images in {str(folder)!r} are "
-            f"{first_size[0]}x{first_size[1]}; resize them first"
+            f"{width}x{height}; resize them first"
         )
-    return torch.stack(arrays).permute(0, 3, 1, 2).float() / 127.5 - 1.0
+    return torch.stack(images)
 
 
 class BatchStream:
