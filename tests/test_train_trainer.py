@@ -259,3 +259,62 @@ def test_half_precision_source_keeps_the_adapted_model_fp32(tmp_path):
     assert all(p.dtype == torch.float32 for p in trainer.adapted.parameters())
     summary = trainer.train()
     assert all(torch.isfinite(torch.tensor(v)) for v in summary["final_terms"].values())
+
+
+# ---- --resume with changed settings (issue 21 J: pytorch/examples#816) ----
+
+
+def _checkpoint(tmp_path, **overrides):
+    T.Trainer(tiny_config(tmp_path, steps=2, checkpoint_every=2, **overrides)).train()
+    return tmp_path / "out" / "checkpoints"
+
+
+def test_resume_applies_a_new_lr_weight_decay_and_ema_decay_and_says_so(tmp_path, capsys):
+    """optimizer.load_state_dict brings back the checkpoint's hyperparameters: the run's own replace them."""
+    folder = _checkpoint(tmp_path, lr=2e-4, weight_decay=0.0, ema_decay=0.999, warmup_steps=4)
+    config = tiny_config(
+        tmp_path, steps=4, lr=1e-3, weight_decay=0.01, ema_decay=0.99, warmup_steps=4, resume=str(folder)
+    )
+    trainer = T.Trainer(config)
+    assert set(trainer.resume_changes) == {"lr", "weight_decay", "ema_decay", "steps", "checkpoint_every"}
+    group = trainer.optimizer.param_groups[0]
+    # The schedule continues at step 2 of a 4-step warm-up: lr = 1e-3 * 3 / 4.
+    assert group["lr"] == pytest.approx(1e-3 * 3 / 4) and group["weight_decay"] == 0.01
+    assert trainer.ema.decay == 0.99
+    trainer.train()
+    assert trainer.optimizer.param_groups[0]["lr"] == pytest.approx(1e-3)
+    printed = capsys.readouterr().out
+    assert "[resume] --lr 0.0002 -> 0.001 from step 3" in printed and "--weight-decay 0.0 -> 0.01" in printed
+
+
+@pytest.mark.parametrize(
+    "change, pattern",
+    [
+        (dict(seed=1), r"--seed 1 differs from the checkpoint's 0 and cannot change on --resume"),
+        (dict(method="finetune"), r"--method 'finetune' differs"),
+        (dict(precision="bf16"), r"--precision 'bf16' differs"),
+    ],
+)
+def test_resume_refuses_settings_that_cannot_change_before_any_step(tmp_path, monkeypatch, change, pattern):
+    folder = _checkpoint(tmp_path)
+    monkeypatch.setattr(T.Trainer, "training_step", lambda self: pytest.fail("a step ran"))
+    with pytest.raises(T.ConfigError, match=pattern):
+        T.Trainer(tiny_config(tmp_path, steps=4, resume=str(folder), **change))
+
+
+def test_resume_refuses_another_source_model(tmp_path):
+    folder = _checkpoint(tmp_path)
+    other = tiny_config(tmp_path / "other")
+    with pytest.raises(T.ConfigError, match="--model-dir .* differs from the checkpoint's"):
+        T.Trainer(dataclasses.replace(tiny_config(tmp_path, steps=4, resume=str(folder)), model_dir=other.model_dir))
+
+
+def test_resume_with_fewer_images_is_refused_before_any_step(tmp_path):
+    """It crashed with IndexError at the first step: the batch order indexes the checkpoint's images."""
+    from tests.test_train_common import write_images
+
+    folder = _checkpoint(tmp_path)
+    fewer = write_images(tmp_path / "fewer", count=4)
+    config = tiny_config(tmp_path, steps=4, resume=str(folder), data_dir=str(fewer))
+    with pytest.raises(T.ConfigError, match="--data-dir holds 4 images, the checkpoint was trained on 6"):
+        T.Trainer(config)

@@ -61,6 +61,17 @@ PRECISIONS = {"fp32": torch.float32, "fp16": torch.float16, "bf16": torch.bfloat
 MAX_CONSECUTIVE_SKIPPED_STEPS = 1000
 
 
+# What --resume does with a setting that differs from the checkpoint's (docs/training.md, "Resuming"):
+# these are refused before any step, with the reason; every other setting applies from the resumed step
+# on and is logged as changed ("resume" itself, the checkpoint's path, is not a setting of the run).
+RESUME_REFUSED = {
+    "model_dir": "the checkpoint's weights, optimizer state and EMA are those of its source model",
+    "method": "the run would be neither method",
+    "seed": "the run continues the checkpoint's random streams, so a new seed would be ignored",
+    "precision": "the fp32 master weights and the GradScaler state are the checkpoint's precision's",
+}
+
+
 class ConfigError(ValueError):
     """A training setting is out of range; the message names the option."""
 
@@ -258,6 +269,7 @@ class Trainer:
         self.source_forward = torch.compile(self.source) if c.compile else self.source
 
         self.output_dir = Path(c.output_dir)
+        self.resume_changes: dict[str, tuple] = {}
         if c.resume:
             self.load_state(ckpt.load_checkpoint(c.resume))
 
@@ -492,9 +504,52 @@ class Trainer:
             "lr_scheduler": self.lr_scheduler.state_dict(),
             "rng": per_rank,
             "skipped_steps": self.skipped_steps,
+            "num_images": len(self.images),
         }
 
+    def _resume_changes(self, state: dict) -> dict[str, tuple]:
+        """{setting: (checkpoint's value, this run's)} for the settings that differ; ConfigError, before any
+        step, for one that RESUME_REFUSED refuses or a data folder whose image count differs (the batch
+        order the checkpoint continues indexes its images)."""
+        saved = state.get("config", {})
+        current = dataclasses.asdict(self.config)
+        changes = {
+            name: (saved[name], value)
+            for name, value in current.items()
+            if name != "resume" and name in saved and saved[name] != value
+        }
+        for name, reason in RESUME_REFUSED.items():
+            if name in changes:
+                old, new = changes[name]
+                raise ConfigError(
+                    f"--{name.replace('_', '-')} {new!r} differs from the checkpoint's {old!r} and cannot change "
+                    f"on --resume: {reason}"
+                )
+        count = state.get("num_images")
+        if count is None:
+            # Checkpoints written before the count was saved: the batch order names its largest index.
+            order = state["rng"][self.rank]["batches"]["order"]
+            count = None if order.numel() == 0 or int(order.max()) < len(self.images) else int(order.max()) + 1
+        if count is not None and count != len(self.images):
+            raise ConfigError(
+                f"--data-dir holds {len(self.images)} images, the checkpoint was trained on {count}: the batch "
+                "order it continues indexes those; resume with the same images"
+            )
+        return changes
+
+    def _apply_resumed_settings(self) -> None:
+        """The optimizer's and EMA's hyperparameters come back from the checkpoint with its values: this
+        run's lr, weight decay and EMA decay replace them (the LR schedule continues at the same step)."""
+        c = self.config
+        self.lr_scheduler.base_lrs = [c.lr] * len(self.optimizer.param_groups)
+        factor = self.lr_scheduler.lr_lambdas[0](self.lr_scheduler.last_epoch)
+        for group in self.optimizer.param_groups:
+            group.update(initial_lr=c.lr, lr=c.lr * factor, weight_decay=c.weight_decay)
+        self.lr_scheduler._last_lr = [group["lr"] for group in self.optimizer.param_groups]
+        self.ema.decay = c.ema_decay
+
     def load_state(self, state: dict) -> None:
+        self.resume_changes = self._resume_changes(state)
         if len(state["rng"]) != self.world_size:
             raise ckpt.CheckpointError(
                 f"checkpoint {state['path']!r} was written by {len(state['rng'])} processes; resuming it "
@@ -509,6 +564,10 @@ class Trainer:
         self.step = state["step"]
         # Checkpoints written before skipped updates were counted have no such key.
         self.skipped_steps = state.get("skipped_steps", 0)
+        self._apply_resumed_settings()
+        if self.is_main:
+            for name, (old, new) in self.resume_changes.items():
+                print(f"[resume] --{name.replace('_', '-')} {old!r} -> {new!r} from step {self.step + 1}", flush=True)
 
     def save_checkpoint(self) -> Path | None:
         state = self.state_dict()  # a collective under DDP: every rank takes part
