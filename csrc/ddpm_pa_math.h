@@ -183,7 +183,17 @@ DDPM_PA_HD void similarity_kl_grad_matrix(const T* gram_src, const T* gram_ada, 
 }
 
 // ---------------------------------------------------------------------------------------------
-// The fused DDPM-PA loss: how the five upstream gradients (loss, mse, hf_mse, pair_img, pair_hf)
+// The fused DDPM-PA loss: the optional per-sample weights of mse and hf_mse (null when not given).
+
+// Sample i's weight, or exactly 1 without weights. Callers make it the first factor of a product
+// (w * x, (w * d) * d): 1 * x == x, so without weights every product, and every multiply-add the
+// compiler fuses from it, is bit for bit the unweighted one.
+template <typename T>
+DDPM_PA_HD T sample_weight(const T* weight, int64_t i) {
+  return weight == nullptr ? T(1) : weight[i];
+}
+
+// How the five upstream gradients (loss, mse, hf_mse, pair_img, pair_hf)
 // weigh each term of loss = mse + w_pair pair_img + w_hf_pair pair_hf + w_hf_mse hf_mse.
 template <typename T>
 struct LossTermWeights {

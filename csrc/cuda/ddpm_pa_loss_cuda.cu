@@ -2,6 +2,7 @@
 #include <torch/library.h>
 
 #include <cmath>
+#include <optional>
 #include <string>
 #include <tuple>
 
@@ -35,7 +36,8 @@ LossGeometry loss_geometry(const at::Tensor& x_t, int64_t values_per_unit, at::S
 
 std::tuple<at::Tensor, at::Tensor, at::Tensor, at::Tensor, at::Tensor, at::Tensor> loss_forward_cuda(
     const at::Tensor& x_t, const at::Tensor& eps_ada, const at::Tensor& eps_src, const at::Tensor& noise,
-    const at::Tensor& a_t, const at::Tensor& b_t, double w_pair, double w_hf_pair, double w_hf_mse, double tau,
+    const at::Tensor& a_t, const at::Tensor& b_t, const std::optional<at::Tensor>& mse_weight,
+    const std::optional<at::Tensor>& hf_mse_weight, double w_pair, double w_hf_pair, double w_hf_mse, double tau,
     c10::string_view reduction) {
   const char* op = kForwardOp;
   check_images(x_t, {{&eps_ada, "eps_ada"}, {&eps_src, "eps_src"}, {&noise, "noise"}}, op);
@@ -46,13 +48,26 @@ std::tuple<at::Tensor, at::Tensor, at::Tensor, at::Tensor, at::Tensor, at::Tenso
   const at::TensorOptions acc_options = x_t.options().dtype(acc_dtype);
   const at::Tensor a = per_sample_coefficients(a_t, "a_t", x_t, acc_dtype, op);
   const at::Tensor b = per_sample_coefficients(b_t, "b_t", x_t, acc_dtype, op);
+  const at::Tensor mse_w = optional_per_sample_coefficients(mse_weight, "mse_weight", x_t, acc_dtype, op);
+  const at::Tensor hf_mse_w = optional_per_sample_coefficients(hf_mse_weight, "hf_mse_weight", x_t, acc_dtype, op);
   const LossGeometry geometry = loss_geometry(x_t, kForwardValuesPerUnit, acc_dtype, op);
   const int64_t n = geometry.n;
 
   const unsigned int blocks = reduction_blocks(geometry.num_tiles());
-  LossForwardPartialsParams params{x_t.data_ptr(),     eps_ada.data_ptr(), eps_src.data_ptr(), noise.data_ptr(),
-                                   a.data_ptr(),       b.data_ptr(),       /*partials=*/nullptr, strides4d(x_t),
-                                   strides4d(eps_ada), strides4d(eps_src), strides4d(noise),   geometry};
+  LossForwardPartialsParams params{x_t.data_ptr(),
+                                   eps_ada.data_ptr(),
+                                   eps_src.data_ptr(),
+                                   noise.data_ptr(),
+                                   a.data_ptr(),
+                                   b.data_ptr(),
+                                   optional_data_ptr(mse_w),
+                                   optional_data_ptr(hf_mse_w),
+                                   /*partials=*/nullptr,
+                                   strides4d(x_t),
+                                   strides4d(eps_ada),
+                                   strides4d(eps_src),
+                                   strides4d(noise),
+                                   geometry};
   at::Tensor partials = at::empty({int64_t(blocks), params.partial_stride()}, acc_options);
   params.partials = partials.data_ptr();
   at::Tensor grams = at::empty({kNumLossGrams, n, n}, acc_options);
@@ -88,8 +103,9 @@ std::tuple<at::Tensor, at::Tensor, at::Tensor, at::Tensor, at::Tensor, at::Tenso
 
 at::Tensor loss_backward_cuda(const at::Tensor& grad_terms, const at::Tensor& grams, const at::Tensor& x_t,
                               const at::Tensor& eps_ada, const at::Tensor& noise, const at::Tensor& a_t,
-                              const at::Tensor& b_t, double w_pair, double w_hf_pair, double w_hf_mse, double tau,
-                              c10::string_view reduction) {
+                              const at::Tensor& b_t, const std::optional<at::Tensor>& mse_weight,
+                              const std::optional<at::Tensor>& hf_mse_weight, double w_pair, double w_hf_pair,
+                              double w_hf_mse, double tau, c10::string_view reduction) {
   const char* op = kBackwardOp;
   check_images(x_t, {{&eps_ada, "eps_ada"}, {&noise, "noise"}}, op);
   TORCH_CHECK(tau > 0 && std::isfinite(tau), op, ": tau must be a finite number > 0, got ", tau);
@@ -110,6 +126,8 @@ at::Tensor loss_backward_cuda(const at::Tensor& grad_terms, const at::Tensor& gr
   const at::TensorOptions acc_options = x_t.options().dtype(acc_dtype);
   const at::Tensor a = per_sample_coefficients(a_t, "a_t", x_t, acc_dtype, op);
   const at::Tensor b = per_sample_coefficients(b_t, "b_t", x_t, acc_dtype, op);
+  const at::Tensor mse_w = optional_per_sample_coefficients(mse_weight, "mse_weight", x_t, acc_dtype, op);
+  const at::Tensor hf_mse_w = optional_per_sample_coefficients(hf_mse_weight, "hf_mse_weight", x_t, acc_dtype, op);
   // Read on the device by the kernel: no host sync on the upstream gradients.
   const at::Tensor grad_terms_acc = grad_terms.to(acc_dtype).contiguous();
   const at::Tensor grams_c = grams.contiguous();
@@ -121,7 +139,8 @@ at::Tensor loss_backward_cuda(const at::Tensor& grad_terms, const at::Tensor& gr
                                                  n, geometry.numel(), geometry.numel_hf(), w_pair, w_hf_pair,
                                                  w_hf_mse, 1.0 / tau, reduce};
   const LossBackwardElementsParams element_params{x_t.data_ptr(), eps_ada.data_ptr(), noise.data_ptr(),
-                                                  a.data_ptr(), b.data_ptr(), workspace.data_ptr(),
+                                                  a.data_ptr(), b.data_ptr(), optional_data_ptr(mse_w),
+                                                  optional_data_ptr(hf_mse_w), workspace.data_ptr(),
                                                   grad_eps_ada.data_ptr(), strides4d(x_t), strides4d(eps_ada),
                                                   strides4d(noise), geometry};
   const cudaStream_t stream = at::cuda::getCurrentCUDAStream();

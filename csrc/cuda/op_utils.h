@@ -10,6 +10,7 @@
 #include <cuda_bf16.h>
 #include <cuda_fp16.h>
 
+#include <optional>
 #include <string>
 
 #include "ddpm_pa_math.h"
@@ -105,6 +106,15 @@ inline at::Tensor per_sample_coefficients(const at::Tensor& coef, const char* ar
               " must have shape (N,) or (N, 1, 1, 1) with N = ", n, ", got ", coef.sizes());
   return coef.reshape({n}).to(acc_dtype).contiguous();
 }
+
+// An optional per-sample weight as per_sample_coefficients' tensor, or an undefined tensor when absent.
+inline at::Tensor optional_per_sample_coefficients(const std::optional<at::Tensor>& weight, const char* arg,
+                                                   const at::Tensor& like, at::ScalarType acc_dtype, const char* op) {
+  return weight.has_value() ? per_sample_coefficients(*weight, arg, like, acc_dtype, op) : at::Tensor();
+}
+
+// A kernel's pointer to an optional tensor: null when it is undefined.
+inline const void* optional_data_ptr(const at::Tensor& t) { return t.defined() ? t.data_ptr() : nullptr; }
 
 // The number of tile columns for `values_per_column` accumulation values per sample, or an error
 // saying the batch is too large for one tile to fit in shared memory.

@@ -7,13 +7,14 @@
 // Forward: (1) loss_forward_partials: each block stages, for a tile of units and all N samples, the
 // x0 pixels and HF values of the source and adapted predictions in shared memory (reading x_t, eps_ada,
 // eps_src and noise once), adds the tile's four N x N Gram matrices to its own slice of a partial
-// buffer and sums the two squared errors; (2) reduce_partials (common.cuh), twice: the Gram matrices
-// and the squared errors, summed in block order; (3) loss_forward_terms, one block: the KL terms and
-// the total.
+// buffer and sums the two squared errors, each value times its sample's weight m_n (mse_weight) or
+// h_n (hf_mse_weight), 1 when not given (sample_weight, ddpm_pa_math.h); (2) reduce_partials
+// (common.cuh), twice: the Gram matrices and the squared errors, summed in block order;
+// (3) loss_forward_terms, one block: the KL terms and the total.
 // Backward: (1) loss_backward_matrices, one block: the loss-term weights from the upstream gradients
 // and the two similarity gradient matrices M_img and M_hf; (2) loss_backward_elements: per tile of
 // units, reads x_t, eps_ada and noise once and writes the gradient of eps_ada once:
-//   grad[n] = c_mse 2 (eps_ada - noise)[n] / numel + HF^T(c_hf 2 b_n^2 HF(eps_ada - noise)[n] / numel_hf)
+//   grad[n] = c_mse m_n 2 (eps_ada - noise)[n] / numel + HF^T(c_hf h_n 2 b_n^2 HF(eps_ada - noise)[n] / numel_hf)
 //             - b_n (M_img @ x0_ada)[n] - b_n HF^T((M_hf @ HF(x0_ada))[n]).
 #pragma once
 
@@ -72,6 +73,8 @@ struct LossForwardPartialsParams {
   const void* noise;
   const void* a_t;      // acc_t (n,)
   const void* b_t;      // acc_t (n,)
+  const void* mse_weight;     // acc_t (n,), or null: unweighted
+  const void* hf_mse_weight;  // acc_t (n,), or null: unweighted
   void* partials;       // acc_t (gridDim.x, partial_stride): 4 Gram matrices (n, n), then 2 squared errors
   Strides4d x_t_strides, eps_ada_strides, eps_src_strides, noise_strides;
   LossGeometry geometry;
@@ -123,6 +126,8 @@ __global__ void loss_forward_partials_kernel(LossForwardPartialsParams p) {
   const scalar_t* noise = static_cast<const scalar_t*>(p.noise);
   const acc_t* a_t = static_cast<const acc_t*>(p.a_t);
   const acc_t* b_t = static_cast<const acc_t*>(p.b_t);
+  const acc_t* mse_weight = static_cast<const acc_t*>(p.mse_weight);
+  const acc_t* hf_mse_weight = static_cast<const acc_t*>(p.hf_mse_weight);
   const LossGeometry& g = p.geometry;
   const int64_t n = g.n, kc = g.tile_units;
   acc_t* partial = static_cast<acc_t*>(p.partials) + blockIdx.x * p.partial_stride();
@@ -146,6 +151,8 @@ __global__ void loss_forward_partials_kernel(LossForwardPartialsParams p) {
       if (unit < units) {
         const Unit pos = unit_at(g, unit);
         const acc_t a = a_t[sample], b = b_t[sample];
+        // The sample's weights, first factor of each squared error: (m d) d is d d when m is 1.
+        const acc_t m = sample_weight(mse_weight, sample), h = sample_weight(hf_mse_weight, sample);
         for (int q = 0; q < 4; ++q) {
           int64_t row, col;
           if (!unit_pixel(g, pos, q, row, col)) continue;
@@ -156,13 +163,15 @@ __global__ void loss_forward_partials_kernel(LossForwardPartialsParams p) {
           x0_src[q] = predict_x0(a, xt, b, es);
           x0_ada[q] = predict_x0(a, xt, b, ea);
           x0_tgt[q] = predict_x0(a, xt, b, nz);
-          sse_mse += (nz - ea) * (nz - ea);
+          const acc_t d = nz - ea;
+          sse_mse += (m * d) * d;
         }
         if (unit_has_high_frequency(g, pos)) {
           hf_s = high_frequency(x0_src[0], x0_src[1], x0_src[2], x0_src[3]);
           hf_a = high_frequency(x0_ada[0], x0_ada[1], x0_ada[2], x0_ada[3]);
           const acc_t hf_t = high_frequency(x0_tgt[0], x0_tgt[1], x0_tgt[2], x0_tgt[3]);
-          sse_hf += (hf_a - hf_t) * (hf_a - hf_t);
+          const acc_t hd = hf_a - hf_t;
+          sse_hf += (h * hd) * hd;
         }
       }
       for (int q = 0; q < 4; ++q) {
@@ -191,7 +200,8 @@ void launch_loss_forward_partials(const LossForwardPartialsParams& p, unsigned i
 
 struct LossForwardTermsParams {
   const void* grams;            // acc_t (4, n, n)
-  const void* squared_errors;   // acc_t (2,): sum (noise - eps_ada)^2, sum (HF(x0_ada) - HF(x0_tgt))^2
+  // acc_t (2,): sum m (noise - eps_ada)^2, sum h (HF(x0_ada) - HF(x0_tgt))^2 (m, h: the weights or 1)
+  const void* squared_errors;
   void* workspace;              // acc_t (6 n): lse of the 4 Gram matrices, row KL of the 2 pairs
   void* loss;                   // scalar_t 0-d each
   void* mse;
@@ -314,6 +324,8 @@ struct LossBackwardElementsParams {
   const void* noise;
   const void* a_t;       // acc_t (n,)
   const void* b_t;       // acc_t (n,)
+  const void* mse_weight;     // acc_t (n,), or null: unweighted
+  const void* hf_mse_weight;  // acc_t (n,), or null: unweighted
   const void* workspace; // acc_t, filled by loss_backward_matrices
   void* grad_eps_ada;    // scalar_t (n, c, height, width), contiguous
   Strides4d x_t_strides, eps_ada_strides, noise_strides;
@@ -335,6 +347,8 @@ __global__ void loss_backward_elements_kernel(LossBackwardElementsParams p) {
   const scalar_t* noise = static_cast<const scalar_t*>(p.noise);
   const acc_t* a_t = static_cast<const acc_t*>(p.a_t);
   const acc_t* b_t = static_cast<const acc_t*>(p.b_t);
+  const acc_t* mse_weight = static_cast<const acc_t*>(p.mse_weight);
+  const acc_t* hf_mse_weight = static_cast<const acc_t*>(p.hf_mse_weight);
   scalar_t* grad = static_cast<scalar_t*>(p.grad_eps_ada);
   const LossGeometry& g = p.geometry;
   const int64_t n = g.n, kc = g.tile_units;
@@ -382,6 +396,9 @@ __global__ void loss_backward_elements_kernel(LossBackwardElementsParams p) {
       if (unit >= units) continue;
       const Unit pos = unit_at(g, unit);
       const acc_t b = b_t[sample];
+      // The mse factors of this sample: the weight is exactly 1 when not given (sample_weight).
+      const acc_t k_mse = coef_mse * sample_weight(mse_weight, sample);
+      const acc_t k_hf = coef_hf * sample_weight(hf_mse_weight, sample);
       const acc_t* own_diff = diff + sample * 4 * kc + 4 * u;
       // (M_img @ x0_ada)[sample] at the unit's pixels and (M_hf @ HF(x0_ada))[sample] at the unit, in
       // one walk over the samples k: each sum in k order, as five separate walks would add it. A unit
@@ -393,10 +410,10 @@ __global__ void loss_backward_elements_kernel(LossBackwardElementsParams p) {
         mixed_hf += m_hf[sample * n + k] * hf_ada[k * kc + u];
       }
       acc_t pixel_grad[4];
-      for (int q = 0; q < 4; ++q) pixel_grad[q] = coef_mse * own_diff[q] - b * mixed[q];
+      for (int q = 0; q < 4; ++q) pixel_grad[q] = k_mse * own_diff[q] - b * mixed[q];
       if (unit_has_high_frequency(g, pos)) {
         const acc_t hf_diff = high_frequency(own_diff[0], own_diff[1], own_diff[2], own_diff[3]);
-        const acc_t grad_hf = coef_hf * b * b * hf_diff - b * mixed_hf;
+        const acc_t grad_hf = k_hf * b * b * hf_diff - b * mixed_hf;
         acc_t ga, gb, gc, gd;
         high_frequency_adjoint(grad_hf, ga, gb, gc, gd);
         pixel_grad[0] += ga;
