@@ -191,13 +191,16 @@ def check_timesteps(timesteps, num_timesteps: int, n: int | None = None) -> None
             else type(timesteps).__name__
         )
         raise ValueError(f"timesteps must be an integer tensor{shape}, got {got}")
+    expected = f"timesteps must lie in [0, {num_timesteps}) (the scheduler's training steps)"
+    if torch.compiler.is_compiling():
+        # Inside a graph the values cannot reach Python: the check becomes an op that fails at run time.
+        in_range = torch.logical_and(timesteps >= 0, timesteps < num_timesteps).all()
+        torch._assert_async(in_range, expected)
+        return
     if timesteps.numel() and timesteps.device.type != "meta":
         low, high = int(timesteps.min()), int(timesteps.max())
         if low < 0 or high >= num_timesteps:
-            raise ValueError(
-                f"timesteps must lie in [0, {num_timesteps}) (the scheduler's training steps), "
-                f"got values from {low} to {high}"
-            )
+            raise ValueError(f"{expected}, got values from {low} to {high}")
 
 
 def hf_mse_weight_table(

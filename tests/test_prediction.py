@@ -229,3 +229,12 @@ def test_hf_mse_weights_name_a_bad_argument(kwargs, pattern):
     args.update(kwargs)
     with pytest.raises(ValueError, match=pattern):
         ddpm_pa_fast.hf_mse_weights(**args)
+
+
+def test_compiled_loss_coefficients_refuse_timesteps_outside_the_schedule():
+    """Under torch.compile(fullgraph=True) the range check is an op of the graph: it still refuses."""
+    scheduler, x0, noise, t = _case(SCHEDULES[0], "v_prediction")
+    compiled = torch.compile(ddpm_pa_fast.loss_coefficients, fullgraph=True, backend="aot_eager")
+    torch.testing.assert_close(compiled(scheduler, x0, noise, t).a_t, ddpm_pa_fast.loss_coefficients(scheduler, x0, noise, t).a_t)
+    with pytest.raises(RuntimeError, match=r"timesteps must lie in \[0, 1000\)"):
+        compiled(scheduler, x0, noise, torch.tensor([0, 1, 2, 3, 1000]))
