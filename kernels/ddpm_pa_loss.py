@@ -8,7 +8,9 @@ Forward:
      column blocks with all N samples of a block in one tile (N <= 32; larger N tiles the samples and
      each program handles one pair of row tiles), accumulates the four partial Gram matrices
      [G(x0_src), G(x0_ada), G(HF(x0_src)), G(HF(x0_ada))] with tl.dot and the squared errors of the
-     mse and hf_mse terms; x_t, eps_ada, eps_src and noise are read once from memory.
+     mse and hf_mse terms; x_t, eps_ada, eps_src and noise are read once from memory. The optional
+     per-sample weights m_i, h_i of the mse and hf_mse terms are applied to each row's sum once, at the
+     end of a program's walk: one load of its row tile's weights, nothing in the loop.
   2. _common._sum_partials_kernel adds the per-program partials in a fixed order (deterministic, no
      atomics).
   3. _ddpm_pa_loss_terms_kernel, one program: the two KL terms from the Grams and the total.
@@ -16,8 +18,11 @@ Backward:
   1. _ddpm_pa_loss_grad_matrices_kernel, one program: the weights of the five upstream gradients
      (ddpm_pa::loss_term_weights) and the N x N matrices M_img, M_hf (similarity_kl_grad_matrix).
   2. _ddpm_pa_loss_backward_kernel: one read of x_t, eps_ada and noise, one write of grad_eps_ada:
-       grad = c_mse 2 e / numel + b^2 HF^T(c_hf 2 HF(e) / numel_hf)
-              - b (M_img @ x0_ada) - b HF^T(M_hf @ HF(x0_ada)),   e = eps_ada - noise.
+       grad = c_mse m 2 e / numel + b^2 HF^T(c_hf h 2 HF(e) / numel_hf)
+              - b (M_img @ x0_ada) - b HF^T(M_hf @ HF(x0_ada)),   e = eps_ada - noise,
+     with the weights m, h per row (1 when absent).
+An absent weight is a constexpr flag (HAS_MSE_WEIGHT, HAS_HF_MSE_WEIGHT) off: the kernels then compile
+to the unweighted code, which never reads the weight's pointer, and give its results bit for bit.
 The maths of each step is csrc/ddpm_pa_math.h's; the N x N functions are shared with pairwise_kl.py.
 
 A block's 4 pixels are a tuple of 4 (rows x blocks) tiles built and used in tl.static_range loops,
@@ -72,6 +77,11 @@ def _loss_tiling(n: int) -> tuple[int, int, int]:
     tiles (up to 120 bytes). BLOCK_N = 16 had kept 32 blocks (125-166 registers with Triton 3.9), but
     Triton 3.6, the version on the GPU machines we borrow, compiled its float32 forward to 32 registers
     and 4.4 KiB of stack per thread; with 16 blocks: 106-112 registers, no spill, on both versions.
+    The per-sample weights keep this tiling: compiled with Triton 3.9, the weighted kernels use 40 fewer
+    to 9 more registers than the unweighted ones at each tiling, the same shared memory and the same
+    stack, except that the bfloat16 forward at 16-sample tiles for sm_80 (72 registers) keeps one
+    value on the stack, 8 bytes, from before its loop to after it. The unweighted kernels compile to
+    the same SASS as before the weights (sm_80 and sm_90, both dtypes, every tiling).
     """
     bn = block_n(n)
     return bn, triton.cdiv(n, bn), 16
@@ -165,6 +175,26 @@ def _block_gram(x, y):
 
 
 @triton.jit
+def _row_weights(w_ptr, rows, n, ACC: tl.constexpr):
+    """The per-sample weights of a row tile, in the accumulation dtype (0 past N)."""
+    return tl.load(w_ptr + rows, mask=rows < n, other=0.0).to(ACC)
+
+
+@triton.jit
+def _weighted_sum(sq, w_ptr, rows, n, HAS_WEIGHT: tl.constexpr, ACC: tl.constexpr):
+    """sum of a (rows x blocks) tile of squared errors, each row times its sample's weight if HAS_WEIGHT.
+
+    The rows are summed first and weighted once, after the program's walk over the column blocks: the
+    weights cost one load per row and program, and nothing in the loop. Without weights, the sum the
+    unweighted loss has always made, op for op.
+    """
+    row_sums = tl.sum(sq, axis=1)
+    if HAS_WEIGHT:
+        row_sums = row_sums * _row_weights(w_ptr, rows, n, ACC)
+    return tl.sum(row_sums, axis=0)
+
+
+@triton.jit
 def _ddpm_pa_loss_forward_kernel(
     x_t_ptr,  # (N, C, H, W) contiguous
     eps_ada_ptr,  # (N, C, H, W) contiguous, dtype of x_t
@@ -172,6 +202,8 @@ def _ddpm_pa_loss_forward_kernel(
     noise_ptr,  # (N, C, H, W) contiguous, dtype of x_t
     a_ptr,  # (N,) a_t = sqrt(1 / abar_t), any float dtype
     b_ptr,  # (N,) b_t = sqrt(1 / abar_t - 1), any float dtype
+    mse_w_ptr,  # (N,) the mse term's per-sample weights, any float dtype; unread without HAS_MSE_WEIGHT
+    hf_mse_w_ptr,  # (N,) the hf_mse term's, likewise with HAS_HF_MSE_WEIGHT
     gram_partials_ptr,  # (P, 4, N, N) accumulation dtype: per program, the four Grams over its blocks
     sq_partials_ptr,  # (P, 2, T) accumulation dtype: per program and row tile, the mse / hf_mse sums
     n,  # N
@@ -181,6 +213,8 @@ def _ddpm_pa_loss_forward_kernel(
     NUM_TILES: tl.constexpr,  # T = ceil(N / BLOCK_N); the grid's axis 1 is the T * T row-tile pairs
     BLOCK_N: tl.constexpr,  # samples per tile, a power of two >= 16 (tl.dot)
     BLOCK_K: tl.constexpr,  # 2x2 blocks per column tile
+    HAS_MSE_WEIGHT: tl.constexpr,
+    HAS_HF_MSE_WEIGHT: tl.constexpr,
     ACC: tl.constexpr,
 ):
     pid_p = tl.program_id(0)
@@ -248,8 +282,9 @@ def _ddpm_pa_loss_forward_kernel(
     tl.store(out + 2 * n * n, g_hf_src, mask=mask)
     tl.store(out + 3 * n * n, g_hf_ada, mask=mask)
     sq_out = sq_partials_ptr + pid_p.to(tl.int64) * 2 * NUM_TILES + tile_i
-    tl.store(sq_out, tl.sum(tl.sum(sq_mse, axis=1), axis=0), mask=owns_errors)
-    tl.store(sq_out + NUM_TILES, tl.sum(tl.sum(sq_hf, axis=1), axis=0), mask=owns_errors)
+    tl.store(sq_out, _weighted_sum(sq_mse, mse_w_ptr, rows_i, n, HAS_MSE_WEIGHT, ACC), mask=owns_errors)
+    sq_hf_sum = _weighted_sum(sq_hf, hf_mse_w_ptr, rows_i, n, HAS_HF_MSE_WEIGHT, ACC)
+    tl.store(sq_out + NUM_TILES, sq_hf_sum, mask=owns_errors)
 
 
 @triton.jit
@@ -378,6 +413,8 @@ def _ddpm_pa_loss_backward_kernel(
     noise_ptr,  # (N, C, H, W) contiguous
     a_ptr,  # (N,)
     b_ptr,  # (N,)
+    mse_w_ptr,  # (N,) as the forward's
+    hf_mse_w_ptr,  # (N,)
     grad_ptr,  # (N, C, H, W) contiguous, dtype of eps_ada: out
     n,  # N
     height,  # H
@@ -386,6 +423,8 @@ def _ddpm_pa_loss_backward_kernel(
     NUM_TILES: tl.constexpr,  # T = ceil(N / BLOCK_N); the grid's axis 1 walks the T row tiles
     BLOCK_N: tl.constexpr,
     BLOCK_K: tl.constexpr,
+    HAS_MSE_WEIGHT: tl.constexpr,
+    HAS_HF_MSE_WEIGHT: tl.constexpr,
     ACC: tl.constexpr,
 ):
     blocks = tl.arange(0, BLOCK_K).to(tl.int64) + tl.program_id(0).to(tl.int64) * BLOCK_K
@@ -460,6 +499,12 @@ def _ddpm_pa_loss_backward_kernel(
             ACC,
         )
     b = b_t[:, None]
+    # The weights scale each row's coefficient, a column (rows x 1): loaded here, after the dots, so
+    # they are not live beside the tiles above; the unweighted kernel keeps its scalar coefficients.
+    if HAS_MSE_WEIGHT:
+        c_mse = c_mse * _row_weights(mse_w_ptr, rows_i, n, ACC)[:, None]
+    if HAS_HF_MSE_WEIGHT:
+        c_hf = c_hf * _row_weights(hf_mse_w_ptr, rows_i, n, ACC)[:, None]
     # Gradient with respect to HF(x0_ada), then spread over the block by HF's adjoint (-1/2, 3/2 taps).
     g_hf = b * b * c_hf * hf_err - b * acc_hf
     for pixel in tl.static_range(4):
@@ -481,6 +526,18 @@ def _loss_params(tau, w_pair, w_hf_pair, w_hf_mse, acc, device):
     return scalars([1.0 / tau, w_pair, w_hf_pair, w_hf_mse], acc, device)
 
 
+def _per_sample(coef: torch.Tensor) -> torch.Tensor:
+    return coef.reshape(-1).contiguous()
+
+
+def _weight_args(mse_weight, hf_mse_weight, a_t):
+    """The kernels' weight pointers and HAS_ flags. An absent weight compiles the unweighted kernel,
+    which never reads its pointer: a_t stands in, so that nothing is allocated for it."""
+    pointers = tuple(a_t if w is None else _per_sample(w) for w in (mse_weight, hf_mse_weight))
+    flags = {"HAS_MSE_WEIGHT": mse_weight is not None, "HAS_HF_MSE_WEIGHT": hf_mse_weight is not None}
+    return pointers, flags
+
+
 @triton_op("ddpm_pa_fast_triton::ddpm_pa_loss", mutates_args={})
 def ddpm_pa_loss_forward_triton(
     x_t: torch.Tensor,
@@ -489,6 +546,8 @@ def ddpm_pa_loss_forward_triton(
     noise: torch.Tensor,
     a_t: torch.Tensor,
     b_t: torch.Tensor,
+    mse_weight: torch.Tensor | None,
+    hf_mse_weight: torch.Tensor | None,
     w_pair: float,
     w_hf_pair: float,
     w_hf_mse: float,
@@ -497,7 +556,8 @@ def ddpm_pa_loss_forward_triton(
 ) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor, torch.Tensor, torch.Tensor, torch.Tensor]:
     check_batch(x_t.shape[0], "x_t")
     x_t, eps_ada, eps_src, noise = (t.contiguous() for t in (x_t, eps_ada, eps_src, noise))
-    a_t, b_t = a_t.reshape(-1).contiguous(), b_t.reshape(-1).contiguous()
+    a_t, b_t = _per_sample(a_t), _per_sample(b_t)
+    weights, has_weights = _weight_args(mse_weight, hf_mse_weight, a_t)
     n, h, w, num_blocks, numel, numel_hf = _geometry(x_t)
     acc = accumulation_dtype(x_t.dtype)
     bn, num_tiles, block_k = _loss_tiling(n)
@@ -511,6 +571,7 @@ def ddpm_pa_loss_forward_triton(
         noise,
         a_t,
         b_t,
+        *weights,
         gram_partials,
         sq_partials,
         n,
@@ -520,6 +581,7 @@ def ddpm_pa_loss_forward_triton(
         NUM_TILES=num_tiles,
         BLOCK_N=bn,
         BLOCK_K=block_k,
+        **has_weights,
         ACC=tl_dtype(acc),
         num_warps=GRAM_WARPS,
         num_stages=GRAM_STAGES,
@@ -553,6 +615,8 @@ def ddpm_pa_loss_backward_triton(
     noise: torch.Tensor,
     a_t: torch.Tensor,
     b_t: torch.Tensor,
+    mse_weight: torch.Tensor | None,
+    hf_mse_weight: torch.Tensor | None,
     w_pair: float,
     w_hf_pair: float,
     w_hf_mse: float,
@@ -560,7 +624,8 @@ def ddpm_pa_loss_backward_triton(
     reduction: str,
 ) -> torch.Tensor:
     x_t, eps_ada, noise = (t.contiguous() for t in (x_t, eps_ada, noise))
-    a_t, b_t = a_t.reshape(-1).contiguous(), b_t.reshape(-1).contiguous()
+    a_t, b_t = _per_sample(a_t), _per_sample(b_t)
+    weights, has_weights = _weight_args(mse_weight, hf_mse_weight, a_t)
     n, h, w, num_blocks, numel, numel_hf = _geometry(x_t)
     acc = grams.dtype
     m = grams.new_empty((2, n, n))
@@ -589,6 +654,7 @@ def ddpm_pa_loss_backward_triton(
         noise,
         a_t,
         b_t,
+        *weights,
         grad,
         n,
         h,
@@ -597,6 +663,7 @@ def ddpm_pa_loss_backward_triton(
         NUM_TILES=num_tiles,
         BLOCK_N=bn,
         BLOCK_K=block_k,
+        **has_weights,
         ACC=tl_dtype(acc),
         num_warps=GRAM_WARPS,
         num_stages=GRAM_STAGES,
@@ -605,7 +672,10 @@ def ddpm_pa_loss_backward_triton(
 
 
 @ddpm_pa_loss_forward_triton.register_fake
-def _(x_t, eps_ada, eps_src, noise, a_t, b_t, w_pair, w_hf_pair, w_hf_mse, tau, reduction):
+def _(
+    x_t, eps_ada, eps_src, noise, a_t, b_t, mse_weight, hf_mse_weight, w_pair, w_hf_pair, w_hf_mse, tau,
+    reduction,
+):
     torch._check(x_t.dim() == 4, lambda: f"x_t must be (N, C, H, W), got {tuple(x_t.shape)}")
     n = x_t.shape[0]
     terms = [x_t.new_empty(()) for _ in range(NUM_LOSS_TERMS)]
@@ -613,28 +683,33 @@ def _(x_t, eps_ada, eps_src, noise, a_t, b_t, w_pair, w_hf_pair, w_hf_mse, tau, 
 
 
 @ddpm_pa_loss_backward_triton.register_fake
-def _(grad_terms, grams, x_t, eps_ada, noise, a_t, b_t, w_pair, w_hf_pair, w_hf_mse, tau, reduction):
+def _(
+    grad_terms, grams, x_t, eps_ada, noise, a_t, b_t, mse_weight, hf_mse_weight, w_pair, w_hf_pair, w_hf_mse,
+    tau, reduction,
+):
     torch._check(grad_terms.shape == (NUM_LOSS_TERMS,), lambda: "grad_terms must have shape (5,)")
     return torch.empty_like(eps_ada, memory_format=torch.contiguous_format)
 
 
 def _setup_context(ctx, inputs, output):
-    x_t, eps_ada, _, noise, a_t, b_t, w_pair, w_hf_pair, w_hf_mse, tau, reduction = inputs
-    ctx.save_for_backward(output[-1], x_t, eps_ada, noise, a_t, b_t)
-    ctx.scalars = (w_pair, w_hf_pair, w_hf_mse, tau, reduction)
+    x_t, eps_ada, _, noise, a_t, b_t, mse_weight, hf_mse_weight, *scalar_inputs = inputs
+    # An absent weight is saved as None, and the backward compiles the unweighted kernel for it too.
+    ctx.save_for_backward(output[-1], x_t, eps_ada, noise, a_t, b_t, mse_weight, hf_mse_weight)
+    ctx.scalars = tuple(scalar_inputs)  # w_pair, w_hf_pair, w_hf_mse, tau, reduction
 
 
 def _backward(ctx, *grads):
-    grams, x_t, eps_ada, noise, a_t, b_t = ctx.saved_tensors
+    grams, x_t, eps_ada, noise, a_t, b_t, mse_weight, hf_mse_weight = ctx.saved_tensors
     with annotate("ddpm_pa_loss_backward[triton]"):
         # Missing upstream gradients are zeros; stacking them on the device keeps the host out of it.
         grad_terms = torch.stack(
             [grams.new_zeros(()) if g is None else g.to(grams.dtype) for g in grads[:NUM_LOSS_TERMS]]
         )
         grad_eps_ada = torch.ops.ddpm_pa_fast_triton.ddpm_pa_loss_backward(
-            grad_terms, grams, x_t, eps_ada, noise, a_t, b_t, *ctx.scalars
+            grad_terms, grams, x_t, eps_ada, noise, a_t, b_t, mse_weight, hf_mse_weight, *ctx.scalars
         )
-    return None, grad_eps_ada, None, None, None, None, None, None, None, None, None
+    # No gradient for the constants: x_t, eps_src, noise, the coefficients and weights, the scalars.
+    return None, grad_eps_ada, *(None,) * 11
 
 
 ddpm_pa_loss_forward_triton.register_autograd(_backward, setup_context=_setup_context)

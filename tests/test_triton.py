@@ -225,10 +225,15 @@ def test_pairwise_similarity_kl_returns_grams(device):
 LOSS_TERMS = ("loss", "mse", "hf_mse", "pair_img", "pair_hf")
 
 
-def _loss_reference(sample, eps_ada, weights, tau, reduction, grads_out):
+def _loss_reference(sample, eps_ada, weights, tau, reduction, grads_out, mse_weight=None, hf_mse_weight=None):
     leaf = eps_ada.detach().double().cpu().requires_grad_()
     s = sample.to(device="cpu", dtype=torch.float64)
-    out = R.ddpm_pa_loss(s.x_t, leaf, s.eps_src, s.noise, s.a_t, s.b_t, *weights, tau, reduction)
+    # The per-sample weights in their own dtype: the reference takes their values to float64.
+    mse_weight, hf_mse_weight = (None if w is None else w.cpu() for w in (mse_weight, hf_mse_weight))
+    out = R.ddpm_pa_loss(
+        s.x_t, leaf, s.eps_src, s.noise, s.a_t, s.b_t, *weights, tau, reduction, mse_weight=mse_weight,
+        hf_mse_weight=hf_mse_weight,
+    )
     total = sum(o * g.double().cpu() for o, g in zip(out, grads_out, strict=True))
     (grad,) = torch.autograd.grad(total, leaf)
     return out, grad
@@ -289,8 +294,8 @@ def test_ddpm_pa_loss_grams_are_deterministic_and_correct(device):
     # (4, 3, 17, 33): 459 blocks = 15 column tiles over several programs, so the fixed-order partial
     # sum is what makes two runs agree bit for bit.
     sample = make_loss_sample((4, 3, 17, 33), seed=14, dtype=torch.float32, device=device)
-    first = _ops().ddpm_pa_loss(*sample.args(), 4.0, 4.0, 1.0, 1.0, "mean")
-    second = _ops().ddpm_pa_loss(*sample.args(), 4.0, 4.0, 1.0, 1.0, "mean")
+    first = _ops().ddpm_pa_loss(*sample.args(), None, None, 4.0, 4.0, 1.0, 1.0, "mean")
+    second = _ops().ddpm_pa_loss(*sample.args(), None, None, 4.0, 4.0, 1.0, 1.0, "mean")
     for a, b in zip(first, second, strict=True):
         assert torch.equal(a, b)
     s = sample.to(device="cpu", dtype=torch.float64)
@@ -318,6 +323,104 @@ def test_ddpm_pa_loss_does_not_modify_inputs(device):
 
 
 # ------------------------------------------------------------------------------------------------
+# The fused loss with per-sample weights of its mse and hf_mse terms
+
+# The weights' dtype for each dtype of the images: always another one (a schedule's weights may be a
+# float64 or half-precision table); the reference uses the same rounded values.
+WEIGHT_DTYPES = {torch.float32: torch.float16, torch.bfloat16: torch.float64, torch.float16: torch.float32}
+# Odd sizes and partial blocks at 16-sample tiles, N = 40 over two 32-sample row tiles, and N = 20 and
+# 36 at one and two row tiles with several column tiles per program (each program weights its rows'
+# sums once, after its walk).
+WEIGHTED_LOSS_SHAPES = [(5, 4, 9, 7), (3, 2, 5, 58), LARGE_N_LOSS_SHAPE] + WIDE_TILE_LOSS_SHAPES
+
+
+def _sample_weights(n, seed, dtype, device, shape="flat"):
+    """Per-sample weights in [0.25, 3): unequal, none of them 1."""
+    w = 0.25 + 2.75 * torch.rand(n, generator=torch.Generator().manual_seed(seed), dtype=torch.float64)
+    return w.reshape((n,) if shape == "flat" else (n, 1, 1, 1)).to(device=device, dtype=dtype)
+
+
+def _weighted_loss(sample, eps_ada, weights, tau, reduction, mse_weight, hf_mse_weight):
+    return D.ddpm_pa_loss(
+        *_with_eps_ada(sample, eps_ada), *weights, tau, reduction, mse_weight=mse_weight,
+        hf_mse_weight=hf_mse_weight, backend="triton",
+    )
+
+
+def _assert_weighted_loss_matches_reference(sample, dtype, mse_weight, hf_mse_weight, seed):
+    eps_ada = sample.eps_ada.clone().requires_grad_()
+    weights, tau, reduction = (4.0, 3.0, 2.0), 0.7, "batchmean"
+    out = _weighted_loss(sample, eps_ada, weights, tau, reduction, mse_weight, hf_mse_weight)
+    grads_out = [_upstream((), dtype, sample.x_t.device, seed + k) for k in range(len(LOSS_TERMS))]
+    expected, expected_grad = _loss_reference(
+        sample, eps_ada, weights, tau, reduction, grads_out, mse_weight, hf_mse_weight
+    )
+    for name, actual, truth in zip(LOSS_TERMS, out, expected, strict=True):
+        assert actual.dtype == dtype and actual.shape == (), name
+        assert_close(actual, truth, dtype)
+    (grad,) = torch.autograd.grad(list(out), eps_ada, grads_out)
+    assert_close(grad, expected_grad, dtype)
+    return out
+
+
+@pytest.mark.parametrize("device", TRITON_DEVICES)
+@pytest.mark.parametrize("dtype", [*DTYPES, torch.float16])
+@pytest.mark.parametrize("shape", WEIGHTED_LOSS_SHAPES)
+def test_ddpm_pa_loss_weighted_matches_reference(device, dtype, shape):
+    sample = make_loss_sample(shape, seed=16, dtype=dtype, device=device)
+    n = shape[0]
+    mse_weight = _sample_weights(n, 1, WEIGHT_DTYPES[dtype], device, "flat")
+    hf_mse_weight = _sample_weights(n, 2, WEIGHT_DTYPES[dtype], device, "4d")
+    out = _assert_weighted_loss_matches_reference(sample, dtype, mse_weight, hf_mse_weight, 30)
+    # The weights are not a common factor the test could miss: the unweighted terms differ.
+    plain = D.ddpm_pa_loss(*sample.args(), 4.0, 3.0, 2.0, 0.7, "batchmean", backend="triton")
+    for term in ("mse", "hf_mse"):
+        assert not torch.allclose(getattr(out, term).float(), getattr(plain, term).float(), rtol=0.05), term
+
+
+@pytest.mark.parametrize("device", TRITON_DEVICES)
+@pytest.mark.parametrize("case", ["mse_only", "hf_mse_only", "zero", "some_zero"])
+def test_ddpm_pa_loss_weight_cases(device, case):
+    """One weight None and the other set (each in the other shape and another dtype), all-zero weights
+    and weights with zeros among them."""
+    dtype, n = torch.float32, 5
+    sample = make_loss_sample((n, 3, 9, 7), seed=17, dtype=dtype, device=device)
+    if case == "mse_only":
+        mse_weight, hf_mse_weight = _sample_weights(n, 3, torch.float64, device, "4d"), None
+    elif case == "hf_mse_only":
+        mse_weight, hf_mse_weight = None, _sample_weights(n, 4, torch.bfloat16, device, "flat")
+    elif case == "zero":
+        mse_weight = torch.zeros(n, device=device, dtype=dtype)
+        hf_mse_weight = torch.zeros((n, 1, 1, 1), device=device, dtype=torch.float16)
+    else:
+        keep = torch.tensor([1.0, 0.0, 1.0, 1.0, 0.0], device=device, dtype=dtype)
+        mse_weight = keep * _sample_weights(n, 5, dtype, device)
+        hf_mse_weight = keep.flip(0) * _sample_weights(n, 6, dtype, device)
+    out = _assert_weighted_loss_matches_reference(sample, dtype, mse_weight, hf_mse_weight, 40)
+    if case == "zero":
+        assert out.mse.item() == 0.0 and out.hf_mse.item() == 0.0
+
+
+@pytest.mark.parametrize("device", TRITON_DEVICES)
+@pytest.mark.parametrize("shape", [(5, 4, 9, 7), WIDE_TILE_LOSS_SHAPES[1]])
+def test_ddpm_pa_loss_unit_weights_are_the_unweighted_loss(device, shape):
+    """Weights of exactly 1 (either shape) give the unweighted loss and gradient, to rounding."""
+    sample = make_loss_sample(shape, seed=18, dtype=torch.float32, device=device)
+    n = shape[0]
+    grads_out = [_upstream((), torch.float32, device, 50 + k) for k in range(len(LOSS_TERMS))]
+    results = []
+    for mse_weight, hf_mse_weight in [
+        (None, None),
+        (torch.ones(n, device=device), torch.ones((n, 1, 1, 1), device=device, dtype=torch.float64)),
+    ]:
+        eps_ada = sample.eps_ada.clone().requires_grad_()
+        out = _weighted_loss(sample, eps_ada, (4.0, 3.0, 2.0), 0.7, "batchmean", mse_weight, hf_mse_weight)
+        results.append([*out, *torch.autograd.grad(list(out), eps_ada, grads_out)])
+    for name, plain, unit in zip([*LOSS_TERMS, "grad"], *results, strict=True):
+        torch.testing.assert_close(unit, plain, rtol=1e-6, atol=1e-9, msg=lambda m: f"{name}: {m}")
+
+
+# ------------------------------------------------------------------------------------------------
 # float64: gradcheck of every op, and torch.library.opcheck of the registered triton ops
 
 
@@ -335,6 +438,8 @@ def _gradcheck_cases(device):
     sample = make_loss_sample((3, 2, 4, 5), seed=32, device=device)
     weights = (4.0, 3.0, 2.0, 0.7, "mean")
     yl, yh = R.haar_dwt2d(randn((2, 1, 5, 6), 33, torch.float64, device))
+    mse_weight = _sample_weights(3, 34, torch.float64, device)
+    hf_mse_weight = _sample_weights(3, 35, torch.float32, device, "4d")
     return {
         "high_frequency": (lambda t: D.ddpm_pa_high_frequency(t, backend="triton"), x),
         "haar_dwt2d": (lambda t: _flat_dwt(*D.haar_dwt2d(t, 2, "symmetric", backend="triton")), x),
@@ -347,12 +452,29 @@ def _gradcheck_cases(device):
             lambda t: tuple(D.ddpm_pa_loss(*_with_eps_ada(sample, t), *weights, backend="triton")),
             sample.eps_ada,
         ),
+        "ddpm_pa_loss_weighted": (
+            lambda t: tuple(
+                D.ddpm_pa_loss(
+                    *_with_eps_ada(sample, t), *weights, mse_weight=mse_weight, hf_mse_weight=hf_mse_weight,
+                    backend="triton",
+                )
+            ),
+            sample.eps_ada,
+        ),
     }
 
 
 @pytest.mark.parametrize("device", TRITON_DEVICES)
 @pytest.mark.parametrize(
-    "op", ["high_frequency", "haar_dwt2d", "haar_idwt2d", "pairwise_similarity_kl", "ddpm_pa_loss"]
+    "op",
+    [
+        "high_frequency",
+        "haar_dwt2d",
+        "haar_idwt2d",
+        "pairwise_similarity_kl",
+        "ddpm_pa_loss",
+        "ddpm_pa_loss_weighted",
+    ],
 )
 def test_gradcheck_float64(device, op):
     fn, x = _gradcheck_cases(device)[op]
@@ -362,61 +484,74 @@ def test_gradcheck_float64(device, op):
 
 
 def _opcheck_samples(device):
+    """(op, args) by name; the names are OPCHECK_SAMPLES."""
     x = randn((2, 3, 5, 7), 40, torch.float32, device)
     yl, yh = _ops().haar_dwt2d(x, "zero")
     src, ada = similar_features((3, 2, 4, 4), 41, torch.float32, device)
     sample = make_loss_sample((3, 2, 6, 5), seed=42, dtype=torch.float32, device=device)
-    grams = _ops().ddpm_pa_loss(*sample.args(), 4.0, 4.0, 1.0, 1.0, "mean")[-1]
+    grams = _ops().ddpm_pa_loss(*sample.args(), None, None, 4.0, 4.0, 1.0, 1.0, "mean")[-1]
     _, gram_src, gram_ada = _ops().pairwise_similarity_kl(src, ada, 1.0, "sum")
     ops = _ops()
     grad_terms = randn((5,), 43, torch.float32, device)
-    return [
-        (ops.ddpm_pa_high_frequency.default, (x.requires_grad_(),)),
-        (ops.ddpm_pa_high_frequency_backward.default, (randn((2, 3, 2, 3), 44, torch.float32, device), 5, 7)),
-        (ops.haar_dwt2d.default, (x, "symmetric")),
-        # The backward ops get inputs that do not require grad, as autograd gives them (they have no
-        # derivative of their own); detached because the samples after them mark yl, yh and ada.
-        (ops.haar_dwt2d_backward.default, (yl.detach(), yh.detach(), 5, 7, "periodization")),
-        (ops.haar_idwt2d.default, (yl.requires_grad_(), yh.requires_grad_())),
-        (ops.pairwise_similarity_kl.default, (src, ada.requires_grad_(), 0.7, "none")),
-        (
+    mse_weight = _sample_weights(3, 46, torch.float32, device)
+    hf_mse_weight = _sample_weights(3, 47, torch.float64, device, "4d")
+    loss_args = _with_eps_ada(sample, sample.eps_ada.requires_grad_())
+    # The backward ops get inputs that do not require grad, as autograd gives them (they have no
+    # derivative of their own); detached because other samples mark yl, yh, ada and eps_ada.
+    loss_backward_args = (
+        grad_terms, grams, sample.x_t, sample.eps_ada.detach(), sample.noise, sample.a_t, sample.b_t
+    )
+    scalar_args = (4.0, 3.0, 2.0, 0.7, "mean")
+    return {
+        "high_frequency": (ops.ddpm_pa_high_frequency.default, (x.requires_grad_(),)),
+        "high_frequency_backward": (
+            ops.ddpm_pa_high_frequency_backward.default,
+            (randn((2, 3, 2, 3), 44, torch.float32, device), 5, 7),
+        ),
+        "haar_dwt2d": (ops.haar_dwt2d.default, (x, "symmetric")),
+        "haar_dwt2d_backward": (
+            ops.haar_dwt2d_backward.default,
+            (yl.detach(), yh.detach(), 5, 7, "periodization"),
+        ),
+        "haar_idwt2d": (ops.haar_idwt2d.default, (yl.requires_grad_(), yh.requires_grad_())),
+        "pairwise_similarity_kl": (
+            ops.pairwise_similarity_kl.default,
+            (src, ada.requires_grad_(), 0.7, "none"),
+        ),
+        "pairwise_similarity_kl_backward": (
             ops.pairwise_similarity_kl_backward.default,
             (randn((), 45, torch.float32, device), ada.detach(), gram_src, gram_ada, 0.7, "sum"),
         ),
-        (
+        "ddpm_pa_loss": (ops.ddpm_pa_loss.default, (*loss_args, None, None, *scalar_args)),
+        "ddpm_pa_loss_weighted": (
             ops.ddpm_pa_loss.default,
-            (
-                sample.x_t,
-                sample.eps_ada.requires_grad_(),
-                sample.eps_src,
-                sample.noise,
-                sample.a_t,
-                sample.b_t,
-                4.0,
-                3.0,
-                2.0,
-                0.7,
-                "mean",
-            ),
+            (*loss_args, mse_weight, hf_mse_weight, *scalar_args),
         ),
-        (
+        "ddpm_pa_loss_backward": (
             ops.ddpm_pa_loss_backward.default,
-            (
-                grad_terms,
-                grams,
-                sample.x_t,
-                sample.eps_ada.detach(),
-                sample.noise,
-                sample.a_t,
-                sample.b_t,
-                4.0,
-                3.0,
-                2.0,
-                0.7,
-                "mean",
-            ),
+            (*loss_backward_args, None, None, *scalar_args),
         ),
-    ]
+        # One weight set, the other None.
+        "ddpm_pa_loss_backward_weighted": (
+            ops.ddpm_pa_loss_backward.default,
+            (*loss_backward_args, None, hf_mse_weight, *scalar_args),
+        ),
+    }
+
+
+OPCHECK_SAMPLES = [
+    "high_frequency",
+    "high_frequency_backward",
+    "haar_dwt2d",
+    "haar_dwt2d_backward",
+    "haar_idwt2d",
+    "pairwise_similarity_kl",
+    "pairwise_similarity_kl_backward",
+    "ddpm_pa_loss",
+    "ddpm_pa_loss_weighted",
+    "ddpm_pa_loss_backward",
+    "ddpm_pa_loss_backward_weighted",
+]
 
 
 OPCHECK_UTILS = ("test_schema", "test_autograd_registration", "test_faketensor", "test_aot_dispatch_dynamic")
@@ -426,9 +561,11 @@ INTERPRETER_OPCHECK_UTILS = OPCHECK_UTILS[:3]
 
 
 @pytest.mark.parametrize("device", TRITON_DEVICES)
-@pytest.mark.parametrize("index", range(9))
-def test_opcheck(device, index):
-    op, args = _opcheck_samples(device)[index]
+@pytest.mark.parametrize("name", OPCHECK_SAMPLES)
+def test_opcheck(device, name):
+    samples = _opcheck_samples(device)
+    assert list(samples) == OPCHECK_SAMPLES  # none left untested
+    op, args = samples[name]
     interpreted = device == "cpu"
     torch.library.opcheck(op, args, test_utils=INTERPRETER_OPCHECK_UTILS if interpreted else OPCHECK_UTILS)
 
@@ -483,9 +620,10 @@ def _record_launches(monkeypatch) -> list[dict]:
 @pytest.mark.skipif(os.environ.get("TRITON_INTERPRET") != "1",
                     reason="with a GPU the other tests compile and run the kernels on it")
 def test_kernels_compile_for_gpu_targets(monkeypatch, tmp_path):
-    """Every kernel launch our ops make, fwd and bwd, float32 and bfloat16, each Gram tiling,
-    compiled by Triton's compiler for sm_80 and sm_90 down to cubin: what the interpreter cannot show
-    (the compiler's type and layout checks, shared memory within the GPU's limit, register spills)."""
+    """Every kernel launch our ops make, fwd and bwd, float32 and bfloat16, each Gram tiling, the fused
+    loss with and without its per-sample weights, compiled by Triton's compiler for sm_80 and sm_90 down
+    to cubin: what the interpreter cannot show (the compiler's type and layout checks, shared memory
+    within the GPU's limit, register spills)."""
     launches = _record_launches(monkeypatch)
     max_batch = triton_ops.max_batch()
     for dtype in DTYPES:
@@ -506,6 +644,11 @@ def test_kernels_compile_for_gpu_targets(monkeypatch, tmp_path):
             out = D.ddpm_pa_loss(sample.x_t, eps_ada, sample.eps_src, sample.noise, sample.a_t, sample.b_t,
                                  backend="triton")
             out.loss.backward()
+            # The weighted kernels (both flags on: the code of either weight alone is a part of it).
+            weights = [_sample_weights(loss_shape[0], k, WEIGHT_DTYPES[dtype], "cpu") for k in (4, 5)]
+            out = D.ddpm_pa_loss(sample.x_t, eps_ada, sample.eps_src, sample.noise, sample.a_t, sample.b_t,
+                                 mse_weight=weights[0], hf_mse_weight=weights[1], backend="triton")
+            out.loss.backward()
     from triton.runtime.interpreter import InterpretedFunction
 
     kernel_modules = [m for name, m in list(sys.modules.items()) if name.startswith("ddpm_pa_fast.kernels")]
@@ -514,6 +657,12 @@ def test_kernels_compile_for_gpu_targets(monkeypatch, tmp_path):
         if isinstance(value, InterpretedFunction) and name.endswith("_kernel")
     }
     assert {launch["kernel"] for launch in launches} == defined  # every kernel, none left out
+    weightings = {
+        (launch["kernel"], launch["constexprs"]["HAS_MSE_WEIGHT"], launch["constexprs"]["HAS_HF_MSE_WEIGHT"])
+        for launch in launches if "HAS_MSE_WEIGHT" in launch["constexprs"]
+    }
+    loss_kernels = ("_ddpm_pa_loss_forward_kernel", "_ddpm_pa_loss_backward_kernel")
+    assert weightings == {(kernel, flag, flag) for kernel in loss_kernels for flag in (False, True)}
 
     path = tmp_path / "launches.json"
     path.write_text(json.dumps(launches))
