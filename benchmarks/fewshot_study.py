@@ -329,7 +329,7 @@ def report(split: str) -> None:
             finetune = variant if any(r.get("variant") == variant and r["method"] == "finetune" for r in rows) else None
             finetune = finetune or ("frozen" if split == "test" else "base")
             lines += [f"### {variant}", "", *equal_level_table(rows, along, variant, finetune), ""]
-    plot_tradeoff(rows, out / "tradeoff.png", f"{split} domain: diversity against KID, every evaluation")
+    plot_tradeoff(rows, out / "tradeoff.png", f"{split} domain: diversity against KID and against fidelity, every evaluation")
     lines += sampler_check_table(rows)
     (out / "summary.md").write_text("\n".join(lines))
     keys = sorted({k for r in rows for k, v in r.items() if not isinstance(v, (list, dict))})
