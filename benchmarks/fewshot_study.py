@@ -126,7 +126,10 @@ def planned_runs(split: str) -> list[Run]:
             published = tuple(sorted({**VALIDATION_BASE, "steps": TEST_STEPS}.items()))
             variants.append(("published", ("ddpm-pa",), published))
         return [
-            Run("test", name, m, s, overrides) for s in SEEDS for name, methods, overrides in variants for m in methods
+            Run("test", name, m, s, overrides)
+            for s in SEEDS
+            for name, methods, overrides in variants
+            for m in methods
         ]
     return [
         Run("validation", name, m, s, tuple(sorted({**VALIDATION_BASE, **overrides}.items())))
@@ -145,7 +148,9 @@ def frozen_variant() -> str:
 def run_eval_every(run: Run) -> int:
     """EVAL_EVERY, but for DDPM-PA on the validation domain: the rule reads its last step only, and
     half the evaluations (80 s each on one core) keep the sweep's 3 seeds inside a session."""
-    return VALIDATION_DDPM_PA_EVAL_EVERY if run.split == "validation" and run.method == "ddpm-pa" else EVAL_EVERY
+    return (
+        VALIDATION_DDPM_PA_EVAL_EVERY if run.split == "validation" and run.method == "ddpm-pa" else EVAL_EVERY
+    )
 
 
 def run_extra_eval_steps(run: Run) -> tuple[int, ...]:
@@ -288,7 +293,9 @@ def report(split: str) -> None:
         f"# Few-shot study, {split} domain",
         "",
         f"Fidelity ceiling: the 10-class classifier calls {source[0]['fidelity_real']:.3f} of the 1,000 "
-        "held-out real images of the class the target class (p > 0.5)." if source else "",
+        "held-out real images of the class the target class (p > 0.5)."
+        if source
+        else "",
         "",
     ]
     last = max(r["step"] for r in rows)
@@ -326,10 +333,18 @@ def report(split: str) -> None:
         for variant in variants:
             if not any(r.get("variant") == variant and r["method"] == "ddpm-pa" for r in rows):
                 continue
-            finetune = variant if any(r.get("variant") == variant and r["method"] == "finetune" for r in rows) else None
+            finetune = (
+                variant
+                if any(r.get("variant") == variant and r["method"] == "finetune" for r in rows)
+                else None
+            )
             finetune = finetune or ("frozen" if split == "test" else "base")
             lines += [f"### {variant}", "", *equal_level_table(rows, along, variant, finetune), ""]
-    plot_tradeoff(rows, out / "tradeoff.png", f"{split} domain: diversity against KID and against fidelity, every evaluation")
+    plot_tradeoff(
+        rows,
+        out / "tradeoff.png",
+        f"{split} domain: diversity against KID and against fidelity, every evaluation",
+    )
     lines += sampler_check_table(rows)
     (out / "summary.md").write_text("\n".join(lines))
     keys = sorted({k for r in rows for k, v in r.items() if not isinstance(v, (list, dict))})
@@ -412,9 +427,7 @@ def freeze() -> dict:
     """Applies the rule of the module doc to the validation results; writes frozen.json."""
     rows = load_rows("validation")
     candidates = ddpm_pa_candidates(rows)
-    admissible = [
-        v for v, c in candidates.items() if c["admissible"] and c["mean_advantage"] is not None
-    ]
+    admissible = [v for v, c in candidates.items() if c["admissible"] and c["mean_advantage"] is not None]
     chosen = max(admissible, key=lambda v: candidates[v]["mean_advantage"]) if admissible else "base"
     settings = {**VALIDATION_BASE, **VALIDATION_VARIANTS[chosen][1]}
     record = {

@@ -54,7 +54,9 @@ def main(argv=None) -> None:
     from ddpm_pa_fast.train.data import load_images
     from ddpm_pa_fast.train.sampling import load_model_folder
 
-    parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
+    parser = argparse.ArgumentParser(
+        description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter
+    )
     parser.add_argument("--out", type=Path, default=OUT)
     args = parser.parse_args(argv)
     torch.manual_seed(0)
@@ -64,7 +66,10 @@ def main(argv=None) -> None:
     _, b = prediction.coefficient_tables(scheduler)
     rows = []
     for t in TIMESTEPS:
-        first, second = term_gradients(unet, scheduler, x0, t, seed=1), term_gradients(unet, scheduler, x0, t, seed=2)
+        first, second = (
+            term_gradients(unet, scheduler, x0, t, seed=1),
+            term_gradients(unet, scheduler, x0, t, seed=2),
+        )
         cosine = torch.nn.functional.cosine_similarity(first["HF-MSE (x0)"], second["HF-MSE (x0)"], dim=0)
         rows.append((t, b[t].item(), {k: v.norm().item() for k, v in first.items()}, cosine.item()))
         print(t, rows[-1][2], f"cosine {cosine.item():.2f}", flush=True)

@@ -17,7 +17,13 @@ from .functional import (
     pairwise_similarity_kl,
 )
 from .modules import DDPMPAHighFrequency, DDPMPALoss, DWTForward, DWTInverse, PairwiseSimilarityKL
-from .prediction import HF_MSE_WEIGHTINGS, PREDICTION_TYPES, LossCoefficients, hf_mse_weights, loss_coefficients
+from .prediction import (
+    HF_MSE_WEIGHTINGS,
+    PREDICTION_TYPES,
+    LossCoefficients,
+    hf_mse_weights,
+    loss_coefficients,
+)
 from .reference import DDPMPALossOutput
 
 __version__ = "0.1.0"

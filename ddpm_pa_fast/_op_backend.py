@@ -64,8 +64,19 @@ class OpBackend:
         x_t, eps_src, noise, a_t, b_t = (t.detach() for t in (x_t, eps_src, noise, a_t, b_t))
         mse_weight, hf_mse_weight = (None if w is None else w.detach() for w in (mse_weight, hf_mse_weight))
         *terms, _grams = self._ops().ddpm_pa_loss(
-            x_t, eps_ada, eps_src, noise, a_t, b_t, mse_weight, hf_mse_weight, w_pair, w_hf_pair, w_hf_mse,
-            tau, reduction,
+            x_t,
+            eps_ada,
+            eps_src,
+            noise,
+            a_t,
+            b_t,
+            mse_weight,
+            hf_mse_weight,
+            w_pair,
+            w_hf_pair,
+            w_hf_mse,
+            tau,
+            reduction,
         )
         return DDPMPALossOutput(*terms)
 

@@ -272,7 +272,11 @@ def hf_mse_weights(
     if not isinstance(timesteps, torch.Tensor) or timesteps.dim() != 1:
         raise ValueError(
             "timesteps must be an integer tensor of shape (N,), got "
-            + (f"shape {tuple(timesteps.shape)}" if isinstance(timesteps, torch.Tensor) else type(timesteps).__name__)
+            + (
+                f"shape {tuple(timesteps.shape)}"
+                if isinstance(timesteps, torch.Tensor)
+                else type(timesteps).__name__
+            )
         )
     table = hf_mse_weight_table(
         scheduler, weighting, gamma=gamma, max_t=max_t, prediction_type=prediction_type

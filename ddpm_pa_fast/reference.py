@@ -203,7 +203,19 @@ def _weighted_mean(squares: torch.Tensor, weight: torch.Tensor | None) -> torch.
 
 
 def check_loss_inputs(
-    x_t, eps_ada, eps_src, noise, a_t, b_t, w_pair, w_hf_pair, w_hf_mse, tau, reduction, mse_weight, hf_mse_weight
+    x_t,
+    eps_ada,
+    eps_src,
+    noise,
+    a_t,
+    b_t,
+    w_pair,
+    w_hf_pair,
+    w_hf_mse,
+    tau,
+    reduction,
+    mse_weight,
+    hf_mse_weight,
 ):
     """Validates ddpm_pa_loss's arguments for every backend.
 
@@ -267,7 +279,18 @@ def ddpm_pa_loss(
     authors' "x0", "eps", "min-snr"; docs/ddpm_pa_spec.md, "A defect of the formulation itself").
     """
     (x_t, eps_ada, eps_src, noise), (w_pair, w_hf_pair, w_hf_mse, tau) = check_loss_inputs(
-        x_t, eps_ada, eps_src, noise, a_t, b_t, w_pair, w_hf_pair, w_hf_mse, tau, reduction, mse_weight,
+        x_t,
+        eps_ada,
+        eps_src,
+        noise,
+        a_t,
+        b_t,
+        w_pair,
+        w_hf_pair,
+        w_hf_mse,
+        tau,
+        reduction,
+        mse_weight,
         hf_mse_weight,
     )
     dtype = x_t.dtype

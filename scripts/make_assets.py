@@ -166,8 +166,14 @@ def make_classifier(out: Path, seed: int, epochs: int, threads: int) -> None:
     x, y = source_training_set()
     test = fashion.load_uint8_images(out / "source_test.safetensors")
     model, accuracy = train_classifier(
-        x, y, fashion.to_model_range(test["images"]), test["labels"], len(fashion.SOURCE_CLASSES), seed,
-        epochs, threads,
+        x,
+        y,
+        fashion.to_model_range(test["images"]),
+        test["labels"],
+        len(fashion.SOURCE_CLASSES),
+        seed,
+        epochs,
+        threads,
     )
     save_classifier(model, out / "source_classifier", {"source_test_accuracy": round(accuracy, 4)})
     print(f"wrote the classifier to {out / 'source_classifier'}")
@@ -191,18 +197,27 @@ def make_fidelity_classifier(out: Path, seed: int, epochs: int, threads: int) ->
     keep = np.ones(len(labels), dtype=bool)
     shots = shot_indices(out)
     if len(shots) != SHOTS * len(fashion.TARGET_DOMAINS):
-        raise SystemExit(f"expected {SHOTS} shots per target domain under {out / 'domains'}, found {len(shots)}")
+        raise SystemExit(
+            f"expected {SHOTS} shots per target domain under {out / 'domains'}, found {len(shots)}"
+        )
     keep[shots] = False
     x = torch.from_numpy(images[keep][:, None].copy()).float() / 127.5 - 1.0
     test_images, test_labels = load_split("t10k")
     model, accuracy = train_classifier(
-        x, torch.from_numpy(labels[keep]), torch.from_numpy(test_images[:, None].copy()).float() / 127.5 - 1.0,
-        torch.from_numpy(test_labels), len(fashion.CLASS_NAMES), seed, epochs, threads,
+        x,
+        torch.from_numpy(labels[keep]),
+        torch.from_numpy(test_images[:, None].copy()).float() / 127.5 - 1.0,
+        torch.from_numpy(test_labels),
+        len(fashion.CLASS_NAMES),
+        seed,
+        epochs,
+        threads,
     )
     info = {
         "classes": list(fashion.CLASS_NAMES),
         "test_accuracy": round(accuracy, 4),
-        "trained_on": f"Fashion-MNIST train, all 10 classes, {int(keep.sum())} images (the {len(shots)} shots left out)",
+        "trained_on": f"Fashion-MNIST train, all 10 classes, {int(keep.sum())} images "
+        f"(the {len(shots)} shots left out)",
     }
     save_classifier(model, out / "fidelity_classifier", info)
     print(f"wrote the fidelity classifier to {out / 'fidelity_classifier'}")

@@ -492,12 +492,17 @@ def test_study_plans_every_variant_seed_by_seed_and_evaluates_fine_tuning_early(
     assert [r.seed for r in runs] == [s for s in FS.VALIDATION_SEEDS for _ in range(per_seed)]
     assert len({r.path for r in runs}) == len(runs)
     authors = [r for r in runs if r.variant == "base" and r.method == "ddpm-pa"][0]
-    assert dict(authors.overrides)["hf_mse_weighting"] == "x0" and dict(authors.overrides)["pair_max_t"] is None
+    assert (
+        dict(authors.overrides)["hf_mse_weighting"] == "x0" and dict(authors.overrides)["pair_max_t"] is None
+    )
     assert FS.run_extra_eval_steps(FS.Run("test", "frozen", "finetune", 0)) == FS.FINETUNE_EARLY_EVAL_STEPS
     assert FS.run_extra_eval_steps(FS.Run("test", "frozen", "ddpm-pa", 0)) == ()
     # Before a non-authors' variant is frozen, the test domain runs the frozen settings only; after, the
     # authors' formulation beside them, every run for TEST_STEPS.
-    assert {(r.variant, r.method) for r in FS.planned_runs("test")} == {("frozen", "finetune"), ("frozen", "ddpm-pa")}
+    assert {(r.variant, r.method) for r in FS.planned_runs("test")} == {
+        ("frozen", "finetune"),
+        ("frozen", "ddpm-pa"),
+    }
     (tmp_path / "frozen.json").write_text(json.dumps({"ddpm_pa_variant": "eps"}))
     test_runs = FS.planned_runs("test")
     assert ("published", "ddpm-pa") in {(r.variant, r.method) for r in test_runs}
@@ -514,7 +519,9 @@ def test_freeze_applies_the_fidelity_rule(tmp_path, monkeypatch):
     for seed in (0, 1):
         rows += [
             _point("finetune", seed, 100, 1.0, 0.4, "base", fidelity=1.0),
-            _point("ddpm-pa", seed, 100, 2.0, 0.79, "base", fidelity=0.05),  # textures: most diverse, off target
+            _point(
+                "ddpm-pa", seed, 100, 2.0, 0.79, "base", fidelity=0.05
+            ),  # textures: most diverse, off target
             _point("ddpm-pa", seed, 100, 2.0, 0.7, "eps", fidelity=0.6),  # fine-tuning there: 0.8 - 0.4 * 0.6
             _point("ddpm-pa", seed, 100, 2.0, 0.5, "min-snr", fidelity=0.9),
         ]

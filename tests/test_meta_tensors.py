@@ -17,11 +17,15 @@ CASES = {
     "ddpm_pa_high_frequency": lambda t: D.ddpm_pa_high_frequency(t(N, C, H, W)),
     "haar_dwt2d": lambda t: D.haar_dwt2d(t(N, C, H - 1, W), 2)[1][1],
     "haar_idwt2d": lambda t: D.haar_idwt2d(t(N, C, 4, 4), [t(N, C, 3, 4, 4)]),
-    "pairwise_similarity_kl": lambda t: D.pairwise_similarity_kl(t(N, C, H, W), t(N, C, H, W), reduction="none"),
+    "pairwise_similarity_kl": lambda t: D.pairwise_similarity_kl(
+        t(N, C, H, W), t(N, C, H, W), reduction="none"
+    ),
     "ddpm_pa_loss": lambda t: D.ddpm_pa_loss(*(t(N, C, H, W) for _ in range(4)), t(N), t(N)).hf_mse,
-    "ddpm_pa_loss weighted": lambda t: D.ddpm_pa_loss(
-        *(t(N, C, H, W) for _ in range(4)), t(N), t(N), mse_weight=t(N), hf_mse_weight=t(N)
-    ).loss,
+    "ddpm_pa_loss weighted": lambda t: (
+        D.ddpm_pa_loss(
+            *(t(N, C, H, W) for _ in range(4)), t(N), t(N), mse_weight=t(N), hf_mse_weight=t(N)
+        ).loss
+    ),
     "DDPMPALoss": lambda t: D.DDPMPALoss()(*(t(N, C, H, W) for _ in range(4)), t(N), t(N)).loss,
     "PairwiseSimilarityKL": lambda t: D.PairwiseSimilarityKL()(t(N, 5), t(N, 5)),
     "DDPMPAHighFrequency": lambda t: D.DDPMPAHighFrequency()(t(N, C, H, W)),

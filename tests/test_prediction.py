@@ -147,7 +147,11 @@ def test_sample_prediction_is_refused_naming_the_argument_and_the_choices():
         (dict(noise=torch.zeros(5, 3, 8, 4)), ValueError, "noise must be a tensor of sample's shape"),
         (dict(sample=torch.zeros(5, 3, 8, 8, dtype=torch.long)), ValueError, "floating-point"),
         (dict(scheduler=object()), TypeError, "betas"),
-        (dict(timesteps=torch.tensor([-1, 0, 1, 2, 999])), ValueError, r"timesteps must lie in \[0, 1000\).*-1"),
+        (
+            dict(timesteps=torch.tensor([-1, 0, 1, 2, 999])),
+            ValueError,
+            r"timesteps must lie in \[0, 1000\).*-1",
+        ),
         (dict(timesteps=torch.tensor([0, 1, 2, 3, 1000])), ValueError, r"timesteps must lie in \[0, 1000\)"),
         (dict(timesteps=torch.tensor([0.0, 1, 2, 3, 4])), ValueError, "integer tensor"),
     ],
@@ -181,14 +185,19 @@ def test_hf_mse_weights_are_the_stated_formulas(schedule, prediction_type):
     abar = _abar64(scheduler, t).flatten()
     snr = abar / (1 - abar)
     b2 = (1 - abar) / abar if prediction_type == "epsilon" else 1 - abar
-    weights = {w: ddpm_pa_fast.hf_mse_weights(scheduler, t, w, gamma=5.0) for w in ddpm_pa_fast.HF_MSE_WEIGHTINGS}
+    weights = {
+        w: ddpm_pa_fast.hf_mse_weights(scheduler, t, w, gamma=5.0) for w in ddpm_pa_fast.HF_MSE_WEIGHTINGS
+    }
     assert all(w.dtype == torch.float32 and w.shape == (5,) for w in weights.values())
     torch.testing.assert_close(weights["x0"], torch.ones(5))
     torch.testing.assert_close(weights["eps"].double(), 1 / b2, rtol=1e-6, atol=0)
     torch.testing.assert_close(weights["min-snr"].double(), snr.clamp(max=5.0), rtol=1e-6, atol=0)
     if prediction_type == "epsilon":
-        # Hang et al.'s weight of the epsilon loss, min(SNR, gamma) / SNR, on HF(eps_ada - eps) = HF(x0 error) / b_t.
-        torch.testing.assert_close((weights["min-snr"].double() * b2), snr.clamp(max=5.0) / snr, rtol=1e-6, atol=0)
+        # Hang et al.'s weight of the epsilon loss, min(SNR, gamma) / SNR, on
+        # HF(eps_ada - eps) = HF(x0 error) / b_t.
+        torch.testing.assert_close(
+            (weights["min-snr"].double() * b2), snr.clamp(max=5.0) / snr, rtol=1e-6, atol=0
+        )
     cut = ddpm_pa_fast.hf_mse_weights(scheduler, t, "eps", max_t=int(t[2]) + 1)
     torch.testing.assert_close(cut, torch.where(t <= t[2], weights["eps"], torch.zeros(5)))
 
@@ -203,7 +212,9 @@ def test_eps_weighting_makes_hf_mse_the_noise_space_hf_error(backend):
     eps_ada = noise + 0.1 * torch.randn_like(noise)
     a_t, b_t, target = ddpm_pa_fast.loss_coefficients(scheduler, x0, noise, t)
     weight = ddpm_pa_fast.hf_mse_weights(scheduler, t, "eps")
-    out = ddpm_pa_fast.ddpm_pa_loss(x_t, eps_ada, noise, target, a_t, b_t, hf_mse_weight=weight, backend=backend)
+    out = ddpm_pa_fast.ddpm_pa_loss(
+        x_t, eps_ada, noise, target, a_t, b_t, hf_mse_weight=weight, backend=backend
+    )
     expected = R.ddpm_pa_high_frequency(eps_ada - noise).square().mean()
     # The weight is float32: its rounding bounds the agreement.
     torch.testing.assert_close(out.hf_mse, expected, rtol=1e-6, atol=0)
@@ -220,7 +231,10 @@ def test_eps_weighting_makes_hf_mse_the_noise_space_hf_error(backend):
         (dict(timesteps=torch.tensor([0, 1000])), r"timesteps must lie in \[0, 1000\)"),
         (dict(timesteps=torch.tensor([-1, 5])), r"timesteps must lie in \[0, 1000\)"),
         (dict(timesteps=torch.tensor([0.5, 5.0])), "timesteps must be an integer tensor"),
-        (dict(timesteps=torch.zeros(2, 1, dtype=torch.long)), r"timesteps must be an integer tensor of shape \(N,\)"),
+        (
+            dict(timesteps=torch.zeros(2, 1, dtype=torch.long)),
+            r"timesteps must be an integer tensor of shape \(N,\)",
+        ),
     ],
 )
 def test_hf_mse_weights_name_a_bad_argument(kwargs, pattern):
@@ -235,6 +249,8 @@ def test_compiled_loss_coefficients_refuse_timesteps_outside_the_schedule():
     """Under torch.compile(fullgraph=True) the range check is an op of the graph: it still refuses."""
     scheduler, x0, noise, t = _case(SCHEDULES[0], "v_prediction")
     compiled = torch.compile(ddpm_pa_fast.loss_coefficients, fullgraph=True, backend="aot_eager")
-    torch.testing.assert_close(compiled(scheduler, x0, noise, t).a_t, ddpm_pa_fast.loss_coefficients(scheduler, x0, noise, t).a_t)
+    torch.testing.assert_close(
+        compiled(scheduler, x0, noise, t).a_t, ddpm_pa_fast.loss_coefficients(scheduler, x0, noise, t).a_t
+    )
     with pytest.raises(RuntimeError, match=r"timesteps must lie in \[0, 1000\)"):
         compiled(scheduler, x0, noise, torch.tensor([0, 1, 2, 3, 1000]))

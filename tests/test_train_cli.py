@@ -97,8 +97,10 @@ def test_tiny_demo_writes_figures_metrics_and_table(tmp_path, capsys, weighting)
     assert [(r["run"], r["step"]) for r in metrics["rows"]] == [("source", 0)] + [
         (run, step) for run in runs for step in (1, 2)
     ]
-    table = printed[printed.index("model "):]
-    assert len([line for line in table.splitlines() if line.split()[0] in ("source", "fine-tuning", "DDPM-PA")]) == 1 + len(runs)
+    table = printed[printed.index("model ") :]
+    assert len(
+        [line for line in table.splitlines() if line.split()[0] in ("source", "fine-tuning", "DDPM-PA")]
+    ) == 1 + len(runs)
     assert all(0.0 <= r["fidelity"] <= 1.0 for r in metrics["rows"])
     for name in ("source", *runs):
         assert (out / name / "samples.png").is_file()

@@ -90,7 +90,11 @@ def test_kid_on_too_few_images_names_the_count_never_nan(n_samples, n_reference)
     from ddpm_pa_fast.train.classifier import SourceClassifier
 
     classifier = SourceClassifier().eval()
-    with pytest.raises(ValueError, match=rf"KID needs at least 2 samples and 2 reference images.*got {n_samples} samples and {n_reference} reference"):
+    with pytest.raises(
+        ValueError,
+        match=rf"KID needs at least 2 samples and 2 reference images.*got {n_samples} samples "
+        rf"and {n_reference} reference",
+    ):
         E.kid(torch.zeros(n_samples, 1, 32, 32), torch.zeros(n_reference, 1, 32, 32), classifier)
 
 

@@ -35,7 +35,13 @@ def test_loss_is_the_authors_total_full_batch_mse_and_subset_pairs(tmp_path, bac
     t >= --hf-mse-max-t), the pair terms on the subset."""
     torch.manual_seed(0)
     config = tiny_config(
-        tmp_path, batch_size=5, pair_size=3, w_pair=2.0, w_hf_pair=3.0, w_hf_mse=0.5, backend=backend,
+        tmp_path,
+        batch_size=5,
+        pair_size=3,
+        w_pair=2.0,
+        w_hf_pair=3.0,
+        w_hf_mse=0.5,
+        backend=backend,
         **weighting,
     )
     trainer = T.Trainer(config)
@@ -76,7 +82,9 @@ def test_loss_is_the_authors_total_full_batch_mse_and_subset_pairs(tmp_path, bac
     # The loss forms x0 in float32, where HF(x0_ada) - HF(x0) cancels to b_t HF(eps_ada - eps): at t = 0
     # (b_t = 0.01) that loses digits, which "eps" weights by 1/b_t^2; hence an absolute tolerance scaled
     # to the gradient's size.
-    torch.testing.assert_close(grad.double(), expected_grad, rtol=1e-4, atol=1e-5 * expected_grad.abs().max().item())
+    torch.testing.assert_close(
+        grad.double(), expected_grad, rtol=1e-4, atol=1e-5 * expected_grad.abs().max().item()
+    )
     torch.testing.assert_close(
         terms["mse"].double(), (noise64 - e).square().mean().detach(), rtol=1e-5, atol=0
     )
@@ -102,7 +110,9 @@ def test_pair_max_t_drops_the_pair_terms_and_the_source_forward(tmp_path, monkey
     pairs, timesteps, source_calls = [], [], []
     draw, q_sample, source = trainer._draw_pairs, trainer.schedule.q_sample, trainer.source_prediction
     monkeypatch.setattr(trainer, "_draw_pairs", lambda n: pairs.append(draw(n)) or pairs[-1])
-    monkeypatch.setattr(trainer.schedule, "q_sample", lambda x0, t, e: timesteps.append(t) or q_sample(x0, t, e))
+    monkeypatch.setattr(
+        trainer.schedule, "q_sample", lambda x0, t, e: timesteps.append(t) or q_sample(x0, t, e)
+    )
     monkeypatch.setattr(trainer, "source_prediction", lambda *a: source_calls.append(a) or source(*a))
     logged = [trainer.training_step() for _ in range(8)]
     below = [int(t[pair[0]]) < 50 for (pair, _), t in zip(pairs, timesteps, strict=True)]
@@ -306,7 +316,9 @@ def test_resume_refuses_another_source_model(tmp_path):
     folder = _checkpoint(tmp_path)
     other = tiny_config(tmp_path / "other")
     with pytest.raises(T.ConfigError, match="--model-dir .* differs from the checkpoint's"):
-        T.Trainer(dataclasses.replace(tiny_config(tmp_path, steps=4, resume=str(folder)), model_dir=other.model_dir))
+        T.Trainer(
+            dataclasses.replace(tiny_config(tmp_path, steps=4, resume=str(folder)), model_dir=other.model_dir)
+        )
 
 
 def test_resume_with_fewer_images_is_refused_before_any_step(tmp_path):

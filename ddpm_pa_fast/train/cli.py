@@ -7,9 +7,9 @@ import json
 import sys
 from pathlib import Path
 
+from ..prediction import HF_MSE_WEIGHTINGS
 from .checkpoint import CheckpointError
 from .data import DataError
-from ..prediction import HF_MSE_WEIGHTINGS
 from .evaluate import DISTANCES
 from .sampling import DEFAULT_SAMPLE_ETA, DEFAULT_SAMPLE_STEPS
 from .trainer import METHODS, PAIR_TIMESTEPS, PRECISIONS, ConfigError, TrainConfig
@@ -249,7 +249,10 @@ def build_parser() -> argparse.ArgumentParser:
         help="steps between evaluations (default %(default)s)",
     )
     p.add_argument(
-        "--jobs", type=int, default=DEMO_JOBS, help="adaptation runs in parallel (one thread each; default %(default)s)"
+        "--jobs",
+        type=int,
+        default=DEMO_JOBS,
+        help="adaptation runs in parallel (one thread each; default %(default)s)",
     )
     _add_training_options(p)
     return parser

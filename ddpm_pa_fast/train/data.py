@@ -31,7 +31,15 @@ def image_files(folder: str | Path) -> list[Path]:
 # to be seen) before the image is read; a model with 4 channels keeps the alpha channel instead.
 TRANSPARENT_BACKGROUND = (255, 255, 255)
 # Pillow modes read exactly, by their full scale: bilevel, 8-bit and 16-bit (PNG, TIFF) integers.
-_FULL_SCALE = {"1": 1.0, "L": 255.0, "RGB": 255.0, "RGBA": 255.0, "I;16": 65535.0, "I;16B": 65535.0, "I;16L": 65535.0}
+_FULL_SCALE = {
+    "1": 1.0,
+    "L": 255.0,
+    "RGB": 255.0,
+    "RGBA": 255.0,
+    "I;16": 65535.0,
+    "I;16B": 65535.0,
+    "I;16L": 65535.0,
+}
 # ITU-R 601-2 luma, the weights of Pillow's convert("L"), for colour images given to a 1-channel model.
 _LUMA = (0.299, 0.587, 0.114)
 

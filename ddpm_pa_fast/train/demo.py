@@ -63,7 +63,12 @@ RUN_LABELS = {
     "ddpm-pa-published": "DDPM-PA as published",
     "ddpm-pa": "DDPM-PA (frozen)",
 }
-RUN_VARIANTS = {"source": "source", "finetune": "frozen", "ddpm-pa-published": "published", "ddpm-pa": "frozen"}
+RUN_VARIANTS = {
+    "source": "source",
+    "finetune": "frozen",
+    "ddpm-pa-published": "published",
+    "ddpm-pa": "frozen",
+}
 
 
 def run_demo(

@@ -186,7 +186,7 @@ def markdown_table(rows: list[dict], steps: list[int] | None = None) -> str:
 
 
 def run_label(method: str, variant: str | None, named: bool) -> str:
-    """"DDPM-PA (eps)" where a plot holds several variants of a method (named), else "DDPM-PA"."""
+    """ "DDPM-PA (eps)" where a plot holds several variants of a method (named), else "DDPM-PA"."""
     return f"{METHOD_LABELS[method]} ({variant})" if named and variant else METHOD_LABELS[method]
 
 
@@ -200,7 +200,10 @@ def plot_curves(rows: list[dict], path: str | Path, title: str) -> Path:
 
     source = [r for r in rows if r["method"] == "source"]
     fig, axes = plt.subplots(1, len(CURVE_METRICS), figsize=(4.2 * len(CURVE_METRICS), 3.6))
-    palettes = {"finetune": ["tab:orange", "tab:olive"], "ddpm-pa": ["tab:blue", "tab:green", "tab:red", "tab:purple"]}
+    palettes = {
+        "finetune": ["tab:orange", "tab:olive"],
+        "ddpm-pa": ["tab:blue", "tab:green", "tab:red", "tab:purple"],
+    }
     series = sorted(
         {(r["method"], r.get("variant")) for r in rows if r["method"] in palettes},
         key=lambda mv: (list(palettes).index(mv[0]), str(mv[1])),
@@ -216,7 +219,9 @@ def plot_curves(rows: list[dict], path: str | Path, title: str) -> Path:
                 steps, per_step = [0, *steps], [[source[0][key]], *per_step]
             means = [sum(v) / len(v) for v in per_step]
             seeds = len({r["seed"] for r in runs})
-            legend = f"{run_label(method, variant, len(variants) > 1)} ({seeds} seed{'s' if seeds > 1 else ''})"
+            legend = (
+                f"{run_label(method, variant, len(variants) > 1)} ({seeds} seed{'s' if seeds > 1 else ''})"
+            )
             ax.plot(steps, means, color=colour, marker="o", ms=3, label=legend)
             ax.fill_between(
                 steps, [min(v) for v in per_step], [max(v) for v in per_step], color=colour, alpha=0.2
@@ -277,7 +282,13 @@ def equal_level_differences(
     tuning's value where its path (of `finetune_variant`, same seed) reaches the same `along` level
     (None where it never does)."""
     out = {}
-    for seed in sorted({r["seed"] for r in rows if r["method"] == "ddpm-pa" and (variant is None or r.get("variant") == variant)}):
+    for seed in sorted(
+        {
+            r["seed"]
+            for r in rows
+            if r["method"] == "ddpm-pa" and (variant is None or r.get("variant") == variant)
+        }
+    ):
         ours = trajectory(rows, "ddpm-pa", seed, variant)[-1]
         path = trajectory(rows, "finetune", seed, finetune_variant)
         out[seed] = {
@@ -368,7 +379,9 @@ def plot_tradeoff(rows: list[dict], path: str | Path, title: str) -> Path:
                 label=None if label in labelled else label,
             )
             labelled.add(label)
-            ax.annotate(str(run[-1]["step"]), (run[-1][along], run[-1]["intra_cluster_diversity"]), fontsize=6)
+            ax.annotate(
+                str(run[-1]["step"]), (run[-1][along], run[-1]["intra_cluster_diversity"]), fontsize=6
+            )
         if source:
             ax.plot(source[0][along], source[0]["intra_cluster_diversity"], "k*", ms=10, label="source")
         ax.set_xlabel(xlabel, fontsize=8)
@@ -459,7 +472,12 @@ def adapt(
 ):
     """Worker entry: track_adaptation of one run on the domain `split`, its evaluator built in the worker."""
     return track_adaptation(
-        config, DomainEvaluator(split), eval_every, num_samples, sample_seed, extra_eval_steps=extra_eval_steps
+        config,
+        DomainEvaluator(split),
+        eval_every,
+        num_samples,
+        sample_seed,
+        extra_eval_steps=extra_eval_steps,
     )
 
 

@@ -144,7 +144,8 @@ class TrainConfig:
         positive_int("pair_size", 2)
         if self.hf_mse_weighting not in P.HF_MSE_WEIGHTINGS:
             raise ConfigError(
-                f"--hf-mse-weighting must be one of {', '.join(P.HF_MSE_WEIGHTINGS)}, got {self.hf_mse_weighting!r}"
+                f"--hf-mse-weighting must be one of {', '.join(P.HF_MSE_WEIGHTINGS)}, "
+                f"got {self.hf_mse_weighting!r}"
             )
         if not 0 < self.min_snr_gamma < math.inf:
             raise ConfigError(f"--min-snr-gamma must be a finite number > 0, got {self.min_snr_gamma!r}")
@@ -153,7 +154,8 @@ class TrainConfig:
                 positive_int(name)
         if self.pair_max_t is not None and self.pair_timesteps != "shared":
             raise ConfigError(
-                "--pair-max-t needs --pair-timesteps shared: it switches the pair terms by the pair subset's one t"
+                "--pair-max-t needs --pair-timesteps shared: it switches the pair terms by the pair "
+                "subset's one t"
             )
         if self.method == "ddpm-pa" and self.pair_size > self.batch_size:
             raise ConfigError(
@@ -307,7 +309,8 @@ class Trainer:
         for name in ("hf_mse_max_t", "pair_max_t"):
             if getattr(c, name) is not None and getattr(c, name) > T:
                 raise ConfigError(
-                    f"--{name.replace('_', '-')} must be at most the scheduler's T = {T}, got {getattr(c, name)}"
+                    f"--{name.replace('_', '-')} must be at most the scheduler's T = {T}, "
+                    f"got {getattr(c, name)}"
                 )
         if c.hf_mse_weighting == "x0" and c.hf_mse_max_t is None:
             return None
@@ -435,7 +438,12 @@ class Trainer:
             if pair is not None:
                 k = pair.numel()
                 pa = self.pa_loss(
-                    x_t[pair], pred_ada[pair], pred_src, target[pair], a_t[pair], b_t[pair],
+                    x_t[pair],
+                    pred_ada[pair],
+                    pred_src,
+                    target[pair],
+                    a_t[pair],
+                    b_t[pair],
                     hf_mse_weight=None if h is None else h[pair],
                 )
                 total, mse, hf_mse = (k / n) * pa.loss, (k / n) * pa.mse, (k / n) * pa.hf_mse
@@ -522,17 +530,21 @@ class Trainer:
             if name in changes:
                 old, new = changes[name]
                 raise ConfigError(
-                    f"--{name.replace('_', '-')} {new!r} differs from the checkpoint's {old!r} and cannot change "
+                    f"--{name.replace('_', '-')} {new!r} differs from the checkpoint's {old!r} and cannot "
+                    "change "
                     f"on --resume: {reason}"
                 )
         count = state.get("num_images")
         if count is None:
             # Checkpoints written before the count was saved: the batch order names its largest index.
             order = state["rng"][self.rank]["batches"]["order"]
-            count = None if order.numel() == 0 or int(order.max()) < len(self.images) else int(order.max()) + 1
+            count = (
+                None if order.numel() == 0 or int(order.max()) < len(self.images) else int(order.max()) + 1
+            )
         if count is not None and count != len(self.images):
             raise ConfigError(
-                f"--data-dir holds {len(self.images)} images, the checkpoint was trained on {count}: the batch "
+                f"--data-dir holds {len(self.images)} images, the checkpoint was trained on {count}: the "
+                "batch "
                 "order it continues indexes those; resume with the same images"
             )
         return changes
@@ -567,7 +579,10 @@ class Trainer:
         self._apply_resumed_settings()
         if self.is_main:
             for name, (old, new) in self.resume_changes.items():
-                print(f"[resume] --{name.replace('_', '-')} {old!r} -> {new!r} from step {self.step + 1}", flush=True)
+                print(
+                    f"[resume] --{name.replace('_', '-')} {old!r} -> {new!r} from step {self.step + 1}",
+                    flush=True,
+                )
 
     def save_checkpoint(self) -> Path | None:
         state = self.state_dict()  # a collective under DDP: every rank takes part
