@@ -2,11 +2,19 @@
 // registered *_backward op (or, for haar_idwt2d, haar_dwt2d) called through the dispatcher, so the
 // device's kernel runs and torch.compile traces ops, never code.
 //
+// The *_backward ops have autograd of their own, for double backward (create_graph=True: gradient
+// penalties, Hessian-vector products). Without it torch's fallback let a second backward through them
+// return zeros. The linear ops' backward ops are linear in the incoming gradient, so their derivative
+// is the forward op again (the adjoint of the adjoint) and every order is exact. The nonlinear ops'
+// backward ops raise when a second backward reaches them (see double_backward_unsupported).
+//
 // In C++ rather than torch.library.register_autograd: the Python wrapper cost about 60 us per forward
 // and as much per backward (argument re-binding, a Python autograd.Function), more than the CPU
 // kernels take at the benchmark's small sizes. Here it is a few microseconds.
 #include <ATen/core/dispatch/Dispatcher.h>
+#include <ATen/core/grad_mode.h>
 #include <ATen/record_function.h>
+#include <c10/util/Exception.h>
 #include <torch/autograd.h>
 #include <torch/library.h>
 
@@ -64,43 +72,90 @@ class BackwardRange {
   at::RecordFunction record_;
 };
 
+using OptionalTensor = std::optional<at::Tensor>;
+
+bool requires_grad(const at::Tensor& t) { return t.defined() && t.requires_grad(); }
+bool requires_grad(const OptionalTensor& t) { return t.has_value() && requires_grad(*t); }
+
+// Whether the Autograd kernel of a backward op has a graph to record: grad mode on (the engine turns
+// it on only inside a create_graph=True backward) and an input that requires grad, as Function::apply
+// decides. Otherwise the kernel calls the op directly, without apply's node and bookkeeping, so a
+// first-order backward costs what it did before these kernels existed.
+template <typename... Tensors>
+bool records_graph(const Tensors&... inputs) {
+  return at::GradMode::is_enabled() && (requires_grad(inputs) || ...);
+}
+
+// The dispatcher handles the autograd functions below call (each looked up once).
+using HighFrequencySignature = at::Tensor(const at::Tensor&);
+using HighFrequencyBackwardSignature = at::Tensor(const at::Tensor&, c10::SymInt, c10::SymInt);
+using HaarDwtSignature = std::tuple<at::Tensor, at::Tensor>(const at::Tensor&, c10::string_view);
+using HaarDwtBackwardSignature =
+    at::Tensor(const at::Tensor&, const at::Tensor&, c10::SymInt, c10::SymInt, c10::string_view);
+using PairwiseKlBackwardSignature = at::Tensor(const at::Tensor&, const at::Tensor&, const at::Tensor&,
+                                               const at::Tensor&, double, c10::string_view);
+using LossBackwardSignature =
+    at::Tensor(const at::Tensor&, const at::Tensor&, const at::Tensor&, const at::Tensor&, const at::Tensor&,
+               const at::Tensor&, const at::Tensor&, const OptionalTensor&, const OptionalTensor&, double, double,
+               double, double, c10::string_view);
+
+const c10::TypedOperatorHandle<HighFrequencySignature>& high_frequency_op() {
+  static const auto op = op_handle<HighFrequencySignature>("ddpm_pa_fast::ddpm_pa_high_frequency");
+  return op;
+}
+const c10::TypedOperatorHandle<HighFrequencyBackwardSignature>& high_frequency_backward_op() {
+  static const auto op =
+      op_handle<HighFrequencyBackwardSignature>("ddpm_pa_fast::ddpm_pa_high_frequency_backward");
+  return op;
+}
+const c10::TypedOperatorHandle<HaarDwtSignature>& haar_dwt2d_op() {
+  static const auto op = op_handle<HaarDwtSignature>("ddpm_pa_fast::haar_dwt2d");
+  return op;
+}
+const c10::TypedOperatorHandle<HaarDwtBackwardSignature>& haar_dwt2d_backward_op() {
+  static const auto op = op_handle<HaarDwtBackwardSignature>("ddpm_pa_fast::haar_dwt2d_backward");
+  return op;
+}
+const c10::TypedOperatorHandle<PairwiseKlBackwardSignature>& pairwise_similarity_kl_backward_op() {
+  static const auto op =
+      op_handle<PairwiseKlBackwardSignature>("ddpm_pa_fast::pairwise_similarity_kl_backward");
+  return op;
+}
+const c10::TypedOperatorHandle<LossBackwardSignature>& ddpm_pa_loss_backward_op() {
+  static const auto op = op_handle<LossBackwardSignature>("ddpm_pa_fast::ddpm_pa_loss_backward");
+  return op;
+}
+
 // ---------------------------------------------------------------------------------------------
 
 struct HighFrequencyFunction : public torch::autograd::Function<HighFrequencyFunction> {
   static at::Tensor forward(AutogradContext* ctx, const at::Tensor& x) {
-    static const auto op = op_handle<at::Tensor(const at::Tensor&)>("ddpm_pa_fast::ddpm_pa_high_frequency");
     at::AutoDispatchBelowADInplaceOrView below_autograd;
     ctx->saved_data["height"] = x.sym_size(2);
     ctx->saved_data["width"] = x.sym_size(3);
-    return op.call(x);
+    return high_frequency_op().call(x);
   }
   static variable_list backward(AutogradContext* ctx, variable_list grads) {
-    static const auto op = op_handle<at::Tensor(const at::Tensor&, c10::SymInt, c10::SymInt)>(
-        "ddpm_pa_fast::ddpm_pa_high_frequency_backward");
     BackwardRange range("ddpm_pa_high_frequency.backward");
-    return {op.call(grads[0], ctx->saved_data["height"].toSymInt(), ctx->saved_data["width"].toSymInt())};
+    return {high_frequency_backward_op().call(grads[0], ctx->saved_data["height"].toSymInt(),
+                                              ctx->saved_data["width"].toSymInt())};
   }
 };
 
 struct HaarDwtFunction : public torch::autograd::Function<HaarDwtFunction> {
   static variable_list forward(AutogradContext* ctx, const at::Tensor& x, const std::string& mode) {
-    static const auto op = op_handle<std::tuple<at::Tensor, at::Tensor>(const at::Tensor&, c10::string_view)>(
-        "ddpm_pa_fast::haar_dwt2d");
     at::AutoDispatchBelowADInplaceOrView below_autograd;
     ctx->saved_data["height"] = x.sym_size(2);
     ctx->saved_data["width"] = x.sym_size(3);
     ctx->saved_data["mode"] = mode;
-    auto [yl, yh] = op.call(x, mode);
+    auto [yl, yh] = haar_dwt2d_op().call(x, mode);
     return {yl, yh};
   }
   static variable_list backward(AutogradContext* ctx, variable_list grads) {
-    static const auto op =
-        op_handle<at::Tensor(const at::Tensor&, const at::Tensor&, c10::SymInt, c10::SymInt, c10::string_view)>(
-            "ddpm_pa_fast::haar_dwt2d_backward");
     BackwardRange range("haar_dwt2d.backward");
     const std::string mode = ctx->saved_data["mode"].toStringRef();
-    return {op.call(grads[0], grads[1], ctx->saved_data["height"].toSymInt(), ctx->saved_data["width"].toSymInt(),
-                    mode),
+    return {haar_dwt2d_backward_op().call(grads[0], grads[1], ctx->saved_data["height"].toSymInt(),
+                                          ctx->saved_data["width"].toSymInt(), mode),
             at::Tensor()};
   }
 };
@@ -114,10 +169,8 @@ struct HaarIdwtFunction : public torch::autograd::Function<HaarIdwtFunction> {
   }
   static variable_list backward(AutogradContext*, variable_list grads) {
     // The synthesis is orthogonal, so its adjoint is the analysis (even size: every mode agrees).
-    static const auto op = op_handle<std::tuple<at::Tensor, at::Tensor>(const at::Tensor&, c10::string_view)>(
-        "ddpm_pa_fast::haar_dwt2d");
     BackwardRange range("haar_idwt2d.backward");
-    auto [grad_yl, grad_yh] = op.call(grads[0], "zero");
+    auto [grad_yl, grad_yh] = haar_dwt2d_op().call(grads[0], "zero");
     return {grad_yl, grad_yh};
   }
 };
@@ -136,22 +189,17 @@ struct PairwiseSimilarityKlFunction : public torch::autograd::Function<PairwiseS
     return {loss, gram_src, gram_ada};
   }
   static variable_list backward(AutogradContext* ctx, variable_list grads) {
-    static const auto op =
-        op_handle<at::Tensor(const at::Tensor&, const at::Tensor&, const at::Tensor&, const at::Tensor&, double,
-                             c10::string_view)>("ddpm_pa_fast::pairwise_similarity_kl_backward");
     BackwardRange range("pairwise_similarity_kl.backward");
     const variable_list saved = ctx->get_saved_variables();
     const std::string reduction = ctx->saved_data["reduction"].toStringRef();
-    const at::Tensor grad_ada =
-        op.call(grads[0], saved[0], saved[1], saved[2], ctx->saved_data["tau"].toDouble(), reduction);
+    const at::Tensor grad_ada = pairwise_similarity_kl_backward_op().call(
+        grads[0], saved[0], saved[1], saved[2], ctx->saved_data["tau"].toDouble(), reduction);
     // The source features are a constant of the loss (the frozen model): no gradient for src.
     return {at::Tensor(), grad_ada, at::Tensor(), at::Tensor()};
   }
 };
 
 using LossOutputs = std::tuple<at::Tensor, at::Tensor, at::Tensor, at::Tensor, at::Tensor, at::Tensor>;
-
-using OptionalTensor = std::optional<at::Tensor>;
 
 // An optional weight through save_for_backward, which keeps an absent one as an undefined tensor.
 at::Tensor saved_optional(const OptionalTensor& t) { return t.has_value() ? *t : at::Tensor(); }
@@ -181,10 +229,6 @@ struct DdpmPaLossFunction : public torch::autograd::Function<DdpmPaLossFunction>
     return {loss, mse, hf_mse, pair_img, pair_hf, grams};
   }
   static variable_list backward(AutogradContext* ctx, variable_list grads) {
-    static const auto op = op_handle<at::Tensor(
-        const at::Tensor&, const at::Tensor&, const at::Tensor&, const at::Tensor&, const at::Tensor&,
-        const at::Tensor&, const at::Tensor&, const OptionalTensor&, const OptionalTensor&, double, double, double,
-        double, c10::string_view)>("ddpm_pa_fast::ddpm_pa_loss_backward");
     BackwardRange range("ddpm_pa_loss.backward");
     const variable_list saved = ctx->get_saved_variables();
     const at::Tensor& grams = saved[0];
@@ -194,14 +238,95 @@ struct DdpmPaLossFunction : public torch::autograd::Function<DdpmPaLossFunction>
                                       .to(grams.scalar_type());
     const auto& data = ctx->saved_data;
     const std::string reduction = data.at("reduction").toStringRef();
-    const at::Tensor grad_eps_ada =
-        op.call(grad_terms, grams, saved[1], saved[2], saved[3], saved[4], saved[5], restored_optional(saved[6]),
-                restored_optional(saved[7]), data.at("w_pair").toDouble(), data.at("w_hf_pair").toDouble(),
-                data.at("w_hf_mse").toDouble(), data.at("tau").toDouble(), reduction);
+    const at::Tensor grad_eps_ada = ddpm_pa_loss_backward_op().call(
+        grad_terms, grams, saved[1], saved[2], saved[3], saved[4], saved[5], restored_optional(saved[6]),
+        restored_optional(saved[7]), data.at("w_pair").toDouble(), data.at("w_hf_pair").toDouble(),
+        data.at("w_hf_mse").toDouble(), data.at("tau").toDouble(), reduction);
     // Only eps_ada gets a gradient (see the schema in ops.cpp): none for the weights either.
     variable_list result(13);
     result[1] = grad_eps_ada;
     return result;
+  }
+};
+
+// ---------------------------------------------------------------------------------------------
+// Autograd of the backward ops: what a second backward (after create_graph=True) runs.
+
+// ddpm_pa_high_frequency_backward is HF's adjoint, linear in grad_hf: its adjoint is HF itself. Called
+// through the dispatcher (autograd included), so that a third backward is exact too.
+struct HighFrequencyBackwardFunction : public torch::autograd::Function<HighFrequencyBackwardFunction> {
+  static at::Tensor forward(AutogradContext*, const at::Tensor& grad_hf, const c10::SymInt& height,
+                            const c10::SymInt& width) {
+    at::AutoDispatchBelowADInplaceOrView below_autograd;
+    return high_frequency_backward_op().call(grad_hf, height, width);
+  }
+  static variable_list backward(AutogradContext*, variable_list grads) {
+    BackwardRange range("ddpm_pa_high_frequency_backward.backward");
+    return {high_frequency_op().call(grads[0]), at::Tensor(), at::Tensor()};
+  }
+};
+
+// haar_dwt2d_backward is the adjoint of haar_dwt2d in its mode (at odd sizes too: the padding's folding
+// included), linear in (grad_yl, grad_yh): its adjoint is haar_dwt2d in the same mode.
+struct HaarDwtBackwardFunction : public torch::autograd::Function<HaarDwtBackwardFunction> {
+  static at::Tensor forward(AutogradContext* ctx, const at::Tensor& grad_yl, const at::Tensor& grad_yh,
+                            const c10::SymInt& height, const c10::SymInt& width, const std::string& mode) {
+    at::AutoDispatchBelowADInplaceOrView below_autograd;
+    ctx->saved_data["mode"] = mode;
+    return haar_dwt2d_backward_op().call(grad_yl, grad_yh, height, width, mode);
+  }
+  static variable_list backward(AutogradContext* ctx, variable_list grads) {
+    BackwardRange range("haar_dwt2d_backward.backward");
+    const std::string mode = ctx->saved_data["mode"].toStringRef();
+    auto [grad_grad_yl, grad_grad_yh] = haar_dwt2d_op().call(grads[0], mode);
+    return {grad_grad_yl, grad_grad_yh, at::Tensor(), at::Tensor(), at::Tensor()};
+  }
+};
+
+// The nonlinear ops' backward ops have no derivative here (it would need the Hessian of the softmaxed
+// similarities): their node raises when a second backward reaches it, naming the op and the backend.
+//
+// Why there and not in the first backward whenever create_graph=True: create_graph=True is also used
+// where no second derivative passes through this op (only the first-order gradient is read, or the
+// second backward asks for inputs this gradient does not depend on), and there every value is right;
+// raising eagerly would refuse correct work. Where the second derivative does pass through the op,
+// the engine runs this node, and the error stops it before any result lacks the term. Never zeros,
+// never a silently missing term.
+[[noreturn]] void double_backward_unsupported(const char* op, AutogradContext* ctx) {
+  TORCH_CHECK(false, "ddpm_pa_fast: double backward (create_graph=True) of ", op,
+              " is not supported by backend '", ctx->saved_data["backend"].toStringRef(),
+              "'; use backend='torch' (the reference) for higher-order gradients");
+}
+
+// The backend of a C++ op is its device's: "cpu" or "cuda".
+std::string backend_of(const at::Tensor& t) { return c10::DeviceTypeName(t.device().type(), /*lower_case=*/true); }
+
+struct PairwiseKlBackwardFunction : public torch::autograd::Function<PairwiseKlBackwardFunction> {
+  static at::Tensor forward(AutogradContext* ctx, const at::Tensor& grad_loss, const at::Tensor& ada,
+                            const at::Tensor& gram_src, const at::Tensor& gram_ada, double tau,
+                            const std::string& reduction) {
+    at::AutoDispatchBelowADInplaceOrView below_autograd;
+    ctx->saved_data["backend"] = backend_of(ada);
+    return pairwise_similarity_kl_backward_op().call(grad_loss, ada, gram_src, gram_ada, tau, reduction);
+  }
+  static variable_list backward(AutogradContext* ctx, variable_list) {
+    double_backward_unsupported("pairwise_similarity_kl", ctx);
+  }
+};
+
+struct DdpmPaLossBackwardFunction : public torch::autograd::Function<DdpmPaLossBackwardFunction> {
+  static at::Tensor forward(AutogradContext* ctx, const at::Tensor& grad_terms, const at::Tensor& grams,
+                            const at::Tensor& x_t, const at::Tensor& eps_ada, const at::Tensor& noise,
+                            const at::Tensor& a_t, const at::Tensor& b_t, const OptionalTensor& mse_weight,
+                            const OptionalTensor& hf_mse_weight, double w_pair, double w_hf_pair, double w_hf_mse,
+                            double tau, const std::string& reduction) {
+    at::AutoDispatchBelowADInplaceOrView below_autograd;
+    ctx->saved_data["backend"] = backend_of(eps_ada);
+    return ddpm_pa_loss_backward_op().call(grad_terms, grams, x_t, eps_ada, noise, a_t, b_t, mse_weight,
+                                           hf_mse_weight, w_pair, w_hf_pair, w_hf_mse, tau, reduction);
+  }
+  static variable_list backward(AutogradContext* ctx, variable_list) {
+    double_backward_unsupported("ddpm_pa_loss", ctx);
   }
 };
 
@@ -234,6 +359,49 @@ LossOutputs ddpm_pa_loss_autograd(const at::Tensor& x_t, const at::Tensor& eps_a
   return {out[0], out[1], out[2], out[3], out[4], out[5]};
 }
 
+// The backward ops' Autograd kernels: a node only where there is a graph to record (records_graph).
+
+at::Tensor high_frequency_backward_autograd(const at::Tensor& grad_hf, c10::SymInt height, c10::SymInt width) {
+  if (!records_graph(grad_hf)) {
+    at::AutoDispatchBelowADInplaceOrView below_autograd;
+    return high_frequency_backward_op().call(grad_hf, std::move(height), std::move(width));
+  }
+  return HighFrequencyBackwardFunction::apply(grad_hf, height, width);
+}
+
+at::Tensor haar_dwt2d_backward_autograd(const at::Tensor& grad_yl, const at::Tensor& grad_yh, c10::SymInt height,
+                                        c10::SymInt width, c10::string_view mode) {
+  if (!records_graph(grad_yl, grad_yh)) {
+    at::AutoDispatchBelowADInplaceOrView below_autograd;
+    return haar_dwt2d_backward_op().call(grad_yl, grad_yh, std::move(height), std::move(width), mode);
+  }
+  return HaarDwtBackwardFunction::apply(grad_yl, grad_yh, height, width, std::string(mode));
+}
+
+at::Tensor pairwise_similarity_kl_backward_autograd(const at::Tensor& grad_loss, const at::Tensor& ada,
+                                                    const at::Tensor& gram_src, const at::Tensor& gram_ada,
+                                                    double tau, c10::string_view reduction) {
+  if (!records_graph(grad_loss, ada, gram_src, gram_ada)) {
+    at::AutoDispatchBelowADInplaceOrView below_autograd;
+    return pairwise_similarity_kl_backward_op().call(grad_loss, ada, gram_src, gram_ada, tau, reduction);
+  }
+  return PairwiseKlBackwardFunction::apply(grad_loss, ada, gram_src, gram_ada, tau, std::string(reduction));
+}
+
+at::Tensor ddpm_pa_loss_backward_autograd(const at::Tensor& grad_terms, const at::Tensor& grams, const at::Tensor& x_t,
+                                          const at::Tensor& eps_ada, const at::Tensor& noise, const at::Tensor& a_t,
+                                          const at::Tensor& b_t, const OptionalTensor& mse_weight,
+                                          const OptionalTensor& hf_mse_weight, double w_pair, double w_hf_pair,
+                                          double w_hf_mse, double tau, c10::string_view reduction) {
+  if (!records_graph(grad_terms, grams, x_t, eps_ada, noise, a_t, b_t, mse_weight, hf_mse_weight)) {
+    at::AutoDispatchBelowADInplaceOrView below_autograd;
+    return ddpm_pa_loss_backward_op().call(grad_terms, grams, x_t, eps_ada, noise, a_t, b_t, mse_weight,
+                                           hf_mse_weight, w_pair, w_hf_pair, w_hf_mse, tau, reduction);
+  }
+  return DdpmPaLossBackwardFunction::apply(grad_terms, grams, x_t, eps_ada, noise, a_t, b_t, mse_weight,
+                                           hf_mse_weight, w_pair, w_hf_pair, w_hf_mse, tau, std::string(reduction));
+}
+
 }  // namespace
 
 TORCH_LIBRARY_IMPL(ddpm_pa_fast, Autograd, m) {
@@ -242,6 +410,10 @@ TORCH_LIBRARY_IMPL(ddpm_pa_fast, Autograd, m) {
   m.impl("haar_idwt2d", &haar_idwt2d_autograd);
   m.impl("pairwise_similarity_kl", &pairwise_similarity_kl_autograd);
   m.impl("ddpm_pa_loss", &ddpm_pa_loss_autograd);
+  m.impl("ddpm_pa_high_frequency_backward", &high_frequency_backward_autograd);
+  m.impl("haar_dwt2d_backward", &haar_dwt2d_backward_autograd);
+  m.impl("pairwise_similarity_kl_backward", &pairwise_similarity_kl_backward_autograd);
+  m.impl("ddpm_pa_loss_backward", &ddpm_pa_loss_backward_autograd);
 }
 
 }  // namespace ddpm_pa

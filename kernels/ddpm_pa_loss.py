@@ -59,7 +59,13 @@ from ._common import (
     whole_batch_warps,
     wrap_triton,
 )
-from .pairwise_kl import _load_square, _reduction_scale, _similarity_kl_grad_matrix, _similarity_kl_rows
+from .pairwise_kl import (
+    _load_square,
+    _reduction_scale,
+    _similarity_kl_grad_matrix,
+    _similarity_kl_rows,
+    double_backward_unsupported,
+)
 
 NUM_LOSS_TERMS = 5
 
@@ -713,3 +719,6 @@ def _backward(ctx, *grads):
 
 
 ddpm_pa_loss_forward_triton.register_autograd(_backward, setup_context=_setup_context)
+# Double backward (create_graph=True) raises when a second backward reaches the backward op: see
+# pairwise_kl.double_backward_unsupported for why there and not in the first backward.
+ddpm_pa_loss_backward_triton.register_autograd(double_backward_unsupported("ddpm_pa_loss"))

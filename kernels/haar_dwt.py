@@ -275,5 +275,21 @@ def _idwt_backward(ctx, grad_x):
         return torch.ops.ddpm_pa_fast_triton.haar_dwt2d(grad_x, DWT_MODE_ZERO)
 
 
+def _dwt_backward_setup_context(ctx, inputs, output):
+    ctx.mode = inputs[4]
+
+
+def _dwt_backward_backward(ctx, grad_grad_x):
+    # Double backward (create_graph=True). The backward op is the analysis' adjoint in its mode (odd sizes'
+    # folded extension included), linear in (grad_yl, grad_yh), so its own adjoint is the analysis in
+    # that mode: the forward op, whose autograd makes every higher order exact too.
+    with annotate("haar_dwt2d_backward_backward[triton]"):
+        grad_grad_yl, grad_grad_yh = torch.ops.ddpm_pa_fast_triton.haar_dwt2d(grad_grad_x, ctx.mode)
+    return grad_grad_yl, grad_grad_yh, None, None, None
+
+
 haar_dwt2d_forward_triton.register_autograd(_dwt_backward, setup_context=_dwt_setup_context)
+haar_dwt2d_backward_triton.register_autograd(
+    _dwt_backward_backward, setup_context=_dwt_backward_setup_context
+)
 haar_idwt2d_forward_triton.register_autograd(_idwt_backward)

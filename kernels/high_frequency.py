@@ -142,4 +142,12 @@ def _backward(ctx, grad_hf):
         return torch.ops.ddpm_pa_fast_triton.ddpm_pa_high_frequency_backward(grad_hf, ctx.height, ctx.width)
 
 
+def _backward_of_backward(ctx, grad_grad_x):
+    # Double backward (create_graph=True). The backward op is HF's adjoint, linear in grad_hf, so its
+    # own adjoint is HF: the forward op, whose autograd makes every higher order exact too.
+    with annotate("ddpm_pa_high_frequency_backward_backward[triton]"):
+        return torch.ops.ddpm_pa_fast_triton.ddpm_pa_high_frequency(grad_grad_x), None, None
+
+
 high_frequency_forward_triton.register_autograd(_backward, setup_context=_setup_context)
+high_frequency_backward_triton.register_autograd(_backward_of_backward)

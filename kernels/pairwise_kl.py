@@ -369,4 +369,27 @@ def _backward(ctx, grad_loss, grad_gram_src, grad_gram_ada):
     return None, grad_ada, None, None
 
 
+def double_backward_unsupported(op: str):
+    """The autograd formula of a nonlinear op's backward op (this one, ddpm_pa_loss's): it raises.
+
+    There is no second derivative here. The error comes when a second backward reaches the backward
+    op, not in the first backward whenever create_graph=True: create_graph=True is also used where no
+    second derivative passes through the op (only the first-order gradient is read, or the second
+    backward asks for inputs this gradient does not depend on), and there every value is right. Where
+    the second derivative does pass through it, the engine runs this formula and the error stops it
+    before any result lacks the term: never zeros, never a silently missing term.
+    """
+
+    def backward(ctx, *grads):
+        raise RuntimeError(
+            f"ddpm_pa_fast: double backward (create_graph=True) of {op} is not supported by backend "
+            "'triton'; use backend='torch' (the reference) for higher-order gradients"
+        )
+
+    return backward
+
+
 pairwise_similarity_kl_forward_triton.register_autograd(_backward, setup_context=_setup_context)
+pairwise_similarity_kl_backward_triton.register_autograd(
+    double_backward_unsupported("pairwise_similarity_kl")
+)
