@@ -309,6 +309,7 @@ def test_on_step_runs_after_every_step(tmp_path):
 def _summary_evaluator(samples: torch.Tensor) -> dict:
     """Stands in for DomainEvaluator: the keys track_adaptation prints, read off the samples."""
     return {
+        "fidelity": (samples > 0).double().mean().item(),
         "intra_cluster_diversity": samples.std().item(),
         "nearest_train_distance": samples.mean().item(),
         "kid": samples.abs().mean().item(),
