@@ -3,6 +3,7 @@
     python -m benchmarks.bench_ops [--device cpu|cuda] [--ops OP ...] [--providers P ...] [--quick]
                                    [--sizes SIZE ...] [--few-repeats]
     python -m benchmarks.bench_ops --on-paper        # bytes per op and time at H100 / H200 bandwidth
+    python -m benchmarks.bench_ops --overhead        # per-call host cost against native ops (tiny inputs)
 
 Writes benchmarks/results/<device>.csv and <device>.md (with --quick: <device>_quick.*, not committed),
 again after every case, so that a run stopped part-way leaves the cases it finished.
@@ -29,7 +30,7 @@ from ddpm_pa_fast import reference
 from ddpm_pa_fast.backends import BackendUnavailableError, resolve_backend
 from ddpm_pa_fast.testing import ddpm_like_batch
 
-from . import authors, peers, report
+from . import authors, overhead, peers, report
 from .harness import (
     PASSES,
     BandwidthProbe,
@@ -412,9 +413,28 @@ def parse_args(argv=None):
     parser.add_argument("--no-memory", action="store_true", help="skip the peak-memory measurement")
     parser.add_argument("--threads", type=int, help="torch.set_num_threads (default: torch's choice)")
     parser.add_argument("--out", default=os.path.join(os.path.dirname(os.path.abspath(__file__)), "results"))
+    parser.add_argument("--overhead", action="store_true",
+                        help="per-call cost of each public op against a native op on tiny inputs, one "
+                             "thread (benchmarks/overhead.py) -> overhead_<device>.md")
+    parser.add_argument("--rounds", type=int, default=400,
+                        help="--overhead: rounds of blocks per case (default %(default)s)")
     parser.add_argument("--on-paper", action="store_true",
                         help="write gpu_on_paper.md (bytes and time at H100/H200 bandwidth); needs no GPU")
     return parser.parse_args(argv)
+
+
+def write_overhead_table(args) -> None:
+    """--overhead: the per-call table for our first backend on the device, printed and written."""
+    torch.set_num_threads(1)
+    backend = OUR_BACKENDS[args.device][0]
+    cases = overhead.build_cases(args.device, backend)
+    rows = overhead.measure(cases, args.device, rounds=args.rounds)
+    text = overhead.markdown(rows, report.describe_machine(args.device), backend, args.rounds)
+    path = os.path.join(args.out, f"overhead_{args.device}.md")
+    with open(path, "w") as fh:
+        fh.write(text)
+    print(text)
+    print(f"wrote {path}")
 
 
 def main(argv=None) -> None:
@@ -426,6 +446,9 @@ def main(argv=None) -> None:
         return
     if args.device == "cuda" and not torch.cuda.is_available():
         raise SystemExit("--device cuda: no CUDA device is visible to torch")
+    if args.overhead:
+        write_overhead_table(args)
+        return
     if args.threads:
         torch.set_num_threads(args.threads)
     stem = f"{args.device}_quick" if args.quick else args.device

@@ -129,6 +129,12 @@ class Row:
     min_bytes: int | None = None
     bound_ms: float | None = None
     x_bound: float | None = None
+    # CUDA only (None elsewhere): the kernels' own time per call (profiler, sum of device kernel
+    # durations) and the time per replay of the pass captured in a CUDA graph; each / bound.
+    device_ms: float | None = None
+    graph_ms: float | None = None
+    device_x_bound: float | None = None
+    graph_x_bound: float | None = None
     torch_version: str = torch.__version__
     package_version: str = ""
     threads: int | None = None
@@ -375,6 +381,55 @@ def _time_cuda(fn, leaves, config: TimingConfig, slow: bool, prepare):
     return (*_quantiles(samples), len(samples))
 
 
+DEVICE_TIME_CALLS = 20
+GRAPH_REPLAYS = 50
+
+
+def device_kernel_ms(fn: Callable[[], object], leaves) -> float:
+    """The kernels' own time per call of fn, in ms: the profiler's sum of CUDA kernel (and memcpy/memset)
+    durations over DEVICE_TIME_CALLS calls, divided by the count. Host time, launch gaps and the
+    device's idle time between kernels are left out: this is what the call costs a GPU that is never
+    starved, the part that the memory bound speaks to."""
+    from torch.profiler import ProfilerActivity, profile
+
+    _clear_grads(leaves)
+    fn()
+    torch.cuda.synchronize()
+    with profile(activities=[ProfilerActivity.CUDA]) as prof:
+        for _ in range(DEVICE_TIME_CALLS):
+            _clear_grads(leaves)
+            fn()
+        torch.cuda.synchronize()
+    device_us = sum(event.self_device_time_total for event in prof.key_averages())
+    return device_us / 1e3 / DEVICE_TIME_CALLS
+
+
+def cuda_graph_ms(fn: Callable[[], object], leaves) -> float:
+    """ms per replay of fn captured in a CUDA graph (CUDA events around GRAPH_REPLAYS replays): the pass
+    without its host path. Raises if fn cannot be captured (a host sync, a host tensor, a
+    data-dependent shape); the caller records that as the row's graph status."""
+    side = torch.cuda.Stream()
+    side.wait_stream(torch.cuda.current_stream())
+    with torch.cuda.stream(side):  # warm-up off the default stream, as torch.cuda.graphs asks
+        for _ in range(3):
+            _clear_grads(leaves)
+            fn()
+    torch.cuda.current_stream().wait_stream(side)
+    _clear_grads(leaves)
+    graph = torch.cuda.CUDAGraph()
+    with torch.cuda.graph(graph):
+        fn()
+    graph.replay()
+    torch.cuda.synchronize()
+    start, end = torch.cuda.Event(enable_timing=True), torch.cuda.Event(enable_timing=True)
+    start.record()
+    for _ in range(GRAPH_REPLAYS):
+        graph.replay()
+    end.record()
+    torch.cuda.synchronize()
+    return start.elapsed_time(end) / GRAPH_REPLAYS
+
+
 # --------------------------------------------------------------------------------------------- memory
 
 
@@ -499,6 +554,23 @@ def _pass_callables(pass_: str, provider: Provider, args: tuple, native_upstream
     return forward_backward, None
 
 
+def _device_times(pass_: str, fn, leaves, device: str) -> dict:
+    """On CUDA, for fwd and fwd+bwd (the backward alone needs a fresh forward per call, which a graph
+    would replay too): device_ms and graph_ms, or None for one that failed (said on stderr)."""
+    if torch.device(device).type != "cuda" or pass_ == "bwd":
+        return {}
+    times = {}
+    for name, measure_ms in (("device_ms", device_kernel_ms), ("graph_ms", cuda_graph_ms)):
+        try:
+            times[name] = measure_ms(fn, leaves)
+        except Exception as error:  # a provider that cannot be captured is a result, not a crash
+            print(f"{name}: {type(error).__name__}: {str(error).splitlines()[0] if str(error) else ''}",
+                  file=sys.stderr)
+            times[name] = None
+            torch.cuda.synchronize()
+    return times
+
+
 def measure(
     case: Case,
     provider: Provider,
@@ -519,6 +591,10 @@ def measure(
         min_bytes = traffic[pass_].read + traffic[pass_].write
         bound_ms = None if bandwidth is None else bandwidth.bound_seconds(traffic[pass_]) * 1e3
         median = values.get("median_ms")
+        for name in ("device", "graph"):
+            ms = values.get(f"{name}_ms")
+            if ms is not None and bound_ms:
+                values[f"{name}_x_bound"] = ms / bound_ms
         return Row(
             op=case.op, size=case.size, provider=provider.name, dtype=_dtype_name(dtype),
             device=device, pass_=pass_, status=status, min_bytes=min_bytes, bound_ms=bound_ms,
@@ -542,8 +618,9 @@ def measure(
             fn, prepare = _pass_callables(pass_, provider, args, native_upstream)
             median, q20, q80, repeats = time_call(fn, leaves, device, config, provider.slow, prepare)
             peak = peak_extra_bytes(fn, leaves, device, prepare) if memory else None
+            device_times = _device_times(pass_, fn, leaves, device)
             rows.append(row(pass_, "ok", checked=checked, median_ms=median, q20_ms=q20, q80_ms=q80,
-                            repeats=repeats, peak_extra_bytes=peak))
+                            repeats=repeats, peak_extra_bytes=peak, **device_times))
         except Exception as error:
             if not _is_out_of_memory(error):
                 traceback.print_exc(file=sys.stderr)

@@ -190,6 +190,36 @@ def _bandwidth_range(values: list[float]) -> str:
     return f"{low:.1f} GB/s" if f"{low:.1f}" == f"{high:.1f}" else f"{low:.1f}-{high:.1f} GB/s"
 
 
+def device_time_table(rows: list[Row]) -> list[str]:
+    """CUDA: per op, size, provider and pass (fwd, fwd+bwd), wall time beside the kernels' own time and
+    a CUDA graph replay's, each against the memory bound: how much of a call is host path."""
+    timed = [r for r in rows if r.status == "ok" and r.pass_ != "bwd" and r.median_ms is not None]
+    if not timed:
+        return []
+
+    def cell(ms, x_bound):
+        return "" if ms is None else f"{format_ms(ms)} ({x_bound:.3g}x)" if x_bound else format_ms(ms)
+
+    lines = [
+        "## Wall time, device time and CUDA-graph time",
+        "",
+        "wall: the median above (events around each call, host path included). device: the profiler's sum",
+        "of the call's kernel durations (benchmarks/harness.py, device_kernel_ms). graph: one replay of the",
+        "pass captured in a CUDA graph (cuda_graph_ms; empty: it could not be captured, stderr says why).",
+        "In brackets: / bound. wall far above device means the call is host-bound.",
+        "",
+        "| op | size | provider | pass | bound ms | wall ms | device ms | graph ms | wall / device |",
+        "|---|---|---|---|---|---|---|---|---|",
+    ]
+    for r in timed:
+        lines.append(
+            f"| {r.op} | {r.size} | {r.provider} | {r.pass_} | {format_ms(r.bound_ms)} | "
+            f"{cell(r.median_ms, r.x_bound)} | {cell(r.device_ms, r.device_x_bound)} | "
+            f"{cell(r.graph_ms, r.graph_x_bound)} | {_ratio(r.median_ms, r.device_ms)} |"
+        )
+    return [*lines, ""]
+
+
 def write_markdown(path: str, rows: list[Row], bandwidths: list[Bandwidth], args) -> None:
     dtype = rows[0].dtype if rows else args.dtype
     when = datetime.datetime.now(datetime.timezone.utc).strftime("%Y-%m-%d %H:%M UTC")
@@ -235,6 +265,7 @@ def write_markdown(path: str, rows: list[Row], bandwidths: list[Bandwidth], args
         "## Results",
         "",
         *markdown_tables(rows, args.device),
+        *(device_time_table(rows) if args.device == "cuda" else []),
     ]
     os.makedirs(os.path.dirname(os.path.abspath(path)), exist_ok=True)
     with open(path, "w") as fh:

@@ -16,11 +16,15 @@
 #include <ATen/record_function.h>
 #include <c10/util/Exception.h>
 #include <torch/autograd.h>
+#include <torch/csrc/autograd/functions/utils.h>
+#include <torch/csrc/autograd/saved_variable.h>
 #include <torch/library.h>
 
 #include <optional>
 #include <string>
 #include <tuple>
+
+#include "ddpm_pa_math.h"
 
 #ifdef DDPM_PA_WITH_CUDA
 #include <nvtx3/nvToolsExt.h>
@@ -183,6 +187,8 @@ struct PairwiseSimilarityKlFunction : public torch::autograd::Function<PairwiseS
     at::AutoDispatchBelowADInplaceOrView below_autograd;
     auto [loss, gram_src, gram_ada] = op.call(src, ada, tau, reduction);
     ctx->mark_non_differentiable({gram_src, gram_ada});
+    // No zero tensors made for the Grams' gradients: they are not differentiable and never read.
+    ctx->set_materialize_grads(false);
     ctx->save_for_backward({ada, gram_src, gram_ada});
     ctx->saved_data["tau"] = tau;
     ctx->saved_data["reduction"] = reduction;
@@ -190,6 +196,8 @@ struct PairwiseSimilarityKlFunction : public torch::autograd::Function<PairwiseS
   }
   static variable_list backward(AutogradContext* ctx, variable_list grads) {
     BackwardRange range("pairwise_similarity_kl.backward");
+    // The engine calls this node only for the loss's gradient (the Grams are not differentiable).
+    TORCH_INTERNAL_ASSERT(grads[0].defined(), "pairwise_similarity_kl: backward without the loss's gradient");
     const variable_list saved = ctx->get_saved_variables();
     const std::string reduction = ctx->saved_data["reduction"].toStringRef();
     const at::Tensor grad_ada = pairwise_similarity_kl_backward_op().call(
@@ -205,48 +213,41 @@ using LossOutputs = std::tuple<at::Tensor, at::Tensor, at::Tensor, at::Tensor, a
 at::Tensor saved_optional(const OptionalTensor& t) { return t.has_value() ? *t : at::Tensor(); }
 OptionalTensor restored_optional(const at::Tensor& t) { return t.defined() ? OptionalTensor(t) : std::nullopt; }
 
-struct DdpmPaLossFunction : public torch::autograd::Function<DdpmPaLossFunction> {
-  static variable_list forward(AutogradContext* ctx, const at::Tensor& x_t, const at::Tensor& eps_ada,
-                               const at::Tensor& eps_src, const at::Tensor& noise, const at::Tensor& a_t,
-                               const at::Tensor& b_t, const OptionalTensor& mse_weight,
-                               const OptionalTensor& hf_mse_weight, double w_pair, double w_hf_pair, double w_hf_mse,
-                               double tau, const std::string& reduction) {
-    static const auto op =
-        op_handle<LossOutputs(const at::Tensor&, const at::Tensor&, const at::Tensor&, const at::Tensor&,
-                              const at::Tensor&, const at::Tensor&, const OptionalTensor&, const OptionalTensor&,
-                              double, double, double, double, c10::string_view)>("ddpm_pa_fast::ddpm_pa_loss");
-    at::AutoDispatchBelowADInplaceOrView below_autograd;
-    auto [loss, mse, hf_mse, pair_img, pair_hf, grams] = op.call(
-        x_t, eps_ada, eps_src, noise, a_t, b_t, mse_weight, hf_mse_weight, w_pair, w_hf_pair, w_hf_mse, tau, reduction);
-    ctx->mark_non_differentiable({grams});
-    ctx->save_for_backward(
-        {grams, x_t, eps_ada, noise, a_t, b_t, saved_optional(mse_weight), saved_optional(hf_mse_weight)});
-    ctx->saved_data["w_pair"] = w_pair;
-    ctx->saved_data["w_hf_pair"] = w_hf_pair;
-    ctx->saved_data["w_hf_mse"] = w_hf_mse;
-    ctx->saved_data["tau"] = tau;
-    ctx->saved_data["reduction"] = reduction;
-    return {loss, mse, hf_mse, pair_img, pair_hf, grams};
-  }
-  static variable_list backward(AutogradContext* ctx, variable_list grads) {
+// The loss's backward node, written as PyTorch writes its generated nodes (MseLossBackward0 and the
+// like) rather than as a torch::autograd::Function: one edge, to eps_ada, the only input with a
+// gradient (the others are constants of the loss, as the reference detaches them), the saved tensors
+// and the scalars as members. A Function records all 13 inputs (their metadata and 12 empty edges),
+// keeps its scalars in a dictionary of IValues and wraps its outputs generically on every call: that
+// was most of the gap between this op's host time and F.mse_loss's (issue 23).
+struct DdpmPaLossBackward : public torch::autograd::Node {
+  variable_list apply(variable_list&& grads) override {
     BackwardRange range("ddpm_pa_loss.backward");
-    const variable_list saved = ctx->get_saved_variables();
-    const at::Tensor& grams = saved[0];
-    // The five 0-d upstream gradients (loss, mse, hf_mse, pair_img, pair_hf) in the Gram dtype.
-    const at::Tensor grad_terms = at::stack({grads[0].reshape({}), grads[1].reshape({}), grads[2].reshape({}),
-                                             grads[3].reshape({}), grads[4].reshape({})})
-                                      .to(grams.scalar_type());
-    const auto& data = ctx->saved_data;
-    const std::string reduction = data.at("reduction").toStringRef();
-    const at::Tensor grad_eps_ada = ddpm_pa_loss_backward_op().call(
-        grad_terms, grams, saved[1], saved[2], saved[3], saved[4], saved[5], restored_optional(saved[6]),
-        restored_optional(saved[7]), data.at("w_pair").toDouble(), data.at("w_hf_pair").toDouble(),
-        data.at("w_hf_mse").toDouble(), data.at("tau").toDouble(), reduction);
-    // Only eps_ada gets a gradient (see the schema in ops.cpp): none for the weights either.
-    variable_list result(13);
-    result[1] = grad_eps_ada;
-    return result;
+    std::lock_guard<std::mutex> lock(mutex_);
+    const at::Tensor grams = grams_.unpack();
+    // The five upstream gradients (loss, mse, hf_mse, pair_img, pair_hf) in the Gram dtype, zero where a
+    // term was not differentiated (the engine passes those undefined). Device to device, no sync.
+    const at::Tensor grad_terms = at::zeros({kNumLossTerms}, grams.options());
+    for (int i = 0; i < kNumLossTerms; ++i) {
+      if (grads[i].defined()) grad_terms.select(0, i).copy_(grads[i].reshape({}));
+    }
+    at::Tensor grad_eps_ada = ddpm_pa_loss_backward_op().call(
+        grad_terms, grams, x_t_.unpack(), eps_ada_.unpack(), noise_.unpack(), a_t_.unpack(), b_t_.unpack(),
+        restored_optional(mse_weight_.unpack()), restored_optional(hf_mse_weight_.unpack()), w_pair_, w_hf_pair_,
+        w_hf_mse_, tau_, reduction_);
+    return {std::move(grad_eps_ada)};
   }
+  std::string name() const override { return "DdpmPaLossBackward"; }
+  void release_variables() override {
+    std::lock_guard<std::mutex> lock(mutex_);
+    for (torch::autograd::SavedVariable* saved :
+         {&grams_, &x_t_, &eps_ada_, &noise_, &a_t_, &b_t_, &mse_weight_, &hf_mse_weight_}) {
+      saved->reset_data();
+    }
+  }
+
+  torch::autograd::SavedVariable grams_, x_t_, eps_ada_, noise_, a_t_, b_t_, mse_weight_, hf_mse_weight_;
+  double w_pair_ = 0.0, w_hf_pair_ = 0.0, w_hf_mse_ = 0.0, tau_ = 0.0;
+  std::string reduction_;
 };
 
 // ---------------------------------------------------------------------------------------------
@@ -353,10 +354,39 @@ LossOutputs ddpm_pa_loss_autograd(const at::Tensor& x_t, const at::Tensor& eps_a
                                   const at::Tensor& noise, const at::Tensor& a_t, const at::Tensor& b_t,
                                   const OptionalTensor& mse_weight, const OptionalTensor& hf_mse_weight, double w_pair,
                                   double w_hf_pair, double w_hf_mse, double tau, c10::string_view reduction) {
-  const variable_list out = DdpmPaLossFunction::apply(x_t, eps_ada, eps_src, noise, a_t, b_t, mse_weight,
-                                                      hf_mse_weight, w_pair, w_hf_pair, w_hf_mse, tau,
-                                                      std::string(reduction));
-  return {out[0], out[1], out[2], out[3], out[4], out[5]};
+  static const auto op =
+      op_handle<LossOutputs(const at::Tensor&, const at::Tensor&, const at::Tensor&, const at::Tensor&,
+                            const at::Tensor&, const at::Tensor&, const OptionalTensor&, const OptionalTensor&, double,
+                            double, double, double, c10::string_view)>("ddpm_pa_fast::ddpm_pa_loss");
+  LossOutputs outputs;
+  {
+    at::AutoDispatchBelowADInplaceOrView below_autograd;
+    outputs = op.call(x_t, eps_ada, eps_src, noise, a_t, b_t, mse_weight, hf_mse_weight, w_pair, w_hf_pair, w_hf_mse,
+                      tau, reduction);
+  }
+  if (!(at::GradMode::is_enabled() && eps_ada.requires_grad())) return outputs;
+  auto node = c10::make_intrusive<DdpmPaLossBackward>();
+  node->set_next_edges(torch::autograd::collect_next_edges(eps_ada));
+  // The Gram matrices (the last output) are not differentiable: saved, without history.
+  node->grams_ = torch::autograd::SavedVariable(std::get<5>(outputs), /*is_output=*/false);
+  node->x_t_ = torch::autograd::SavedVariable(x_t, false);
+  node->eps_ada_ = torch::autograd::SavedVariable(eps_ada, false);
+  node->noise_ = torch::autograd::SavedVariable(noise, false);
+  node->a_t_ = torch::autograd::SavedVariable(a_t, false);
+  node->b_t_ = torch::autograd::SavedVariable(b_t, false);
+  node->mse_weight_ = torch::autograd::SavedVariable(saved_optional(mse_weight), false);
+  node->hf_mse_weight_ = torch::autograd::SavedVariable(saved_optional(hf_mse_weight), false);
+  node->w_pair_ = w_pair;
+  node->w_hf_pair_ = w_hf_pair;
+  node->w_hf_mse_ = w_hf_mse;
+  node->tau_ = tau;
+  node->reduction_ = std::string(reduction);
+  torch::autograd::set_history(std::get<0>(outputs), node);  // loss, mse, hf_mse, pair_img, pair_hf:
+  torch::autograd::set_history(std::get<1>(outputs), node);  // the node's inputs 0..4, in this order
+  torch::autograd::set_history(std::get<2>(outputs), node);
+  torch::autograd::set_history(std::get<3>(outputs), node);
+  torch::autograd::set_history(std::get<4>(outputs), node);
+  return outputs;
 }
 
 // The backward ops' Autograd kernels: a node only where there is a graph to record (records_graph).

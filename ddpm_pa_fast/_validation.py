@@ -131,6 +131,53 @@ def check_weight(value, name: str) -> float:
     return float(value)
 
 
+_FLOAT_DTYPE_SET = frozenset(FLOAT_DTYPES)
+
+
+def is_plain_loss_call(x_t, images, per_sample, scalars) -> bool:
+    """True for the common, valid call of ddpm_pa_loss, which the checks below accept unchanged: x_t and
+    the other images float tensors of x_t's dtype, shape (N >= 2, C, H >= 2, W >= 2) and device;
+    per_sample (a_t, b_t, then the optional weights: None or present) float tensors of shape (N,) on that
+    device; scalars (w_pair, w_hf_pair, w_hf_mse, tau) Python floats, finite, tau > 0.
+
+    One pass over attributes, no calls: it costs a fifth of the named checks, which then run only when
+    it says False, for their error (or, for mixed dtypes, their promotion). It must never say True where
+    they would raise; tests/test_api.py runs every rejected case through the public functions, and
+    tests/test_overhead.py checks that the common call takes this path. The reduction is checked by the
+    caller.
+    """
+    if not (isinstance(x_t, torch.Tensor) and x_t.dtype in _FLOAT_DTYPE_SET):
+        return False
+    dtype, shape, device = x_t.dtype, x_t.shape, x_t.device
+    if len(shape) != 4 or shape[0] < 2 or shape[2] < 2 or shape[3] < 2:
+        return False
+    for image in images:
+        if not (
+            isinstance(image, torch.Tensor)
+            and image.dtype is dtype
+            and image.shape == shape
+            and image.device == device
+        ):
+            return False
+    per_sample_shape = shape[:1]
+    for coefficient in per_sample:
+        if coefficient is None:
+            continue
+        if not (
+            isinstance(coefficient, torch.Tensor)
+            and coefficient.dtype in _FLOAT_DTYPE_SET
+            and coefficient.shape == per_sample_shape
+            and coefficient.device == device
+        ):
+            return False
+    for value in scalars:
+        # `type is float`: not a bool, int, numpy scalar or, under torch.compile, a symbolic float (the
+        # named checks turn a symbolic one into an assertion of the compiled code).
+        if type(value) is not float or not -1.7976931348623157e308 <= value <= 1.7976931348623157e308:
+            return False
+    return scalars[-1] > 0
+
+
 def check_choice(value, name: str, choices: tuple[str, ...]) -> str:
     if value not in choices:
         raise ValueError(f"{name} must be one of {', '.join(repr(c) for c in choices)}, got {value!r}")

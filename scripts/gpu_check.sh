@@ -23,7 +23,8 @@
 #   memcheck_triton  memcheck over ops_once.py --backend triton
 #   train            scripts/gpu_check/train_step.py: one trainer step, fp16 and bf16 (needs diffusers)
 #   then alone on the GPU:
-#   bench     python3 -m benchmarks.bench_ops --device cuda --few-repeats at one full size per op
+#   bench     python3 -m benchmarks.bench_ops --device cuda --overhead (per-call host cost), then
+#             --few-repeats at 8x3x256x256, 32x3x256x256 and 8x4x64x64 (wall, device and CUDA-graph time)
 #
 # In --cpu-rehearsal mode: the build is CPU-only (FORCE_ONLY_CPU=1), tests_cuda runs the same selection
 # (which the CPU skips: it proves the selection and the plugins) and then its CPU twin (-k cpu),
@@ -267,10 +268,13 @@ body_train() {
 body_bench() {
   local device=cuda sizes
   [ "$MODE" = "gpu" ] || device=cpu
-  sizes="${GPU_CHECK_BENCH_SIZES:-8x3x256x256 8x3x256x256/J3}"
+  sizes="${GPU_CHECK_BENCH_SIZES:-8x3x256x256 32x3x256x256 8x4x64x64 8x3x256x256/J3}"
   mkdir -p "$OUTDIR/bench"
-  # One full size per op (the DWT/IDWT at 3 levels), --quick's repetitions; ours (CUDA and Triton
-  # on a GPU), eager torch and torch.compile; CSV and markdown rewritten after every case.
+  # First the per-call host cost against native ops (seconds), then the ops at full sizes (up to
+  # 32x3x256x256, and 8x4x64x64: SD-style latents), --quick's repetitions; ours (CUDA and Triton on a
+  # GPU), eager torch and torch.compile; on CUDA each row also has the kernels' own time and a CUDA
+  # graph replay's, each against the memory bound. CSV and markdown rewritten after every case.
+  "$PY" -m benchmarks.bench_ops --device "$device" --overhead --rounds 100 --out "$OUTDIR/bench" || return 1
   # shellcheck disable=SC2086
   "$PY" -m benchmarks.bench_ops --device "$device" --few-repeats --sizes $sizes \
     --providers ours torch compile --out "$OUTDIR/bench" || return 1

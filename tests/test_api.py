@@ -84,9 +84,14 @@ S = make_loss_sample((3, 3, 8, 8))
 GOOD = dict(x_t=S.x_t, eps_ada=S.eps_ada, eps_src=S.eps_src, noise=S.noise, a_t=S.a_t, b_t=S.b_t)
 
 
-def _loss(**changes):
+# Every CPU backend: the public layer's checks (and its fast path for the common call) are shared, so a
+# bad input must be refused with the same words whichever backend would run it.
+CPU_BACKENDS = ["torch", "cpu"]
+
+
+def _loss(backend="torch", **changes):
     args = {**GOOD, **changes}
-    return D.ddpm_pa_loss(**args, backend="torch")
+    return D.ddpm_pa_loss(**args, backend=backend)
 
 
 @pytest.mark.parametrize(
@@ -112,6 +117,15 @@ def _loss(**changes):
         (dict(b_t=S.b_t.to("meta")), ValueError, r"b_t must be on the device of x_t"),
         (dict(noise=S.noise.to("meta")), ValueError, r"noise must be on the device of x_t"),
         (dict(eps_ada=[1.0]), TypeError, r"eps_ada must be a torch.Tensor"),
+        (dict(x_t=S.x_t.numpy()), TypeError, r"x_t must be a torch.Tensor"),
+        (dict(a_t=S.a_t.to(torch.int64)), TypeError, r"a_t must have a floating dtype"),
+        (dict(mse_weight=torch.ones(4, dtype=torch.float64)), ValueError, r"mse_weight must hold one value"),
+        (dict(hf_mse_weight=torch.ones(3, 2)), ValueError, r"hf_mse_weight must hold one value per sample"),
+        (
+            dict(hf_mse_weight=torch.ones(3, device="meta")),
+            ValueError,
+            r"hf_mse_weight must be on the device",
+        ),
         (
             dict(
                 x_t=S.x_t[..., :1, :],
@@ -124,9 +138,10 @@ def _loss(**changes):
         ),
     ],
 )
-def test_loss_rejects_bad_tensors(changes, error, pattern):
+@pytest.mark.parametrize("backend", CPU_BACKENDS)
+def test_loss_rejects_bad_tensors(backend, changes, error, pattern):
     with pytest.raises(error, match=pattern):
-        _loss(**changes)
+        _loss(backend, **changes)
 
 
 @pytest.mark.parametrize(
@@ -139,13 +154,41 @@ def test_loss_rejects_bad_tensors(changes, error, pattern):
         (dict(reduction="none"), r"reduction must be one of 'mean', 'batchmean', 'sum', got 'none'"),
         (dict(w_pair=float("inf")), r"w_pair must be a finite number"),
         (dict(w_hf_mse="1"), r"w_hf_mse must be a finite number"),
+        (dict(w_pair=True), r"w_pair must be a finite number"),
+        (dict(w_hf_pair=-float("inf")), r"w_hf_pair must be a finite number"),
     ],
 )
-def test_loss_rejects_bad_options(kwargs, pattern):
+@pytest.mark.parametrize("backend", CPU_BACKENDS)
+def test_loss_rejects_bad_options(backend, kwargs, pattern):
     with pytest.raises(ValueError, match=pattern):
-        _loss(**kwargs)
+        _loss(backend, **kwargs)
     with pytest.raises(ValueError, match=pattern):
         D.DDPMPALoss(**kwargs)
+
+
+def test_the_common_loss_call_takes_the_validated_fast_path():
+    """is_plain_loss_call is what keeps the public call's host cost near a native loss's (issue 23): it
+    must say True for the usual call, and every call it declines still goes through the named checks."""
+    from ddpm_pa_fast import _validation as V
+
+    images = (S.eps_ada, S.eps_src, S.noise)
+    scalars = (4.0, 4.0, 1.0, 1.0)
+    assert V.is_plain_loss_call(S.x_t, images, (S.a_t, S.b_t, None, None), scalars)
+    assert V.is_plain_loss_call(S.x_t, images, (S.a_t, S.b_t, S.a_t, S.b_t), scalars)
+    # Valid, but for the named checks to accept or convert: (N, 1, 1, 1) coefficients, integer weights,
+    # mixed image dtypes (promoted, as under autocast).
+    declined = [
+        (S.x_t, images, (S.a_t.view(3, 1, 1, 1), S.b_t, None, None), scalars),
+        (S.x_t, images, (S.a_t, S.b_t, None, None), (4, 4.0, 1.0, 1.0)),
+        (S.x_t, (S.eps_ada.float(), S.eps_src, S.noise), (S.a_t, S.b_t, None, None), scalars),
+    ]
+    for call in declined:
+        assert not V.is_plain_loss_call(*call)
+        x_t, images, (a_t, b_t, m, h), (w_pair, w_hf_pair, w_hf_mse, tau) = call
+        out = D.ddpm_pa_loss(
+            x_t, *images, a_t, b_t, w_pair, w_hf_pair, w_hf_mse, tau, mse_weight=m, hf_mse_weight=h
+        )
+        torch.testing.assert_close(out.loss, R.ddpm_pa_loss(*S.args()).loss, rtol=1e-5, atol=1e-7)
 
 
 def test_pairwise_kl_rejects_bad_input():

@@ -417,7 +417,7 @@ def test_ddpm_pa_loss_unit_weights_are_the_unweighted_loss(device, shape):
         out = _weighted_loss(sample, eps_ada, (4.0, 3.0, 2.0), 0.7, "batchmean", mse_weight, hf_mse_weight)
         results.append([*out, *torch.autograd.grad(list(out), eps_ada, grads_out)])
     for name, plain, unit in zip([*LOSS_TERMS, "grad"], *results, strict=True):
-        torch.testing.assert_close(unit, plain, rtol=1e-6, atol=1e-9, msg=lambda m: f"{name}: {m}")
+        torch.testing.assert_close(unit, plain, rtol=1e-6, atol=1e-9, msg=lambda m, name=name: f"{name}: {m}")
 
 
 # ------------------------------------------------------------------------------------------------

@@ -104,6 +104,8 @@ inline at::Tensor per_sample_coefficients(const at::Tensor& coef, const char* ar
               coef.scalar_type());
   TORCH_CHECK(coef.numel() == n && (coef.dim() == 1 || (coef.dim() == 4 && coef.size(0) == n)), op, ": ", arg,
               " must have shape (N,) or (N, 1, 1, 1) with N = ", n, ", got ", coef.sizes());
+  // The usual (N,) coefficient in the accumulation dtype is used as it is (three dispatcher calls saved).
+  if (coef.dim() == 1 && coef.scalar_type() == acc_dtype && coef.is_contiguous()) return coef;
   return coef.reshape({n}).to(acc_dtype).contiguous();
 }
 

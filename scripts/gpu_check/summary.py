@@ -115,7 +115,10 @@ def speed_table(outdir):
     providers = [p for p in ("cuda", "triton", "cpu", "torch", "compile") if p in present]
     ours = [p for p in providers if p in ("cuda", "triton", "cpu")]
     header = ["op", "size"] + [f"{p} ms" for p in providers]
-    header += [f"{p} / bound" for p in ours] + ["bound ms (measured BW)", "H200 data-sheet bound us"]
+    header += [f"{p} / bound" for p in ours]
+    # The kernels' own time and a CUDA-graph replay's, each / bound (CUDA rows; empty elsewhere).
+    header += [f"{p} {kind} / bound" for p in ours for kind in ("device", "graph")]
+    header += ["bound ms (measured BW)", "H200 data-sheet bound us"]
     header += [f"{p} / data-sheet bound" for p in ours]
     lines = ["| " + " | ".join(header) + " |", "|" + "---|" * len(header)]
     for op, size in dict.fromkeys((r["op"], r["size"]) for r in rows):
@@ -134,6 +137,11 @@ def speed_table(outdir):
         for p in ours:
             r = by.get(p)
             cells.append(f"{float(r['x_bound']):.3g}x" if r and r["status"] == "ok" and r["x_bound"] else "")
+        for p in ours:
+            r = by.get(p)
+            for kind in ("device", "graph"):
+                x = r.get(f"{kind}_x_bound") if r and r["status"] == "ok" else None
+                cells.append(f"{float(x):.3g}x" if x else "")
         bound_ms = any_row.get("bound_ms")
         cells.append(f"{float(bound_ms):.3g}" if bound_ms else "")
         paper_s = int(any_row["min_bytes"]) / H200_BYTES_PER_S if any_row.get("min_bytes") else None
@@ -187,6 +195,10 @@ def write_summary(outdir):
                     lines.append(f"- ... {len(failed) - 30} more in {s['name']}.*.log")
     lines += ["", "## Speed (forward + backward, median ms)", ""]
     lines += speed_table(outdir)
+    overhead = _read(os.path.join(outdir, "bench", f"overhead_{'cpu' if rehearsal else 'cuda'}.md"))
+    if overhead:
+        lines += ["", "## Per-call host cost (bench_ops --overhead)", ""]
+        lines += [line for line in overhead.splitlines() if line.startswith("|")]
     lines += [
         "",
         "time / bound: the median over the least bytes the pass must move at the bandwidth measured just",
