@@ -132,18 +132,17 @@ const c10::TypedOperatorHandle<LossBackwardSignature>& ddpm_pa_loss_backward_op(
 
 // ---------------------------------------------------------------------------------------------
 
-struct HighFrequencyFunction : public torch::autograd::Function<HighFrequencyFunction> {
-  static at::Tensor forward(AutogradContext* ctx, const at::Tensor& x) {
-    at::AutoDispatchBelowADInplaceOrView below_autograd;
-    ctx->saved_data["height"] = x.sym_size(2);
-    ctx->saved_data["width"] = x.sym_size(3);
-    return high_frequency_op().call(x);
-  }
-  static variable_list backward(AutogradContext* ctx, variable_list grads) {
+// The HF map's backward node, written as PyTorch's generated nodes are (see DdpmPaLossBackward below):
+// one edge, the input's size as members. The map is linear, so nothing else is saved.
+struct HighFrequencyBackward : public torch::autograd::Node {
+  variable_list apply(variable_list&& grads) override {
     BackwardRange range("ddpm_pa_high_frequency.backward");
-    return {high_frequency_backward_op().call(grads[0], ctx->saved_data["height"].toSymInt(),
-                                              ctx->saved_data["width"].toSymInt())};
+    if (!grads[0].defined()) return {at::Tensor()};
+    return {high_frequency_backward_op().call(grads[0], height_, width_)};
   }
+  std::string name() const override { return "DdpmPaHighFrequencyBackward"; }
+
+  c10::SymInt height_, width_;
 };
 
 struct HaarDwtFunction : public torch::autograd::Function<HaarDwtFunction> {
@@ -334,7 +333,20 @@ struct DdpmPaLossBackwardFunction : public torch::autograd::Function<DdpmPaLossB
 // ---------------------------------------------------------------------------------------------
 // The Autograd kernels: the schema's signature, forwarding to the functions above.
 
-at::Tensor high_frequency_autograd(const at::Tensor& x) { return HighFrequencyFunction::apply(x); }
+at::Tensor high_frequency_autograd(const at::Tensor& x) {
+  at::Tensor out;
+  {
+    at::AutoDispatchBelowADInplaceOrView below_autograd;
+    out = high_frequency_op().call(x);
+  }
+  if (!(at::GradMode::is_enabled() && x.requires_grad())) return out;
+  auto node = c10::make_intrusive<HighFrequencyBackward>();
+  node->set_next_edges(torch::autograd::collect_next_edges(x));
+  node->height_ = x.sym_size(2);
+  node->width_ = x.sym_size(3);
+  torch::autograd::set_history(out, node);
+  return out;
+}
 
 std::tuple<at::Tensor, at::Tensor> haar_dwt2d_autograd(const at::Tensor& x, c10::string_view mode) {
   const variable_list out = HaarDwtFunction::apply(x, std::string(mode));
