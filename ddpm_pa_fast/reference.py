@@ -223,10 +223,6 @@ def check_loss_inputs(
     images' float dtypes may differ: under autocast the model's eps_ada is float16/bfloat16 while x_t and
     noise stay float32, and the loss then runs in the promoted dtype, as torch's own losses do.
     """
-    scalars = (w_pair, w_hf_pair, w_hf_mse, tau)
-    if V.is_plain_loss_call(x_t, (eps_ada, eps_src, noise), (a_t, b_t, mse_weight, hf_mse_weight), scalars):
-        if reduction in V.LOSS_REDUCTIONS:
-            return (x_t, eps_ada, eps_src, noise), scalars
     V.check_images(x_t, "x_t", min_size=2)
     V.check_batch_for_pairs(x_t, "x_t")
     images = {"x_t": x_t, "eps_ada": eps_ada, "eps_src": eps_src, "noise": noise}
