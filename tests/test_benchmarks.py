@@ -393,3 +393,25 @@ def test_overhead_refuses_a_backend_that_runs_something_else():
 
     with pytest.raises(AssertionError, match="backend 'auto' resolves to 'cpu'"):
         overhead.build_cases("cpu", "auto")
+
+
+def test_cuda_rows_report_device_and_graph_time_against_the_bound():
+    from benchmarks import report
+    from benchmarks.harness import Row
+
+    row = Row(op="ddpm_pa_loss", size="32x3x256x256", provider="cuda", dtype="float32", device="cuda",
+              pass_="fwd+bwd", status="ok", median_ms=0.4, bound_ms=0.05, x_bound=8.0, device_ms=0.1,
+              device_x_bound=2.0, graph_ms=0.12, graph_x_bound=2.4)
+    skipped = Row(op="ddpm_pa_loss", size="32x3x256x256", provider="cuda", dtype="float32", device="cuda",
+                  pass_="bwd", status="ok", median_ms=0.3)
+    lines = report.device_time_table([row, skipped])
+    table = [line for line in lines if line.startswith("| ddpm_pa_loss")]
+    assert table == [
+        "| ddpm_pa_loss | 32x3x256x256 | cuda | fwd+bwd | 0.05 | 0.4 (8x) | 0.1 (2x) | 0.12 (2.4x) | 4 |"
+    ]
+
+
+def test_device_times_are_measured_on_cuda_only():
+    from benchmarks.harness import _device_times
+
+    assert _device_times("fwd+bwd", lambda: None, [], "cpu") == {}

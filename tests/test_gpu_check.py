@@ -21,10 +21,10 @@ summary = importlib.util.module_from_spec(_spec)
 _spec.loader.exec_module(summary)
 
 
-def _bench_row(provider, median_ms, x_bound, status="ok"):
+def _bench_row(provider, median_ms, x_bound, status="ok", **device_times):
     return Row(op="ddpm_pa_loss", size="8x3x256x256", provider=provider, dtype="float32", device="cuda",
                pass_="fwd+bwd", status=status, median_ms=median_ms, min_bytes=48 * 2**20, bound_ms=0.0125,
-               x_bound=x_bound)
+               x_bound=x_bound, **device_times)
 
 
 def test_summary_names_failures_counts_tests_and_relates_speed_to_the_data_sheet(tmp_path):
@@ -48,9 +48,15 @@ def test_summary_names_failures_counts_tests_and_relates_speed_to_the_data_sheet
     )
     (tmp_path / "tests_cuda.2.log").write_text("tests/test_ops.py::test_c[cuda] PASSED [ 50%]\n")
     (tmp_path / "bench").mkdir()
-    rows = [_bench_row("cuda", 0.0125, 1.0), _bench_row("triton", 0.025, 2.0), _bench_row("torch", 1.0, 80.0),
+    rows = [_bench_row("cuda", 0.0125, 1.0, device_ms=0.00625, device_x_bound=0.5, graph_ms=0.01,
+                       graph_x_bound=0.8),
+            _bench_row("triton", 0.025, 2.0), _bench_row("torch", 1.0, 80.0),
             _bench_row("compile", 0.0, None, status="error: boom")]
     write_csv(rows, str(tmp_path / "bench" / "cuda.csv"))
+    (tmp_path / "bench" / "overhead_cuda.md").write_text(
+        "# Per-call cost\n\n| op | ours | us/call |\n|---|---|---|\n"
+        "| ddpm_pa_loss | `x` | 31.0 |\n\nMachine:\n"
+    )
 
     summary.write_summary(str(tmp_path))
     text = (tmp_path / "summary.md").read_text()
@@ -60,11 +66,14 @@ def test_summary_names_failures_counts_tests_and_relates_speed_to_the_data_sheet
     assert "- `tests/test_ops.py::test_b[float32-cuda]`" in text
     row = next(line for line in text.splitlines() if line.startswith("| ddpm_pa_loss | 8x3x256x256 |"))
     cells = [c.strip() for c in row.strip("|").split("|")]
-    # cuda, triton, torch, compile ms; cuda and triton / bound; bound; data-sheet us; / data-sheet bound.
+    # cuda, triton, torch, compile ms; cuda and triton / bound; their device and graph time / bound;
+    # bound; data-sheet us; / data-sheet bound.
     assert cells[2:6] == ["0.0125", "0.025", "1", "error"]
     assert cells[6:8] == ["1x", "2x"]
-    assert cells[9] == f"{48 * 2**20 / 4.8e12 * 1e6:.1f}"
-    assert cells[10] == f"{0.0125e-3 / (48 * 2**20 / 4.8e12):.3g}x"
+    assert cells[8:12] == ["0.5x", "0.8x", "", ""]
+    assert cells[13] == f"{48 * 2**20 / 4.8e12 * 1e6:.1f}"
+    assert cells[14] == f"{0.0125e-3 / (48 * 2**20 / 4.8e12):.3g}x"
+    assert "## Per-call host cost (bench_ops --overhead)" in text and "| ddpm_pa_loss | `x` | 31.0 |" in text
 
 
 def test_summary_of_a_run_still_going_says_so(tmp_path):
