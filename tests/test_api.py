@@ -248,3 +248,29 @@ def test_loss_promotes_mixed_float_dtypes_as_under_autocast(backend):
     torch.testing.assert_close(out.loss.double(), truth.loss, rtol=1e-4, atol=1e-6)
     out.loss.backward()
     assert eps_ada.grad.dtype == torch.bfloat16 and torch.isfinite(eps_ada.grad).all()
+
+
+def test_the_checkout_kernels_folder_leaves_the_name_kernels_to_another_package(tmp_path):
+    """From a source checkout's root the working directory is on sys.path, so `import kernels` finds the
+    Triton kernels' folder first; transformers >= 5 (and through it diffusers' and peft's LoRA code)
+    imports Hugging Face's `kernels` package by that name. The folder must hand the name over."""
+    import os
+    import pathlib
+    import subprocess
+    import sys
+
+    root = pathlib.Path(__file__).resolve().parent.parent
+    other = tmp_path / "site" / "kernels"
+    other.mkdir(parents=True)
+    (other / "__init__.py").write_text("ORIGIN = 'the other package'\n")
+    code = "import kernels; print(kernels.ORIGIN)"
+    # -S: no site-packages, so the only other `kernels` is the one this test makes.
+    command = [sys.executable, "-S", "-c", code]
+    env = {**os.environ, "PYTHONPATH": str(tmp_path / "site")}
+    found = subprocess.run(command, cwd=root, env=env, capture_output=True, text=True)
+    assert found.returncode == 0, found.stderr
+    assert found.stdout.strip() == "the other package"
+    env.pop("PYTHONPATH")
+    missing = subprocess.run(command, cwd=root, env=env, capture_output=True, text=True)
+    assert missing.returncode != 0
+    assert "No module named 'kernels'" in missing.stderr and "ddpm_pa_fast.kernels" in missing.stderr
