@@ -18,7 +18,10 @@ import torch
 import ddpm_pa_fast as D
 from tests.common import make_loss_sample
 
-pytestmark = pytest.mark.skipif(not torch.cuda.is_available(), reason="no CUDA device on this machine")
+pytestmark = [
+    pytest.mark.cuda,
+    pytest.mark.skipif(not torch.cuda.is_available(), reason="no CUDA device on this machine"),
+]
 
 GPU_BACKENDS = [pytest.param("cuda", id="cuda-kernels"), pytest.param("triton", id="cuda-triton")]
 SHAPE = (4, 3, 16, 16)
