@@ -4,6 +4,7 @@
     from ddpm_pa_fast import ddpm_pa_high_frequency, haar_dwt2d, haar_idwt2d, DWTForward, DWTInverse
     from ddpm_pa_fast import loss_coefficients   # a_t, b_t and target from a diffusers scheduler
     from ddpm_pa_fast import hf_mse_weights      # hf_mse_weight= across noise levels (x0, eps, min-snr)
+    from ddpm_pa_fast import adapters_off        # LoRA: the source prediction from the same model (peft)
 
 The maths is in docs/ddpm_pa_spec.md; ddpm_pa_fast.reference is its plain-PyTorch statement.
 """
@@ -16,6 +17,7 @@ from .functional import (
     haar_idwt2d,
     pairwise_similarity_kl,
 )
+from .lora import adapters_off
 from .modules import DDPMPAHighFrequency, DDPMPALoss, DWTForward, DWTInverse, PairwiseSimilarityKL
 from .prediction import (
     HF_MSE_WEIGHTINGS,
@@ -40,6 +42,7 @@ __all__ = [
     "LossCoefficients",
     "PREDICTION_TYPES",
     "PairwiseSimilarityKL",
+    "adapters_off",
     "available_backends",
     "backend_name",
     "ddpm_pa_high_frequency",
