@@ -20,9 +20,11 @@
 #include <torch/csrc/autograd/saved_variable.h>
 #include <torch/library.h>
 
+#include <memory>
 #include <optional>
 #include <string>
 #include <tuple>
+#include <type_traits>
 
 #include "ddpm_pa_math.h"
 
@@ -128,6 +130,23 @@ const c10::TypedOperatorHandle<PairwiseKlBackwardSignature>& pairwise_similarity
 const c10::TypedOperatorHandle<LossBackwardSignature>& ddpm_pa_loss_backward_op() {
   static const auto op = op_handle<LossBackwardSignature>("ddpm_pa_fast::ddpm_pa_loss_backward");
   return op;
+}
+
+// How torch holds autograd nodes: by std::shared_ptr up to torch 2.12 (2.11 is our floor), by
+// c10::intrusive_ptr from 2.13. An Edge holds its node the same way, so its member's type says which.
+using NodePtr = decltype(torch::autograd::Edge::function);
+
+// A new backward node of type T, held as this torch holds nodes (T's own pointer type, so its members
+// can be set; it converts to NodePtr). Only the branch of this torch is instantiated.
+template <typename T>
+auto make_node() {
+  if constexpr (std::is_same_v<NodePtr, std::shared_ptr<torch::autograd::Node>>) {
+    // torch's deleter frees a long chain of nodes without deep recursion; found by argument-dependent
+    // lookup (T derives from torch::autograd::Node), so a torch without it never looks for it.
+    return std::shared_ptr<T>(new T(), [](T* node) { deleteNode(node); });
+  } else {
+    return c10::make_intrusive<T>();
+  }
 }
 
 // ---------------------------------------------------------------------------------------------
@@ -341,7 +360,7 @@ at::Tensor high_frequency_autograd(const at::Tensor& x) {
     out = high_frequency_op().call(x);
   }
   if (!(at::GradMode::is_enabled() && x.requires_grad())) return out;
-  auto node = c10::make_intrusive<HighFrequencyBackward>();
+  auto node = make_node<HighFrequencyBackward>();
   node->set_next_edges(torch::autograd::collect_next_edges(x));
   node->height_ = x.sym_size(2);
   node->width_ = x.sym_size(3);
@@ -378,7 +397,7 @@ LossOutputs ddpm_pa_loss_autograd(const at::Tensor& x_t, const at::Tensor& eps_a
                       tau, reduction);
   }
   if (!(at::GradMode::is_enabled() && eps_ada.requires_grad())) return outputs;
-  auto node = c10::make_intrusive<DdpmPaLossBackward>();
+  auto node = make_node<DdpmPaLossBackward>();
   node->set_next_edges(torch::autograd::collect_next_edges(eps_ada));
   // The Gram matrices (the last output) are not differentiable: saved, without history.
   node->grams_ = torch::autograd::SavedVariable(std::get<5>(outputs), /*is_output=*/false);
