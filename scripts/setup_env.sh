@@ -14,7 +14,9 @@ _ddpm_pa_repo="$(cd "$(dirname "${BASH_SOURCE[0]}")/.." && pwd)"
 VENV="${VENV:-$_ddpm_pa_repo/.venv}"
 
 # The work runs in a subshell with strict error handling, so that sourcing this file never changes the
-# caller's shell options; only VENV and PATH are exported to the caller.
+# caller's shell options; only VENV and PATH are exported to the caller. Its status is read on the next
+# line, not with `( ... ) || ...`: on the left of || bash ignores set -e inside the subshell, and a
+# failed build went on to say "built and installed".
 (
   set -euo pipefail
   setup_start=$(date +%s)
@@ -60,7 +62,12 @@ VENV="${VENV:-$_ddpm_pa_repo/.venv}"
   cd "$_ddpm_pa_repo"
   "$VENV/bin/python" -c "import ddpm_pa_fast, torch; print('[setup] ready: torch', torch.__version__, \
 '| backends for CPU tensors:', ddpm_pa_fast.available_backends('cpu'))"
-) || { echo "[setup] failed" >&2; return 1 2>/dev/null || exit 1; }
+)
+_ddpm_pa_setup_status=$?
+if [ "$_ddpm_pa_setup_status" -ne 0 ]; then
+  echo "[setup] failed (exit $_ddpm_pa_setup_status)" >&2
+  return 1 2>/dev/null || exit 1
+fi
 
 export VENV
 export PATH="$VENV/bin:$PATH"
