@@ -35,7 +35,8 @@ import torch.nn.functional as F
 import ddpm_pa_fast
 from ddpm_pa_fast import _validation, reference
 from ddpm_pa_fast.backends import backend_name
-from ddpm_pa_fast.testing import ddpm_like_batch
+
+from .harness import _synchronize, check_close
 
 BLOCK_CALLS = 20
 WARMUP_CALLS = 50
@@ -74,46 +75,31 @@ def _haar_filters(dtype, device) -> torch.Tensor:
     return torch.stack(bands).unsqueeze(1).to(dtype=dtype, device=device)
 
 
-def _loss_inputs(device, dtype):
-    x_t, eps_ada, eps_src, noise, a_t, b_t = (
-        t.to(device=device, dtype=dtype) for t in ddpm_like_batch(LOSS_SHAPE, seed=3)
-    )
-    return x_t, eps_ada.requires_grad_(), eps_src, noise, a_t, b_t
-
-
-def _check_close(actual: torch.Tensor, expected: torch.Tensor, what: str) -> None:
-    if not torch.allclose(actual.double().cpu(), expected.double().cpu(), rtol=1e-4, atol=1e-6):
-        raise AssertionError(f"{what}: {actual} differs from the float64 value {expected}")
-
-
 def build_cases(device: str, backend: str, dtype=torch.float32) -> list[OverheadCase]:
     """The five cases for `backend` on `device`, each checked (see the module doc) before it is returned.
 
-    Raises AssertionError when a call does not run the named backend, its fast path or the right maths.
+    Inputs are bench_ops' (the op benchmark's DDPM-like batch and random images, features and DWT
+    coefficients), checked with its float64 gate (harness.check_close). Raises AssertionError when a call
+    does not run the named backend or its fast path, MismatchError when it computes something else.
     """
+    from . import bench_ops  # bench_ops imports this module for --overhead
+
     resolved = backend_name(backend, torch.device(device))
     if resolved != backend:
         raise AssertionError(f"backend {backend!r} resolves to {resolved!r} on {device}")
-    g = torch.Generator().manual_seed(0)
-
-    def randn(*shape, grad=False):
-        return (
-            torch.randn(*shape, generator=g, dtype=torch.float64)
-            .to(device=device, dtype=dtype)
-            .requires_grad_(grad)
-        )
-
     cases = []
 
     # The fused loss, as a training loop calls it: the module, eps_ada requiring grad, the loss's backward.
-    x_t, eps_ada, eps_src, noise, a_t, b_t = _loss_inputs(device, dtype)
+    # The coefficients in the images' dtype, as loss_coefficients gives them for float32 images.
+    (x_t, eps_ada, eps_src, noise, a_t, b_t), _ = bench_ops.loss_inputs(LOSS_SHAPE, dtype, device, seed=3)
+    a_t, b_t = a_t.to(dtype), b_t.to(dtype)
     loss_module = ddpm_pa_fast.DDPMPALoss(backend=backend)
     loss_args = (x_t, eps_ada, eps_src, noise, a_t, b_t)
     scalars = (loss_module.w_pair, loss_module.w_hf_pair, loss_module.w_hf_mse, loss_module.tau)
     if not _validation.is_plain_loss_call(x_t, (eps_ada, eps_src, noise), (a_t, b_t, None, None), scalars):
         raise AssertionError("the benchmark's loss call does not take the validated fast path")
-    expected = reference.ddpm_pa_loss(*(t.double() for t in loss_args)).loss
-    _check_close(loss_module(*loss_args).loss, expected, "DDPMPALoss")
+    expected = reference.ddpm_pa_loss(*(t.detach().double() for t in loss_args)).loss
+    check_close("DDPMPALoss", loss_module(*loss_args).loss, expected, dtype)
     cases.append(
         OverheadCase(
             "ddpm_pa_loss",
@@ -124,11 +110,12 @@ def build_cases(device: str, backend: str, dtype=torch.float32) -> list[Overhead
         )
     )
 
-    x = randn(*IMAGE_SHAPE, grad=True)
-    _check_close(
+    (x,), _ = bench_ops.image_inputs(IMAGE_SHAPE, dtype, device)
+    check_close(
+        "ddpm_pa_high_frequency",
         ddpm_pa_fast.ddpm_pa_high_frequency(x, backend=backend),
         reference.ddpm_pa_high_frequency(x.detach().double()),
-        "ddpm_pa_high_frequency",
+        dtype,
     )
     cases.append(
         OverheadCase(
@@ -140,17 +127,18 @@ def build_cases(device: str, backend: str, dtype=torch.float32) -> list[Overhead
         )
     )
 
-    # The DWT pair, against pytorch_wavelets' formulation in native ops: one grouped convolution with the
-    # four Haar filters, stride 2 (and its transpose), on (N * C, 1, H, W).
+    # The DWT pair, against pytorch_wavelets' formulation in native ops: one convolution with the four
+    # Haar filters, stride 2 (and its transpose), on (N * C, 1, H, W).
     n, c, h, w = IMAGE_SHAPE
     filters = _haar_filters(dtype, device)
-    yl, yh = ddpm_pa_fast.haar_dwt2d(x.detach(), backend=backend)
+
+    def as_bands(yl, yh):
+        """(yl, yh) as the Haar convolution's (N * C, 4, h, w)."""
+        return torch.cat([yl.reshape(n * c, 1, h // 2, w // 2), yh.reshape(n * c, 3, h // 2, w // 2)], 1)
+
+    yl, (yh,) = ddpm_pa_fast.haar_dwt2d(x.detach(), backend=backend)
     native_bands = F.conv2d(x.detach().double().reshape(n * c, 1, h, w), filters.double(), stride=2)
-    _check_close(
-        torch.cat([yl.reshape(n * c, 1, h // 2, w // 2), yh[0].reshape(n * c, 3, h // 2, w // 2)], 1),
-        native_bands,
-        "haar_dwt2d against the Haar convolution",
-    )
+    check_close("haar_dwt2d against the Haar convolution", as_bands(yl, yh), native_bands, dtype)
 
     def dwt_sum():
         low, (high,) = ddpm_pa_fast.haar_dwt2d(x, backend=backend)
@@ -166,32 +154,30 @@ def build_cases(device: str, backend: str, dtype=torch.float32) -> list[Overhead
         )
     )
 
-    low = randn(n, c, h // 2, w // 2, grad=True)
-    high = randn(n, c, 3, h // 2, w // 2, grad=True)
-    bands = torch.cat(
-        [low.detach().reshape(n * c, 1, h // 2, w // 2), high.detach().reshape(n * c, 3, h // 2, w // 2)], 1
-    )
-    _check_close(
-        ddpm_pa_fast.haar_idwt2d(low.detach(), [high.detach()], backend=backend).reshape(n * c, 1, h, w),
-        F.conv_transpose2d(bands.double(), filters.double(), stride=2),
+    (low, high), _ = bench_ops.coefficient_inputs(IMAGE_SHAPE, 1, dtype, device)
+    bands = as_bands(low.detach(), high.detach()).requires_grad_()
+    check_close(
         "haar_idwt2d against the transposed Haar convolution",
+        ddpm_pa_fast.haar_idwt2d(low.detach(), [high.detach()], backend=backend).reshape(n * c, 1, h, w),
+        F.conv_transpose2d(bands.detach().double(), filters.double(), stride=2),
+        dtype,
     )
-    native_bands_leaf = bands.clone().requires_grad_()
     cases.append(
         OverheadCase(
             "haar_idwt2d",
             f"haar_idwt2d(yl, [yh], backend={backend!r}).sum().backward()",
             "F.conv_transpose2d(bands (N*C, 4, h, w), haar, stride=2).sum().backward()",
             lambda: ddpm_pa_fast.haar_idwt2d(low, [high], backend=backend).sum().backward(),
-            lambda: F.conv_transpose2d(native_bands_leaf, filters, stride=2).sum().backward(),
+            lambda: F.conv_transpose2d(bands, filters, stride=2).sum().backward(),
         )
     )
 
-    src, ada = randn(*FEATURE_SHAPE), randn(*FEATURE_SHAPE, grad=True)
-    _check_close(
+    (src, ada), _ = bench_ops.feature_inputs(FEATURE_SHAPE, dtype, device)
+    check_close(
+        "pairwise_similarity_kl",
         ddpm_pa_fast.pairwise_similarity_kl(src, ada, backend=backend),
         reference.pairwise_similarity_kl(src.double(), ada.detach().double()),
-        "pairwise_similarity_kl",
+        dtype,
     )
     target = src.softmax(1)
     cases.append(
@@ -207,11 +193,10 @@ def build_cases(device: str, backend: str, dtype=torch.float32) -> list[Overhead
 
 
 def _block_seconds(fn: Callable[[], None], device: str) -> float:
-    synchronize = torch.cuda.synchronize if device == "cuda" else (lambda: None)
     start = time.perf_counter()
     for _ in range(BLOCK_CALLS):
         fn()
-    synchronize()
+    _synchronize(device)
     return (time.perf_counter() - start) / BLOCK_CALLS
 
 

@@ -228,8 +228,7 @@ struct PairwiseSimilarityKlFunction : public torch::autograd::Function<PairwiseS
 
 using LossOutputs = std::tuple<at::Tensor, at::Tensor, at::Tensor, at::Tensor, at::Tensor, at::Tensor>;
 
-// An optional weight through save_for_backward, which keeps an absent one as an undefined tensor.
-at::Tensor saved_optional(const OptionalTensor& t) { return t.has_value() ? *t : at::Tensor(); }
+// An optional weight back from its SavedVariable, which keeps an absent one as an undefined tensor.
 OptionalTensor restored_optional(const at::Tensor& t) { return t.defined() ? OptionalTensor(t) : std::nullopt; }
 
 // The loss's backward node, written as PyTorch writes its generated nodes (MseLossBackward0 and the
@@ -406,8 +405,8 @@ LossOutputs ddpm_pa_loss_autograd(const at::Tensor& x_t, const at::Tensor& eps_a
   node->noise_ = torch::autograd::SavedVariable(noise, false);
   node->a_t_ = torch::autograd::SavedVariable(a_t, false);
   node->b_t_ = torch::autograd::SavedVariable(b_t, false);
-  node->mse_weight_ = torch::autograd::SavedVariable(saved_optional(mse_weight), false);
-  node->hf_mse_weight_ = torch::autograd::SavedVariable(saved_optional(hf_mse_weight), false);
+  node->mse_weight_ = torch::autograd::SavedVariable(mse_weight, false);
+  node->hf_mse_weight_ = torch::autograd::SavedVariable(hf_mse_weight, false);
   node->w_pair_ = w_pair;
   node->w_hf_pair_ = w_hf_pair;
   node->w_hf_mse_ = w_hf_mse;

@@ -178,20 +178,15 @@ def test_peer_high_frequency_maps_equal_ours(peer):
 @pytest.mark.parametrize("levels", [1, 3])
 def test_peer_dwt_providers_pass_the_gate_in_float64(levels):
     case = bench_ops.Case(
-        "haar_dwt2d",
-        f"2x2x16x16/J{levels}",
-        functools.partial(bench_ops.image_inputs, (2, 2, 16, 16)),
-        bench_ops._dwt_reference(levels),
-        functools.partial(bench_ops.dwt_traffic, (2, 2, 16, 16), levels),
+        "haar_dwt2d", f"2x2x16x16/J{levels}", functools.partial(bench_ops.image_inputs, (2, 2, 16, 16)),
+        bench_ops._dwt_reference(levels), functools.partial(bench_ops.dwt_traffic, (2, 2, 16, 16), levels),
     )
     inverse = bench_ops.Case(
-        "haar_idwt2d",
-        case.size,
-        functools.partial(bench_ops.coefficient_inputs, (2, 2, 16, 16), levels),
-        bench_ops._idwt_reference,
-        functools.partial(bench_ops.idwt_traffic, (2, 2, 16, 16), levels),
+        "haar_idwt2d", case.size, functools.partial(bench_ops.coefficient_inputs, (2, 2, 16, 16), levels),
+        bench_ops._idwt_reference, functools.partial(bench_ops.idwt_traffic, (2, 2, 16, 16), levels),
     )
-    for c, providers in ((case, peers.dwt_providers(levels)), (inverse, peers.idwt_providers(levels))):
+    for c, providers in ((case, peers.dwt_providers(levels)),
+                         (inverse, peers.idwt_providers(levels))):
         for provider in providers:
             rows = _measure(c, provider, dtype=torch.float64, passes=("fwd",))
             expected = "ok" if provider.name != "haar_pytorch" or levels == 1 else "unsupported:"
@@ -214,11 +209,8 @@ def test_traffic_model_and_bound():
 
 def test_csv_rows_are_written_and_read_back(tmp_path):
     case = _case("ddpm_pa_high_frequency")
-    rows = _measure(
-        case,
-        Provider("torch", bench_ops._list_output(reference.ddpm_pa_high_frequency)),
-        passes=("fwd", "bwd", "fwd+bwd"),
-    )
+    rows = _measure(case, Provider("torch", bench_ops._list_output(reference.ddpm_pa_high_frequency)),
+                    passes=("fwd", "bwd", "fwd+bwd"))
     rows += _measure(case, Provider("gone", unavailable="unavailable: not built"), passes=("fwd",))
     path = tmp_path / "cpu.csv"
     write_csv(rows, str(path))
@@ -227,18 +219,11 @@ def test_csv_rows_are_written_and_read_back(tmp_path):
     for key in ("op", "provider", "size", "dtype", "device", "pass", "torch_version", "package_version"):
         assert key in CSV_FIELDS
     assert [(r["provider"], r["pass"], r["status"]) for r in back] == [
-        ("torch", "fwd", "ok"),
-        ("torch", "bwd", "ok"),
-        ("torch", "fwd+bwd", "ok"),
+        ("torch", "fwd", "ok"), ("torch", "bwd", "ok"), ("torch", "fwd+bwd", "ok"),
         ("gone", "fwd", "unavailable: not built"),
     ]
-    assert all(
-        r["op"] == "ddpm_pa_high_frequency"
-        and r["size"] == case.size
-        and r["dtype"] == "float32"
-        and r["torch_version"] == torch.__version__
-        for r in back
-    )
+    assert all(r["op"] == "ddpm_pa_high_frequency" and r["size"] == case.size and r["dtype"] == "float32"
+               and r["torch_version"] == torch.__version__ for r in back)
     assert float(back[0]["median_ms"]) > 0 and back[3]["median_ms"] == ""
 
 
@@ -253,9 +238,8 @@ def test_plot_draws_from_the_csv(tmp_path):
     from benchmarks import plot
 
     case = _case("ddpm_pa_high_frequency")
-    rows = _measure(
-        case, Provider("torch", bench_ops._list_output(reference.ddpm_pa_high_frequency)), passes=("fwd+bwd",)
-    )
+    rows = _measure(case, Provider("torch", bench_ops._list_output(reference.ddpm_pa_high_frequency)),
+                    passes=("fwd+bwd",))
     write_csv(rows, str(tmp_path / "cpu.csv"))
     plot.main([str(tmp_path / "cpu.csv")])
     assert (tmp_path / "cpu.png").stat().st_size > 1000
@@ -273,20 +257,8 @@ def test_command_measures_bandwidth_per_case_and_reports_it(tmp_path, monkeypatc
             return measured[-1]
 
     monkeypatch.setattr(bench_ops, "BandwidthProbe", FakeProbe)
-    bench_ops.main(
-        [
-            "--quick",
-            "--ops",
-            "pairwise_similarity_kl",
-            "--providers",
-            "torch",
-            "--passes",
-            "fwd",
-            "--no-memory",
-            "--out",
-            str(tmp_path),
-        ]
-    )
+    bench_ops.main(["--quick", "--ops", "pairwise_similarity_kl", "--providers", "torch", "--passes", "fwd",
+                    "--no-memory", "--out", str(tmp_path)])
     cases = bench_ops.build_cases(["pairwise_similarity_kl"], quick=True)
     assert len(measured) == len(cases) > 1
     rows = read_csv(str(tmp_path / "cpu_quick.csv"))
@@ -325,22 +297,8 @@ def test_sizes_select_cases_and_each_finished_case_is_written(tmp_path, monkeypa
         with pytest.raises(ValueError, match=f"--sizes: '{bad}' is not NxCxHxW"):
             bench_ops.build_cases(["haar_dwt2d"], quick=False, sizes=[bad])
     with pytest.raises(RuntimeError, match="stopped part-way"):
-        bench_ops.main(
-            [
-                "--few-repeats",
-                "--ops",
-                "haar_dwt2d",
-                "--sizes",
-                *sizes,
-                "--providers",
-                "torch",
-                "--passes",
-                "fwd",
-                "--no-memory",
-                "--out",
-                str(tmp_path),
-            ]
-        )
+        bench_ops.main(["--few-repeats", "--ops", "haar_dwt2d", "--sizes", *sizes, "--providers", "torch",
+                        "--passes", "fwd", "--no-memory", "--out", str(tmp_path)])
     rows = read_csv(str(tmp_path / "cpu.csv"))
     assert [(r["size"], r["provider"], r["status"]) for r in rows] == [("16x3x64x64/J1", "torch", "ok")]
     assert "Few repetitions (--few-repeats" in (tmp_path / "cpu.md").read_text()

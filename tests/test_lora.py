@@ -20,35 +20,33 @@ from ddpm_pa_fast.testing import ddpm_like_batch
 SIZE = 8
 
 
+# Both UNets at a tiny size, attention in one block of each (LoRA's usual targets).
+TINY = dict(
+    sample_size=SIZE, layers_per_block=1, block_out_channels=(8, 16), norm_num_groups=4, attention_head_dim=4
+)
+
+
 def _unet2d():
     torch.manual_seed(0)
     return diffusers.UNet2DModel(
-        sample_size=SIZE,
         in_channels=3,
         out_channels=3,
-        layers_per_block=1,
-        block_out_channels=(8, 16),
         down_block_types=("DownBlock2D", "AttnDownBlock2D"),
         up_block_types=("AttnUpBlock2D", "UpBlock2D"),
-        norm_num_groups=4,
-        attention_head_dim=4,
         dropout=0.1,
+        **TINY,
     )
 
 
 def _unet2d_condition():
     torch.manual_seed(0)
     return diffusers.UNet2DConditionModel(
-        sample_size=SIZE,
         in_channels=4,
         out_channels=4,
-        layers_per_block=1,
-        block_out_channels=(8, 16),
         down_block_types=("CrossAttnDownBlock2D", "DownBlock2D"),
         up_block_types=("UpBlock2D", "CrossAttnUpBlock2D"),
         cross_attention_dim=12,
-        norm_num_groups=4,
-        attention_head_dim=4,
+        **TINY,
     )
 
 
