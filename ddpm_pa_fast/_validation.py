@@ -140,11 +140,12 @@ def is_plain_loss_call(x_t, images, per_sample, scalars) -> bool:
     per_sample (a_t, b_t, then the optional weights: None or present) float tensors of shape (N,) on that
     device; scalars (w_pair, w_hf_pair, w_hf_mse, tau) Python floats, finite, tau > 0.
 
-    reference.check_loss_inputs runs its named checks only when this says False, for their error or, for
-    mixed image dtypes, their promotion: one pass over attributes costs less than the dozen calls those
-    make, a part of the call's host time at small sizes (issue 23). It must never say True where they
-    would raise: tests/test_api.py runs every rejected case through the public function on every CPU
-    backend, and checks that the common call takes this path. The caller checks the reduction.
+    The public ddpm_pa_loss runs the named checks (reference.check_loss_inputs) only when this says
+    False, for their error or, for mixed image dtypes, their promotion: one pass over attributes costs
+    less than the dozen calls those make, a part of the call's host time at small sizes (issue 23). It
+    must never say True where they would raise: tests/test_api.py runs every rejected case through the
+    public function on every CPU backend, and checks that the common call takes this path. The caller
+    checks the reduction.
     """
     if not (isinstance(x_t, torch.Tensor) and x_t.dtype in _FLOAT_DTYPE_SET):
         return False

@@ -78,21 +78,33 @@ def ddpm_pa_loss(
 ) -> DDPMPALossOutput:
     """The DDPM-PA loss and its terms (loss, mse, hf_mse, pair_img, pair_hf), with optional per-sample
     weights of mse and hf_mse (N,); see reference.ddpm_pa_loss."""
-    (x_t, eps_ada, eps_src, noise), (w_pair, w_hf_pair, w_hf_mse, tau) = check_loss_inputs(
-        x_t,
-        eps_ada,
-        eps_src,
-        noise,
-        a_t,
-        b_t,
-        w_pair,
-        w_hf_pair,
-        w_hf_mse,
-        tau,
-        reduction,
-        mse_weight,
-        hf_mse_weight,
-    )
+    if not (
+        reduction in V.LOSS_REDUCTIONS
+        and V.is_plain_loss_call(
+            x_t,
+            (eps_ada, eps_src, noise),
+            (a_t, b_t, mse_weight, hf_mse_weight),
+            (w_pair, w_hf_pair, w_hf_mse, tau),
+        )
+    ):
+        # Anything but the common call: the named checks raise, or promote mixed image dtypes. The fast
+        # path is tested here rather than inside check_loss_inputs: the extra call and its returned tuples
+        # cost about 5% of the fused loss's forward + backward in bench_ops --overhead (measured A/B).
+        (x_t, eps_ada, eps_src, noise), (w_pair, w_hf_pair, w_hf_mse, tau) = check_loss_inputs(
+            x_t,
+            eps_ada,
+            eps_src,
+            noise,
+            a_t,
+            b_t,
+            w_pair,
+            w_hf_pair,
+            w_hf_mse,
+            tau,
+            reduction,
+            mse_weight,
+            hf_mse_weight,
+        )
     impl = resolve_backend(backend, x_t.device)
     with annotate("ddpm_pa_loss"):
         return impl.ddpm_pa_loss(

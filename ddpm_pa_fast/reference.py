@@ -223,13 +223,6 @@ def check_loss_inputs(
     images' float dtypes may differ: under autocast the model's eps_ada is float16/bfloat16 while x_t and
     noise stay float32, and the loss then runs in the promoted dtype, as torch's own losses do.
     """
-    scalars = (w_pair, w_hf_pair, w_hf_mse, tau)
-    per_sample = (a_t, b_t, mse_weight, hf_mse_weight)
-    if reduction in V.LOSS_REDUCTIONS and V.is_plain_loss_call(
-        x_t, (eps_ada, eps_src, noise), per_sample, scalars
-    ):
-        # The common call, accepted in one pass (V.is_plain_loss_call); anything else gets the named checks.
-        return (x_t, eps_ada, eps_src, noise), scalars
     V.check_images(x_t, "x_t", min_size=2)
     V.check_batch_for_pairs(x_t, "x_t")
     images = {"x_t": x_t, "eps_ada": eps_ada, "eps_src": eps_src, "noise": noise}
@@ -245,15 +238,13 @@ def check_loss_inputs(
     dtypes = {image.dtype for image in images.values()}
     # One dtype (the usual case) needs no promotion and no conversions: each costs microseconds per call.
     dtype = dtypes.pop() if len(dtypes) == 1 else functools.reduce(torch.promote_types, dtypes)
-    checked_scalars = (
+    scalars = (
         V.check_weight(w_pair, "w_pair"),
         V.check_weight(w_hf_pair, "w_hf_pair"),
         V.check_weight(w_hf_mse, "w_hf_mse"),
         V.check_positive(tau, "tau"),
     )
-    return tuple(
-        image if image.dtype == dtype else image.to(dtype) for image in images.values()
-    ), checked_scalars
+    return tuple(image if image.dtype == dtype else image.to(dtype) for image in images.values()), scalars
 
 
 def ddpm_pa_loss(
