@@ -84,6 +84,7 @@ VALIDATION_BASE = {
     "min_snr_gamma": 5.0,
     "hf_mse_max_t": None,
     "pair_max_t": None,
+    "lora_rank": None,
 }
 VALIDATION_VARIANTS = {
     "base": (("finetune", "ddpm-pa"), {}),
@@ -92,6 +93,10 @@ VALIDATION_VARIANTS = {
     "base-pair-max-t-500": (("ddpm-pa",), {"pair_max_t": 500}),
     "eps-pair-max-t-500": (("ddpm-pa",), {"hf_mse_weighting": "eps", "pair_max_t": 500}),
     "min-snr-pair-max-t-500": (("ddpm-pa",), {"hf_mse_weighting": "min-snr", "pair_max_t": 500}),
+    # Issue 22: LoRA (rank 4, diffusers' LoRA scripts' default; alpha = rank; TrainConfig's default
+    # targets) for both methods, the base's settings otherwise. Low rank may itself brake the copying of
+    # the shots; its fine-tuning is recorded beside fine-tuning's path, which the rule still reads.
+    "lora-r4": (("finetune", "ddpm-pa"), {"lora_rank": 4}),
 }
 VALIDATION_SEEDS = (0, 1, 2)
 

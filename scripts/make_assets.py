@@ -237,7 +237,7 @@ def pretrain_source(x, out: Path, args) -> None:
     torch.manual_seed(args.seed)
     unet, scheduler = fashion.build_source_model()
     schedule = NoiseSchedule(scheduler)
-    ema = EMA(unet, decay=0.999)
+    ema = EMA(unet.parameters(), decay=0.999)
     optimizer = torch.optim.AdamW(unet.parameters(), lr=args.lr, weight_decay=0.0)
     steps, warmup = args.steps, 200
 
@@ -274,7 +274,7 @@ def pretrain_source(x, out: Path, args) -> None:
         torch.nn.utils.clip_grad_norm_(unet.parameters(), 1.0)
         optimizer.step()
         lr_schedule.step()
-        ema.update(unet)
+        ema.update()
         step += 1
         running = loss.item() if running is None else 0.99 * running + 0.01 * loss.item()
         if step % 100 == 0 or step == steps:
@@ -297,7 +297,7 @@ def pretrain_source(x, out: Path, args) -> None:
     if step < steps:
         print(f"stopped at step {step} (--stop-at); continue with --resume")
         return
-    ema.copy_to(unet)
+    ema.copy_to()
     folder = out / "source_model"
     unet.save_pretrained(folder, safe_serialization=True)
     scheduler.save_pretrained(folder)

@@ -108,6 +108,30 @@ def _add_training_options(p: argparse.ArgumentParser) -> None:
         choices=("auto", "torch", "cpu", "cuda", "triton"),
         help="loss implementation ('auto': the fastest built one)",
     )
+    g = p.add_argument_group(
+        "LoRA (PEFT)",
+        "train low-rank adapters on the source model instead of all the weights of a copy: one copy of the "
+        "weights, and DDPM-PA's source prediction is the same model with its adapters off",
+    )
+    g.add_argument(
+        "--lora-rank", type=int, default=defaults["lora_rank"], help="LoRA rank r (default: no LoRA)"
+    )
+    g.add_argument(
+        "--lora-alpha",
+        type=float,
+        default=defaults["lora_alpha"],
+        help="LoRA alpha: the update is scaled by alpha / r (default: r)",
+    )
+    g.add_argument(
+        "--lora-dropout", type=float, default=defaults["lora_dropout"], help="dropout on the LoRA input"
+    )
+    g.add_argument(
+        "--lora-targets",
+        default=defaults["lora_targets"],
+        help="module names (or their last dotted parts) that take adapters, separated by commas; 'auto' "
+        "(default): the attention projections to_q, to_k, to_v, to_out.0 (diffusers' LoRA scripts) plus the "
+        "ResNet convolutions conv1, conv2 when some UNet block has no attention",
+    )
     g = p.add_argument_group("execution")
     g.add_argument(
         "--precision",
@@ -156,6 +180,38 @@ def _add_sampler_options(group) -> None:
     )
 
 
+def _add_model_options(p: argparse.ArgumentParser, required: bool) -> None:
+    p.add_argument(
+        "--model-dir",
+        required=required,
+        help="model folder (a trained model/, or the source model a LoRA adapter was trained on)",
+    )
+    p.add_argument(
+        "--adapter-dir",
+        help="a LoRA adapter folder for --model-dir (the <output-dir>/adapter of `train --lora-rank`)",
+    )
+
+
+def _load_model(args):
+    """(model, scheduler) of --model-dir, with --adapter-dir on it if given."""
+    from .sampling import load_model_folder
+
+    if args.adapter_dir is None:
+        return load_model_folder(args.model_dir)
+    from .adapters import load_adapted
+
+    return load_adapted(args.model_dir, args.adapter_dir)
+
+
+def _sample(args):
+    from .sampling import sample_images
+
+    unet, scheduler = _load_model(args)
+    return sample_images(
+        unet.to(args.device), scheduler, args.num_images, args.sample_steps, args.seed, eta=args.sample_eta
+    )
+
+
 def _config(args, **overrides) -> TrainConfig:
     fields = TrainConfig.__dataclass_fields__
     values = {name: getattr(args, name) for name in fields if hasattr(args, name)}
@@ -169,7 +225,7 @@ def build_parser() -> argparse.ArgumentParser:
         prog="ddpm-pa-fast",
         description="Few-shot adaptation of a diffusers DDPM with the DDPM-PA losses (fused kernels).",
     )
-    sub = parser.add_subparsers(dest="command", required=True, metavar="{train,sample,evaluate,demo}")
+    sub = parser.add_subparsers(dest="command", required=True, metavar="{train,sample,merge,evaluate,demo}")
 
     p = sub.add_parser(
         "train",
@@ -190,13 +246,19 @@ def build_parser() -> argparse.ArgumentParser:
     g.add_argument("--resume", help="checkpoint file, or a checkpoints folder (its newest file)")
     g.add_argument("--sample-every", type=int, default=0, help="steps between PNG sample grids, 0 = never")
     g.add_argument("--num-samples", type=int, default=16, help="images per sample grid")
+    g.add_argument(
+        "--merge",
+        action="store_true",
+        help="with --lora-rank: also write <output-dir>/model, the adapters merged into the base (a plain "
+        "diffusers model folder); the adapters alone are always written to <output-dir>/adapter",
+    )
 
     p = sub.add_parser(
         "sample",
         help="sample images from a model folder",
         description="Sample with deterministic DDIM from a model folder (a trained model/).",
     )
-    p.add_argument("--model-dir", required=True)
+    _add_model_options(p, required=True)
     p.add_argument("--num-images", type=int, default=16)
     _add_sampler_options(p)
     p.add_argument("--seed", type=int, default=0)
@@ -205,12 +267,26 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--images-dir", help="also write every image here (for `evaluate`)")
 
     p = sub.add_parser(
+        "merge",
+        help="merge a LoRA adapter folder into its base model",
+        description="Write the base model with the adapter merged into its weights as a plain diffusers "
+        "model folder (UNet2DModel + scheduler), which loads without peft.",
+    )
+    _add_model_options(p, required=True)
+    p.add_argument("--output-dir", required=True, help="the merged model folder to write")
+
+    p = sub.add_parser(
         "evaluate",
         help="diversity and memorisation metrics of samples",
         description="Intra-cluster diversity and mean nearest-training-image distance of a "
         "folder of samples against the training images.",
     )
-    p.add_argument("--samples", required=True, help="folder of generated images")
+    p.add_argument("--samples", help="folder of generated images (or sample them: --model-dir)")
+    _add_model_options(p, required=False)
+    p.add_argument("--num-images", type=int, default=256, help="with --model-dir: images to sample")
+    _add_sampler_options(p)
+    p.add_argument("--seed", type=int, default=0, help="with --model-dir: the sampling seed")
+    p.add_argument("--device", default="cpu", help="with --model-dir: where to sample")
     p.add_argument("--data-dir", required=True, help="folder of training images")
     p.add_argument(
         "--distance",
@@ -267,17 +343,9 @@ def main(argv=None) -> int:
             summary = Trainer(_config(args)).train()
             print(json.dumps(summary, indent=2))
         elif args.command == "sample":
-            from .sampling import load_model_folder, sample_images, save_grid, save_images
+            from .sampling import save_grid, save_images
 
-            unet, scheduler = load_model_folder(args.model_dir)
-            images = sample_images(
-                unet.to(args.device),
-                scheduler,
-                args.num_images,
-                args.sample_steps,
-                args.seed,
-                eta=args.sample_eta,
-            )
+            images = _sample(args)
             print(f"wrote {save_grid(images, args.grid)}")
             if args.images_dir:
                 print(f"wrote {len(images)} images to {save_images(images, args.images_dir)}")
@@ -285,12 +353,22 @@ def main(argv=None) -> int:
             from .data import load_images
             from .evaluate import evaluate_samples, get_distance
 
-            metrics = evaluate_samples(
-                load_images(args.samples), load_images(args.data_dir), get_distance(args.distance)
-            )
+            if (args.samples is None) == (args.model_dir is None):
+                raise ValueError("give --samples (a folder of images) or --model-dir (to sample), not both")
+            if args.adapter_dir is not None and args.model_dir is None:
+                raise ValueError("--adapter-dir needs --model-dir, the base model it was trained on")
+            training = load_images(args.data_dir)
+            samples = load_images(args.samples) if args.samples else _sample(args)
+            metrics = evaluate_samples(samples, training, get_distance(args.distance))
             print(json.dumps(metrics, indent=2))
             if args.json:
                 Path(args.json).write_text(json.dumps(metrics, indent=2))
+        elif args.command == "merge":
+            from .adapters import merge
+
+            if args.adapter_dir is None:
+                raise ValueError("--adapter-dir is required: the LoRA adapter folder to merge")
+            print(f"wrote {merge(args.model_dir, args.adapter_dir, args.output_dir)}")
         else:
             from .demo import run_demo
 

@@ -41,9 +41,10 @@ import numpy as np
 import torch
 import torch.distributed as dist
 
-from .. import DDPMPALoss, backend_name, ddpm_pa_high_frequency
+from .. import DDPMPALoss, adapters_off, backend_name, ddpm_pa_high_frequency
 from .. import prediction as P
 from .._nvtx import annotate
+from . import adapters
 from . import checkpoint as ckpt
 from .data import BatchStream, DataError, load_images
 from .diffusion import LEARNED_VARIANCE_TYPES, NoiseSchedule
@@ -69,6 +70,9 @@ RESUME_REFUSED = {
     "method": "the run would be neither method",
     "seed": "the run continues the checkpoint's random streams, so a new seed would be ignored",
     "precision": "the fp32 master weights and the GradScaler state are the checkpoint's precision's",
+    "lora_rank": "the checkpoint's trained weights are its adapters' (or the whole model's), of their shapes",
+    "lora_alpha": "the adapters' weights were trained at the checkpoint's scale alpha / rank",
+    "lora_targets": "the checkpoint's adapters sit on its target modules",
 }
 
 
@@ -118,6 +122,13 @@ class TrainConfig:
     device: str = "cpu"
     progress: bool = True
     save_model: bool = True
+    # LoRA (train/adapters.py): None trains every weight of a copy of the source; a rank trains PEFT LoRA
+    # adapters on the source model itself, whose adapters-off prediction is then the frozen source.
+    lora_rank: int | None = None
+    lora_alpha: float | None = None  # None: the rank (scale alpha / rank = 1)
+    lora_dropout: float = 0.0
+    lora_targets: str = "auto"
+    merge: bool = False
 
     def validate(self) -> None:
         def positive_int(name, minimum=1):
@@ -172,6 +183,21 @@ class TrainConfig:
             raise ConfigError(f"--ema-decay must be in [0, 1), got {self.ema_decay!r}")
         if not 0.0 <= self.sample_eta <= 1.0:
             raise ConfigError(f"--sample-eta must be in [0, 1], got {self.sample_eta!r}")
+        if self.lora_rank is not None:
+            positive_int("lora_rank")
+        elif self.merge:
+            raise ConfigError("--merge needs --lora-rank: it merges the trained adapters into the base")
+        elif (self.lora_alpha, self.lora_dropout, self.lora_targets) != (None, 0.0, "auto"):
+            raise ConfigError("--lora-alpha, --lora-dropout and --lora-targets need --lora-rank")
+        if self.lora_alpha is not None and not 0 < self.lora_alpha < math.inf:
+            raise ConfigError(f"--lora-alpha must be a finite number > 0, got {self.lora_alpha!r}")
+        if not 0.0 <= self.lora_dropout < 1.0:
+            raise ConfigError(f"--lora-dropout must be in [0, 1), got {self.lora_dropout!r}")
+        if self.lora_rank is not None and self.source_precision != "same":
+            raise ConfigError(
+                "--source-precision needs full fine-tuning: with --lora-rank the source model is the "
+                "adapted model's own base weights, which run at --precision"
+            )
 
 
 def _world() -> tuple[int, int, int]:
@@ -213,29 +239,45 @@ class Trainer:
             device = torch.device("cuda", local_rank)
         self.device = device
 
-        self.source, scheduler = load_model_folder(c.model_dir)
+        base, scheduler = load_model_folder(c.model_dir)
         self.scheduler = scheduler
-        self.channels = self.source.config.in_channels
-        self.learned_variance = self._check_variance(self.source, scheduler)
+        self.channels = base.config.in_channels
+        self.learned_variance = self._check_variance(base, scheduler)
         self.prediction_type, tables = self._loss_coefficient_tables(scheduler, c.model_dir)
         # Made once, on the device: each step only indexes them (prediction.coefficients_at).
         self.loss_tables = [table.to(device=device, dtype=torch.float32) for table in tables]
         self.hf_mse_weight_table = self._hf_mse_weight_table(scheduler, c)
         min_count = c.pair_size if c.method == "ddpm-pa" else 1
         # Bad data stops here, before any model is copied or any step is taken.
-        self.images = load_images(c.data_dir, self.channels, self.source.config.sample_size, min_count).to(
-            device
-        )
+        self.images = load_images(c.data_dir, self.channels, base.config.sample_size, min_count).to(device)
+        try:
+            self.lora_targets = (
+                None if c.lora_rank is None else adapters.resolve_targets(base, c.lora_targets)
+            )
+        except ValueError as error:
+            raise ConfigError(str(error)) from error
 
         torch.manual_seed(c.seed + self.rank)
-        self.source.to(device).eval().requires_grad_(False)
-        self.adapted = copy.deepcopy(self.source).train().requires_grad_(True)
+        base.to(device).eval().requires_grad_(False)
+        if c.lora_rank is None:
+            # Full fine-tuning: the source stays frozen beside its trainable copy.
+            self.source = base
+            self.adapted = copy.deepcopy(base).train().requires_grad_(True)
+        else:
+            # LoRA: one copy of the weights. The adapted model is the base with adapters; the source
+            # prediction is the same module with its adapters off (source_prediction).
+            self.source = None
+            alpha = c.lora_alpha if c.lora_alpha is not None else c.lora_rank
+            self.adapted = adapters.add_lora(base, c.lora_rank, alpha, c.lora_dropout, self.lora_targets)
+            self.adapted.train()
+        # What the optimizer, the EMA, gradient clipping and the checkpoints hold.
+        self.trained_parameters = [p for p in self.adapted.parameters() if p.requires_grad]
         if c.source_precision != "same":
             # The frozen source needs no fp32 master copy: half weights halve its forward's memory traffic.
             self.source.to(PRECISIONS[c.source_precision])
         self.schedule = NoiseSchedule(scheduler, device)
 
-        self.optimizer = torch.optim.AdamW(self.adapted.parameters(), lr=c.lr, weight_decay=c.weight_decay)
+        self.optimizer = torch.optim.AdamW(self.trained_parameters, lr=c.lr, weight_decay=c.weight_decay)
         warmup = c.warmup_steps
         self.lr_scheduler = torch.optim.lr_scheduler.LambdaLR(
             self.optimizer, lambda s: min(1.0, (s + 1) / warmup) if warmup else 1.0
@@ -246,7 +288,7 @@ class Trainer:
         # step learns whether its update was applied (a public API; no reading of the scaler's internals).
         self._update_applied = False
         self.optimizer.register_step_post_hook(self._mark_update_applied)
-        self.ema = EMA(self.adapted, c.ema_decay)
+        self.ema = EMA(self.trained_parameters, c.ema_decay)
 
         self.batches = BatchStream(len(self.images), c.batch_size, c.seed, self.rank, self.world_size)
         self.noise_generator = torch.Generator().manual_seed(c.seed * 1_000_003 + 1 + self.rank)
@@ -268,7 +310,9 @@ class Trainer:
                 adapted, device_ids=[device.index] if device.type == "cuda" else None
             )
         self.adapted_forward = torch.compile(adapted) if c.compile else adapted
-        self.source_forward = torch.compile(self.source) if c.compile else self.source
+        # Never through DDP: the source's forward takes no part in the gradient all-reduce.
+        source = self.adapted if self.source is None else self.source
+        self.source_forward = torch.compile(source) if c.compile else source
 
         self.output_dir = Path(c.output_dir)
         self.resume_changes: dict[str, tuple] = {}
@@ -372,13 +416,13 @@ class Trainer:
         with annotate("train/optimizer_step"):
             if c.grad_clip > 0:
                 self.scaler.unscale_(self.optimizer)
-                torch.nn.utils.clip_grad_norm_(self.adapted.parameters(), c.grad_clip)
+                torch.nn.utils.clip_grad_norm_(self.trained_parameters, c.grad_clip)
             self._update_applied = False
             self.scaler.step(self.optimizer)
             self.scaler.update()
             if self._update_applied:
                 self.lr_scheduler.step()
-                self.ema.update(self.adapted)
+                self.ema.update()
         if self._update_applied:
             self.step += 1
             self._consecutive_skipped_steps = 0
@@ -406,8 +450,12 @@ class Trainer:
         Only the pair terms read it, and only on the pair subset, so the source runs on those rows
         alone (in eval mode a sample's prediction does not depend on the rest of its batch): k of N
         forwards instead of N. Inference mode, and the run's autocast or the source's own half precision
-        (--source-precision)."""
+        (--source-precision). Under LoRA, the adapted model with its adapters off (adapters_off: eval mode,
+        no gradient), which is the source model bit for bit."""
         x_t, t = x_t[rows], t[rows]
+        if self.source is None:
+            with adapters_off(self.adapted), self._autocast():
+                return self.source_forward(x_t, t).sample[:, : self.channels].float()
         if self.config.source_precision != "same":
             with torch.inference_mode():
                 dtype = PRECISIONS[self.config.source_precision]
@@ -505,7 +553,7 @@ class Trainer:
             per_rank = [rng]
         return {
             "config": dataclasses.asdict(self.config),
-            "model": self.adapted.state_dict(),
+            "model": self._trained_state_dict(),
             "ema": self.ema.state_dict(),
             "optimizer": self.optimizer.state_dict(),
             "scaler": self.scaler.state_dict(),
@@ -514,6 +562,29 @@ class Trainer:
             "skipped_steps": self.skipped_steps,
             "num_images": len(self.images),
         }
+
+    def _trained_state_dict(self) -> dict:
+        """The checkpoint's weights: the whole adapted model, or under LoRA its adapters alone (the base
+        is the source model folder's)."""
+        if self.source is not None:
+            return self.adapted.state_dict()
+        from peft import get_peft_model_state_dict
+
+        return get_peft_model_state_dict(self.adapted)
+
+    def _load_trained_state_dict(self, state: dict) -> None:
+        if self.source is not None:
+            self.adapted.load_state_dict(state)
+            return
+        from peft import set_peft_model_state_dict
+
+        result = set_peft_model_state_dict(self.adapted, state)
+        missing = [key for key in result.missing_keys if "lora_" in key]
+        if result.unexpected_keys or missing:
+            raise ckpt.CheckpointError(
+                f"the checkpoint's adapter weights do not fit this run's adapters: missing {missing[:3]}, "
+                f"unexpected {result.unexpected_keys[:3]}"
+            )
 
     def _resume_changes(self, state: dict) -> dict[str, tuple]:
         """{setting: (checkpoint's value, this run's)} for the settings that differ; ConfigError, before any
@@ -567,7 +638,7 @@ class Trainer:
                 f"checkpoint {state['path']!r} was written by {len(state['rng'])} processes; resuming it "
                 f"exactly needs the same number, got {self.world_size}"
             )
-        self.adapted.load_state_dict(ckpt.clean_state_dict(state["model"]))
+        self._load_trained_state_dict(ckpt.clean_state_dict(state["model"]))
         self.ema.load_state_dict(state["ema"])
         self.optimizer.load_state_dict(state["optimizer"])
         self.scaler.load_state_dict(state["scaler"])
@@ -595,12 +666,12 @@ class Trainer:
     @contextlib.contextmanager
     def ema_weights(self):
         """The adapted model holds the EMA weights inside the block, its training weights after it."""
-        self.ema.store(self.adapted)
-        self.ema.copy_to(self.adapted)
+        self.ema.store()
+        self.ema.copy_to()
         try:
             yield self.adapted
         finally:
-            self.ema.restore(self.adapted)
+            self.ema.restore()
 
     def sample(self, num_images: int, seed: int = 0, num_steps: int | None = None) -> torch.Tensor:
         """num_images samples of the EMA weights (sampling.sample_images), in num_steps DDIM steps
@@ -615,6 +686,15 @@ class Trainer:
         with self.ema_weights() as model:
             model.save_pretrained(folder, safe_serialization=True)
         self.scheduler.save_pretrained(folder)
+        return folder
+
+    def save_adapter(self, folder: str | Path) -> Path:
+        """Under LoRA: writes the adapters' EMA weights as a PEFT adapter folder (adapter_config.json,
+        adapter_model.safetensors) for the source model folder: PeftModel.from_pretrained(base, folder)
+        and `ddpm-pa-fast sample --model-dir <source> --adapter-dir <folder>` load it."""
+        folder = Path(folder)
+        with self.ema_weights() as model:
+            model.save_pretrained(folder, safe_serialization=True)
         return folder
 
     # ---- loop ----
@@ -666,7 +746,12 @@ class Trainer:
         if c.checkpoint_every and self.step % c.checkpoint_every:
             self.save_checkpoint()
         if c.save_model and self.is_main:
-            self.save_model(self.output_dir / "model")
+            if self.source is not None:
+                self.save_model(self.output_dir / "model")
+            else:
+                adapter = self.save_adapter(self.output_dir / "adapter")
+                if c.merge:
+                    adapters.merge(c.model_dir, adapter, self.output_dir / "model")
         return {
             "method": c.method,
             "steps": self.step,
