@@ -67,7 +67,8 @@ def record_source_forwards(trainer: Trainer) -> list[dict]:
             }
         )
 
-    trainer.source.register_forward_hook(hook)
+    if trainer.source is not None:
+        trainer.source.register_forward_hook(hook)
     return seen
 
 

@@ -20,6 +20,12 @@ k samples with the pair weights scaled by N / k, and the plain terms run on the 
 which is the authors' total exactly (every sample has the same number of elements). Method "finetune"
 is the plain DDPM loss mse (+ L_vlb) of the same model: the comparison baseline.
 
+With --lora-rank the trainer holds one copy of the source's weights: PEFT LoRA adapters on the source
+model are what trains (optimizer, EMA, clipping and checkpoints hold them alone), and pred_src is the same
+module with its adapters off (ddpm_pa_fast.adapters_off), which is the source model bit for bit. The run
+writes the adapters as a PEFT adapter folder (train/adapters.py). Plain fine-tuning without LoRA trains
+the loaded model itself: it reads no source prediction, so no frozen copy is kept.
+
 Under fp16, GradScaler skips the optimizer update when the gradients overflow. A skipped update is not a
 step: the step count (and so --steps and every cadence), the LR schedule and the EMA advance only on
 applied updates; skipped_steps counts the others, and checkpoints keep it with the scaler's state.
@@ -259,20 +265,25 @@ class Trainer:
 
         torch.manual_seed(c.seed + self.rank)
         base.to(device).eval().requires_grad_(False)
-        if c.lora_rank is None:
-            # Full fine-tuning: the source stays frozen beside its trainable copy.
-            self.source = base
-            self.adapted = copy.deepcopy(base).train().requires_grad_(True)
-        else:
-            # LoRA: one copy of the weights. The adapted model is the base with adapters; the source
+        # self.source: the frozen source model where it is a model of its own (DDPM-PA without LoRA).
+        self.lora = c.lora_rank is not None
+        self.source = None
+        if self.lora:
+            # One copy of the weights: the adapted model is the base with adapters, and DDPM-PA's source
             # prediction is the same module with its adapters off (source_prediction).
-            self.source = None
             alpha = c.lora_alpha if c.lora_alpha is not None else c.lora_rank
             self.adapted = adapters.add_lora(base, c.lora_rank, alpha, c.lora_dropout, self.lora_targets)
             self.adapted.train()
+        elif c.method == "ddpm-pa":
+            # The source stays frozen beside its trainable copy.
+            self.source = base
+            self.adapted = copy.deepcopy(base).train().requires_grad_(True)
+        else:
+            # Plain fine-tuning reads no source prediction: the one copy trains.
+            self.adapted = base.train().requires_grad_(True)
         # What the optimizer, the EMA, gradient clipping and the checkpoints hold.
         self.trained_parameters = [p for p in self.adapted.parameters() if p.requires_grad]
-        if c.source_precision != "same":
+        if self.source is not None and c.source_precision != "same":
             # The frozen source needs no fp32 master copy: half weights halve its forward's memory traffic.
             self.source.to(PRECISIONS[c.source_precision])
         self.schedule = NoiseSchedule(scheduler, device)
@@ -311,8 +322,8 @@ class Trainer:
             )
         self.adapted_forward = torch.compile(adapted) if c.compile else adapted
         # Never through DDP: the source's forward takes no part in the gradient all-reduce.
-        source = self.adapted if self.source is None else self.source
-        self.source_forward = torch.compile(source) if c.compile else source
+        source = self.adapted if self.lora else self.source
+        self.source_forward = torch.compile(source) if c.compile and source is not None else source
 
         self.output_dir = Path(c.output_dir)
         self.resume_changes: dict[str, tuple] = {}
@@ -453,7 +464,7 @@ class Trainer:
         (--source-precision). Under LoRA, the adapted model with its adapters off (adapters_off: eval mode,
         no gradient), which is the source model bit for bit."""
         x_t, t = x_t[rows], t[rows]
-        if self.source is None:
+        if self.lora:
             with adapters_off(self.adapted), self._autocast():
                 return self.source_forward(x_t, t).sample[:, : self.channels].float()
         if self.config.source_precision != "same":
@@ -566,14 +577,14 @@ class Trainer:
     def _trained_state_dict(self) -> dict:
         """The checkpoint's weights: the whole adapted model, or under LoRA its adapters alone (the base
         is the source model folder's)."""
-        if self.source is not None:
+        if not self.lora:
             return self.adapted.state_dict()
         from peft import get_peft_model_state_dict
 
         return get_peft_model_state_dict(self.adapted)
 
     def _load_trained_state_dict(self, state: dict) -> None:
-        if self.source is not None:
+        if not self.lora:
             self.adapted.load_state_dict(state)
             return
         from peft import set_peft_model_state_dict
@@ -746,7 +757,7 @@ class Trainer:
         if c.checkpoint_every and self.step % c.checkpoint_every:
             self.save_checkpoint()
         if c.save_model and self.is_main:
-            if self.source is not None:
+            if not self.lora:
                 self.save_model(self.output_dir / "model")
             else:
                 adapter = self.save_adapter(self.output_dir / "adapter")
