@@ -373,3 +373,39 @@ def test_device_times_are_measured_on_cuda_only():
     from benchmarks.harness import _device_times
 
     assert _device_times("fwd+bwd", lambda: None, [], "cpu") == {}
+
+
+def test_lora_table_checks_its_accounting_against_the_trainer(tmp_path):
+    pytest.importorskip("peft")
+    from benchmarks import bench_lora
+
+    out = tmp_path / "lora.md"
+    bench_lora.main(["--rounds", "1", "--warmup", "0", "--out", str(out)])
+    table = out.read_text()
+    assert "552,812,038 parameters" in table  # guided-diffusion's 256x256 model: 552,814,086
+    assert table.count("| LoRA r4 |") == 4 and table.count("| full |") == 4
+
+
+def test_lora_parameter_count_is_what_peft_adds():
+    pytest.importorskip("peft")
+    from diffusers import UNet2DModel
+
+    from benchmarks.bench_lora import lora_parameter_count
+    from ddpm_pa_fast.train import adapters
+
+    def unet():
+        torch.manual_seed(0)
+        return UNet2DModel(
+            sample_size=8,
+            block_out_channels=(8, 16),
+            norm_num_groups=4,
+            attention_head_dim=4,
+            layers_per_block=1,
+            down_block_types=("DownBlock2D", "AttnDownBlock2D"),
+            up_block_types=("AttnUpBlock2D", "UpBlock2D"),
+        )
+
+    for rank in (1, 3):
+        model = adapters.add_lora(unet(), rank, rank, 0.0, adapters.default_targets(unet()))
+        trained = sum(p.numel() for p in model.parameters() if p.requires_grad)
+        assert lora_parameter_count(unet(), rank) == trained > 0

@@ -27,7 +27,7 @@ RESNET_TARGETS = ("conv1", "conv2")
 LORA_LAYER_TYPES = (nn.Linear, nn.Conv2d)
 
 
-def _matches(module_name: str, target: str) -> bool:
+def matches(module_name: str, target: str) -> bool:
     # PEFT's rule for a list of target names: the full name or its last dotted components.
     return module_name == target or module_name.endswith("." + target)
 
@@ -37,7 +37,7 @@ def default_targets(unet: nn.Module) -> tuple[str, ...]:
     attention (block type names without "Attn", diffusers' convention)."""
     blocks = tuple(unet.config.down_block_types) + tuple(unet.config.up_block_types)
     attention = tuple(
-        t for t in ATTENTION_TARGETS if any(_matches(name, t) for name, _ in unet.named_modules())
+        t for t in ATTENTION_TARGETS if any(matches(name, t) for name, _ in unet.named_modules())
     )
     return attention + (RESNET_TARGETS if any("Attn" not in block for block in blocks) else ())
 
@@ -53,7 +53,7 @@ def resolve_targets(unet: nn.Module, targets: str) -> tuple[str, ...]:
         raise ValueError(f"--lora-targets must name modules (or be 'auto'), got {targets!r}")
     layers = [name for name, module in unet.named_modules() if isinstance(module, LORA_LAYER_TYPES)]
     for target in names:
-        if not any(_matches(name, target) for name in layers):
+        if not any(matches(name, target) for name in layers):
             suffixes = sorted({name.rsplit(".", 1)[-1] for name in layers})
             raise ValueError(
                 f"--lora-targets: no Linear or Conv2d named {target!r} (or ending in '.{target}') in the "
