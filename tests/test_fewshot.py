@@ -349,6 +349,21 @@ def test_frozen_defaults_are_the_studys(tmp_path):
         assert getattr(defaults, key) == value, key
 
 
+def test_demos_fourth_panel_is_the_validation_sweeps_best_fidelity():
+    """Where the rule froze the authors' formulation, the demo's fourth run is the DDPM-PA variant of the
+    highest mean validation fidelity, as frozen.json records it."""
+    from benchmarks import fewshot_study
+    from ddpm_pa_fast.train import demo
+
+    frozen = json.loads((fashion.REPO / "benchmarks" / "results" / "fewshot" / "frozen.json").read_text())
+    candidates = frozen["ddpm_pa_candidates_at_last_step"]
+    best = max(candidates, key=lambda variant: candidates[variant]["fidelity"])
+    assert frozen["ddpm_pa_variant"] == "base" and not candidates[best]["admissible"]
+    assert fewshot_study.VALIDATION_VARIANTS[best][1] == demo.VALIDATION_BEST_FIDELITY
+    runs = demo.demo_runs(T.TrainConfig("", "", ""))
+    assert list(runs) == ["finetune", "ddpm-pa-published", "ddpm-pa-best-validation"]
+
+
 # ---- source pretraining (scripts/make_assets.py) ----
 
 

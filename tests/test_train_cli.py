@@ -81,8 +81,8 @@ def test_train_sample_evaluate_round_trip(tmp_path, capsys):
 @pytest.mark.parametrize("weighting", ["x0", "eps"])
 def test_tiny_demo_writes_figures_metrics_and_table(tmp_path, capsys, weighting):
     """The main job on the bundled assets, shrunk: 2 steps, 12 samples of 2 DDIM steps, in this process.
-    With a frozen weighting other than the authors', DDPM-PA as published runs beside it (four panels);
-    with the authors' it runs once."""
+    Four panels either way: with a frozen weighting other than the authors', DDPM-PA as published runs
+    beside it; with the authors', beside the validation's best-fidelity weighting."""
     out = tmp_path / "demo"
     argv = ["demo", "--output-dir", str(out), "--steps", "2", "--eval-every", "1", "--num-samples", "12"]
     argv += ["--sample-steps", "2", "--jobs", "1", "--backend", "torch", "--split", "validation"]
@@ -93,7 +93,9 @@ def test_tiny_demo_writes_figures_metrics_and_table(tmp_path, capsys, weighting)
     assert "fidelity" in printed
     metrics = json.loads((out / "metrics.json").read_text())
     assert metrics["domain"] == "sandal" and metrics["distance"] == "classifier-lpips"
-    runs = ["finetune", "ddpm-pa-published", "ddpm-pa"] if weighting != "x0" else ["finetune", "ddpm-pa"]
+    # With the authors' weighting as the frozen one, the fourth panel is the best validation weighting.
+    fourth = "ddpm-pa" if weighting != "x0" else "ddpm-pa-best-validation"
+    runs = ["finetune", "ddpm-pa-published", fourth]
     assert [(r["run"], r["step"]) for r in metrics["rows"]] == [("source", 0)] + [
         (run, step) for run in runs for step in (1, 2)
     ]
