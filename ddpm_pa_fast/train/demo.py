@@ -6,8 +6,8 @@ term weighted 1 in x0 space at every noise level: trainer.AUTHORS_FORMULATION) a
 study's frozen settings (TrainConfig's defaults, chosen on the validation class), one seed each, side
 by side. Where the frozen settings are the authors' formulation (the study's rule admitted no other),
 the fourth panel is DDPM-PA with the weighting of the highest validation fidelity instead, labelled as
-not selected: what taming the weight does to the samples. Each is evaluated every `eval_every` steps (study.py lists the metrics), and all models sample
-from one starting noise. Writes in the output folder:
+not selected: what taming the weight does to the samples. Each is evaluated every `eval_every` steps
+(study.py lists the metrics), and all models sample from one starting noise. Writes in the output folder:
     comparison.png                      the 10 shots and 64 samples of each model, same noise
     curves.png                          fidelity, diversity, KID and nearest-shot distance against steps
     <model>/samples.png                 each model's grid (4x upscaled)
@@ -184,9 +184,9 @@ def format_table(metrics: dict) -> str:
     ceiling = metrics["rows"][0]["fidelity_real"]
     if "ddpm-pa-best-validation" in final:
         lines.append(
-            f"the last run, {RUN_LABELS['ddpm-pa-best-validation']}: HF-MSE weighted min(SNR_t, 5), pair terms at t < 500, "
-            "the validation sweep's highest fidelity (not frozen: below the rule's floor of 0.5); the "
-            "frozen settings are the authors' formulation"
+            f"the last run, {RUN_LABELS['ddpm-pa-best-validation']}: HF-MSE weighted min(SNR_t, 5), pair "
+            "terms at t < 500, the validation sweep's highest fidelity (not frozen: below the rule's floor "
+            "of 0.5); the frozen settings are the authors' formulation"
         )
     lines.append(
         f"fidelity of 1,000 held-out real images of the class: {ceiling:.3f}; higher diversity and "
