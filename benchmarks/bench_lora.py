@@ -24,12 +24,11 @@ import argparse
 import dataclasses
 import statistics
 import tempfile
-import time
 from pathlib import Path
 
 import torch
 
-from benchmarks.bench_train_step import machine
+from benchmarks.bench_train_step import interleaved_step_times, machine
 from ddpm_pa_fast.train import adapters, fashion
 from ddpm_pa_fast.train import checkpoint as ckpt
 from ddpm_pa_fast.train.sampling import load_model_folder
@@ -149,13 +148,7 @@ def main(argv=None) -> None:
             for lora in (False, True)
             for method in ("finetune", "ddpm-pa")
         }
-        times = {key: [] for key in cases}
-        for round_index in range(args.warmup + args.rounds):
-            for key, trainer in cases.items():
-                start = time.perf_counter()
-                trainer.training_step()
-                if round_index >= args.warmup:
-                    times[key].append(time.perf_counter() - start)
+        times = interleaved_step_times(cases, args.warmup, args.rounds)
         base_count = sum(p.numel() for p in cases[("finetune", False)].adapted.parameters())
         measured = {
             key: measured_bytes(trainer, Path(tmp) / f"{key[0]}-{key[1]}") for key, trainer in cases.items()

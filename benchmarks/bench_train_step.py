@@ -98,6 +98,19 @@ def build_cases(base: TrainConfig) -> dict[str, Trainer]:
     }
 
 
+def interleaved_step_times(cases: dict, warmup: int, rounds: int) -> dict[object, list[float]]:
+    """Seconds of Trainer.training_step per case, the cases taking turns step by step (so that load
+    changes on a shared machine hit all of them alike); `warmup` rounds untimed first."""
+    times = {name: [] for name in cases}
+    for round_index in range(warmup + rounds):
+        for name, trainer in cases.items():
+            start = time.perf_counter()
+            trainer.training_step()
+            if round_index >= warmup:
+                times[name].append(time.perf_counter() - start)
+    return times
+
+
 def make_setting(folder: Path, batch: int) -> tuple[str, str]:
     from diffusers import DDPMScheduler, UNet2DModel
     from PIL import Image
@@ -165,13 +178,7 @@ def main(argv=None) -> None:
         cases = build_cases(base)
         forwards = {name: record_source_forwards(trainer) for name, trainer in cases.items()}
         n_params = sum(p.numel() for p in cases["finetune"].adapted.parameters())
-        times = {name: [] for name in cases}
-        for round_index in range(args.warmup + args.rounds):
-            for name, trainer in cases.items():
-                start = time.perf_counter()
-                trainer.training_step()
-                if round_index >= args.warmup:
-                    times[name].append(time.perf_counter() - start)
+        times = interleaved_step_times(cases, args.warmup, args.rounds)
 
     plain = statistics.median(times["finetune"])
     rows = [
