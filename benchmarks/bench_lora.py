@@ -104,13 +104,16 @@ def measured_bytes(trainer: Trainer, folder: Path) -> dict[str, int]:
     written = (
         trainer.save_adapter(folder / "adapter") if trainer.lora else trainer.save_model(folder / "model")
     )
-    return {
+    held = {
         "weights": _bytes(weights.values()),
         "gradients": _bytes(p.grad for p in trainer.trained_parameters if p.grad is not None),
         "optimizer": _bytes(optimizer),
         "ema": _bytes(trainer.ema.shadow),
+    }
+    return {
+        **held,
+        "total": sum(held.values()),
         "checkpoint_file": checkpoint.stat().st_size,
-        "total": _bytes(weights.values()) + 4 * _bytes(trainer.trained_parameters),
         "model_written": sum(f.stat().st_size for f in written.glob("*.safetensors")),
     }
 

@@ -192,8 +192,12 @@ def test_default_targets():
     [
         (dict(lora_rank=0), "--lora-rank must be an integer >= 1, got 0"),
         (dict(lora_rank=-2), "--lora-rank must be an integer >= 1"),
-        (dict(lora_targets="to_q,proj_in"), "--lora-targets: no Linear or Conv2d named .proj_in."),
+        (dict(lora_targets="to_q,proj_in"), "--lora-targets: no module named .proj_in."),
         (dict(lora_targets=" , "), "--lora-targets must name modules"),
+        (
+            dict(lora_targets="0"),
+            "--lora-targets: '0' also names down_blocks.0 .DownBlock2D., which LoRA cannot",
+        ),
         (dict(lora_alpha=0.0), "--lora-alpha must be a finite number > 0"),
         (dict(lora_dropout=1.0), r"--lora-dropout must be in \[0, 1\)"),
         (dict(source_precision="bf16"), "--source-precision needs full fine-tuning"),
@@ -282,10 +286,37 @@ def test_cli_bad_lora_input_is_one_line_exit_2_nothing_written(tmp_path, capsys)
                      str(grid)]) == 2  # fmt: skip
     errors = capsys.readouterr().err.strip().splitlines()
     assert len(errors) == 3 and all("--adapter-dir" in line for line in errors), errors
-    assert "does not fit the model" in errors[0] and "holds no adapter_config.json" in errors[2]
+    assert "does not fit the model" in errors[0] and "size mismatch" in errors[0]
+    assert "holds no adapter_config.json" in errors[2]
     assert not grid.exists() and not (tmp_path / "merged").exists()
     with pytest.raises(ModelFolderError, match="--adapter-dir"):
         adapters.load_adapted(config.model_dir, other / "out" / "adapter")
+
+
+def test_adapter_for_another_layout_or_corrupt_is_refused_by_name(tmp_path):
+    """PEFT itself only warns when an adapter's weights and the adapters it builds differ: an adapter
+    trained where the base has no such layers would load in part, the rest left at B = 0."""
+    from diffusers import UNet2DModel
+
+    config = tiny_config(tmp_path)
+    other = UNet2DModel(
+        sample_size=8,
+        in_channels=3,
+        out_channels=3,
+        layers_per_block=1,
+        block_out_channels=(8, 16),
+        down_block_types=("AttnDownBlock2D", "DownBlock2D"),
+        up_block_types=("UpBlock2D", "AttnUpBlock2D"),
+        norm_num_groups=4,
+    )
+    folder = tmp_path / "adapter"
+    adapters.add_lora(other, RANK, RANK, 0.0, adapters.default_targets(other)).save_pretrained(folder)
+    with pytest.raises(ModelFolderError, match=r"--adapter-dir .* have no adapter \(e.g. unexpected "):
+        adapters.load_adapted(config.model_dir, folder)
+    weights = folder / "adapter_model.safetensors"
+    weights.write_bytes(weights.read_bytes()[:100])
+    with pytest.raises(ModelFolderError, match="--adapter-dir .* does not fit"):
+        adapters.load_adapted(config.model_dir, folder)
 
 
 def test_compile_trains_lora_as_eager(tmp_path):

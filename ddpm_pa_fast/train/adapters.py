@@ -9,6 +9,7 @@ adapters, and DDPM-PA's source prediction is that same module with its adapters 
 
 from __future__ import annotations
 
+import warnings
 from pathlib import Path
 
 from torch import nn
@@ -45,19 +46,29 @@ def default_targets(unet: nn.Module) -> tuple[str, ...]:
 def resolve_targets(unet: nn.Module, targets: str) -> tuple[str, ...]:
     """The target module names for `targets` ("auto": default_targets, or names separated by commas).
 
-    Raises ValueError naming --lora-targets for a name that matches no Linear or Conv2d of `unet`."""
+    Raises ValueError naming --lora-targets for a name that matches no module of `unet`, or a module that
+    LoRA cannot wrap (PEFT wraps every module the name matches: each must be a Linear or Conv2d)."""
     if targets == "auto":
         return default_targets(unet)
     names = tuple(name.strip() for name in targets.split(",") if name.strip())
     if not names:
         raise ValueError(f"--lora-targets must name modules (or be 'auto'), got {targets!r}")
-    layers = [name for name, module in unet.named_modules() if isinstance(module, LORA_LAYER_TYPES)]
+    modules = dict(unet.named_modules())
+    layer_suffixes = sorted(
+        {name.rsplit(".", 1)[-1] for name, module in modules.items() if isinstance(module, LORA_LAYER_TYPES)}
+    )
     for target in names:
-        if not any(matches(name, target) for name in layers):
-            suffixes = sorted({name.rsplit(".", 1)[-1] for name in layers})
+        matched = [name for name in modules if name and matches(name, target)]
+        if not matched:
             raise ValueError(
-                f"--lora-targets: no Linear or Conv2d named {target!r} (or ending in '.{target}') in the "
-                f"{type(unet).__name__}; its layers end in {', '.join(suffixes)}"
+                f"--lora-targets: no module named {target!r} (or ending in '.{target}') in the "
+                f"{type(unet).__name__}; its Linear and Conv2d layers end in {', '.join(layer_suffixes)}"
+            )
+        others = [name for name in matched if not isinstance(modules[name], LORA_LAYER_TYPES)]
+        if others:
+            raise ValueError(
+                f"--lora-targets: {target!r} also names {others[0]} ({type(modules[others[0]]).__name__}), "
+                "which LoRA cannot wrap: name Linear or Conv2d layers only"
             )
     return names
 
@@ -91,13 +102,36 @@ def load_adapted(model_dir: str | Path, adapter_dir: str | Path):
                 f"--adapter-dir {str(folder)!r} holds no {name}: expected a PEFT adapter folder (what "
                 "`ddpm-pa-fast train --lora-rank` writes in <output-dir>/adapter)"
             )
+    from peft import get_peft_model_state_dict
+    from peft.utils import load_peft_weights
+    from safetensors import SafetensorError
+
+    def does_not_fit(reason: str) -> ModelFolderError:
+        return ModelFolderError(
+            f"--adapter-dir {str(folder)!r} does not fit the model in {str(model_dir)!r}: {reason}"
+        )
+
     try:
-        model = PeftModel.from_pretrained(unet, folder)
-    except (ValueError, RuntimeError, KeyError) as error:
-        first_line = str(error).strip().splitlines()[0] if str(error).strip() else type(error).__name__
-        raise ModelFolderError(
-            f"--adapter-dir {str(folder)!r} does not fit the model in {str(model_dir)!r}: {first_line}"
-        ) from error
+        saved = load_peft_weights(str(folder), device="cpu")
+        with warnings.catch_warnings():
+            # PEFT's warning of missing or unexpected adapter keys: refused below, in one line.
+            warnings.filterwarnings("ignore", message=r".*(missing|unexpected) adapter keys")
+            model = PeftModel.from_pretrained(unet, folder)
+    except (ValueError, RuntimeError, KeyError, OSError, SafetensorError) as error:
+        lines = [line.strip() for line in str(error).splitlines() if line.strip()]
+        # torch's load_state_dict puts the reason (e.g. "size mismatch for ...") after a header line.
+        reasons = [line for line in lines if "mismatch" in line or "not found" in line] or lines
+        raise does_not_fit(reasons[0] if reasons else type(error).__name__) from error
+    # PEFT only warns when the file's keys and the adapters it built differ (an adapter for a base with its
+    # layers elsewhere would load in part, the rest left at B = 0): refused here.
+    expected = set(get_peft_model_state_dict(model))
+    missing, unexpected = sorted(expected - set(saved)), sorted(set(saved) - expected)
+    if missing or unexpected:
+        example = f"e.g. missing {missing[0]}" if missing else f"e.g. unexpected {unexpected[0]}"
+        raise does_not_fit(
+            f"{len(missing)} of the adapters it configures have no weights in the file and {len(unexpected)} "
+            f"weights in the file have no adapter ({example})"
+        )
     return model.eval(), scheduler
 
 
