@@ -345,6 +345,19 @@ def report(split: str) -> None:
             )
             finetune = finetune or ("frozen" if split == "test" else "base")
             lines += [f"### {variant}", "", *equal_level_table(rows, along, variant, finetune), ""]
+        own_base = "frozen" if split == "test" else "base"
+        for variant in variants:
+            if variant == own_base or not any(
+                r.get("variant") == variant and r["method"] == "finetune" for r in rows
+            ):
+                continue
+            # A variant's own fine-tuning (e.g. LoRA's) against fine-tuning's path at the base settings.
+            lines += [
+                f"### {variant}: its fine-tuning against fine-tuning's path ({own_base})",
+                "",
+                *equal_level_table(rows, along, variant, own_base, ours_method="finetune"),
+                "",
+            ]
     plot_tradeoff(
         rows,
         out / "tradeoff.png",

@@ -478,8 +478,9 @@ def test_study_report_writes_tables_and_plots_from_the_run_files(tmp_path, monke
         "intra_cluster_diversity": 0.8,
     }
     (tmp_path / "test" / "source.json").write_text(json.dumps({"rows": [source]}))
-    for method, kid, diversity in (("finetune", 1.0, 0.2), ("ddpm-pa", 2.0, 0.7)):
-        run = fewshot_study.Run("test", "frozen", method, 0)
+    runs = (("frozen", "finetune", 1.0, 0.2), ("frozen", "ddpm-pa", 2.0, 0.7), ("lora", "finetune", 2.5, 0.6))
+    for variant, method, kid, diversity in runs:
+        run = fewshot_study.Run("test", variant, method, 0)
         row = {
             **metrics,
             "method": method,
@@ -488,11 +489,15 @@ def test_study_report_writes_tables_and_plots_from_the_run_files(tmp_path, monke
             "kid": kid,
             "intra_cluster_diversity": diversity,
         }
-        run.path.write_text(json.dumps({"rows": [{**row, "variant": "frozen"}]}))
+        run.path.write_text(json.dumps({"rows": [{**row, "variant": variant}]}))
     fewshot_study.report("test")
     summary = (tmp_path / "test" / "summary.md").read_text()
     # Fine-tuning at KID 2.0 on its path 3.0 -> 1.0 has diversity (0.8 + 0.2) / 2 = 0.5.
     assert "| 0 | 10 | 2.000 | 0.700 | 0.500 | +0.200 |" in summary
+    # A variant's own fine-tuning against that path: at KID 2.5, diversity (3 * 0.8 + 1 * 0.2) / 4 = 0.65.
+    assert "### lora: its fine-tuning against fine-tuning's path (frozen)" in summary
+    assert "| seed | lora fine-tuning step | lora fine-tuning KID |" in summary
+    assert "| 0 | 10 | 2.500 | 0.600 | 0.650 | -0.050 |" in summary
     assert "## Diversity and nearest-shot distance at equal fidelity" in summary
     assert "Fidelity ceiling" in summary
     for name in ("tradeoff.png", "curves-frozen.png", "rows.csv"):

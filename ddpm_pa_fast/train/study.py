@@ -276,20 +276,24 @@ EQUAL_LEVEL_LABELS = {
 
 
 def equal_level_differences(
-    rows: list[dict], along: str, variant: str | None = None, finetune_variant: str | None = None
+    rows: list[dict],
+    along: str,
+    variant: str | None = None,
+    finetune_variant: str | None = None,
+    ours_method: str = "ddpm-pa",
 ) -> dict[int, dict]:
-    """Per DDPM-PA seed: its last evaluation (of `variant`) and, for each EQUAL_LEVEL_KEYS metric, fine-
-    tuning's value where its path (of `finetune_variant`, same seed) reaches the same `along` level
-    (None where it never does)."""
+    """Per seed of `ours_method` (DDPM-PA, or fine-tuning of another variant, e.g. LoRA): its last
+    evaluation (of `variant`) and, for each EQUAL_LEVEL_KEYS metric, fine-tuning's value where its path
+    (of `finetune_variant`, same seed) reaches the same `along` level (None where it never does)."""
     out = {}
     for seed in sorted(
         {
             r["seed"]
             for r in rows
-            if r["method"] == "ddpm-pa" and (variant is None or r.get("variant") == variant)
+            if r["method"] == ours_method and (variant is None or r.get("variant") == variant)
         }
     ):
-        ours = trajectory(rows, "ddpm-pa", seed, variant)[-1]
+        ours = trajectory(rows, ours_method, seed, variant)[-1]
         path = trajectory(rows, "finetune", seed, finetune_variant)
         out[seed] = {
             "ours": ours,
@@ -299,19 +303,24 @@ def equal_level_differences(
 
 
 def equal_level_table(
-    rows: list[dict], along: str, variant: str | None = None, finetune_variant: str | None = None
+    rows: list[dict],
+    along: str,
+    variant: str | None = None,
+    finetune_variant: str | None = None,
+    ours_method: str = "ddpm-pa",
 ) -> list[str]:
-    """Markdown lines: per seed, DDPM-PA's last evaluation (of `variant`) beside fine-tuning's diversity
-    and nearest-shot distance at the same `along` ("kid" or "fidelity") on fine-tuning's path (of
-    `finetune_variant`, same seed): does DDPM-PA keep more at an equal level of adaptation?"""
+    """Markdown lines: per seed, the last evaluation of `ours_method` (of `variant`) beside fine-tuning's
+    diversity and nearest-shot distance at the same `along` ("kid" or "fidelity") on fine-tuning's path
+    (of `finetune_variant`, same seed): does it keep more at an equal level of adaptation?"""
     level = EQUAL_LEVEL_LABELS[along]
-    header = ["seed", "DDPM-PA step", f"DDPM-PA {level}"]
+    ours_label = f"{variant} {METHOD_LABELS[ours_method]}" if ours_method == "finetune" else "DDPM-PA"
+    header = ["seed", f"{ours_label} step", f"{ours_label} {level}"]
     for key in EQUAL_LEVEL_KEYS:
         name = EQUAL_LEVEL_LABELS[key]
-        header += [f"DDPM-PA {name}", f"fine-tuning {name} at that {level}", "difference"]
+        header += [f"{ours_label} {name}", f"fine-tuning {name} at that {level}", "difference"]
     lines = ["| " + " | ".join(header) + " |", "|" + " --- |" * len(header)]
     differences: dict[str, list[float]] = {key: [] for key in EQUAL_LEVEL_KEYS}
-    for seed, d in equal_level_differences(rows, along, variant, finetune_variant).items():
+    for seed, d in equal_level_differences(rows, along, variant, finetune_variant, ours_method).items():
         ours = d["ours"]
         cells = [str(seed), str(ours["step"]), f"{ours[along]:.3f}"]
         for key in EQUAL_LEVEL_KEYS:
