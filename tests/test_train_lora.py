@@ -252,6 +252,28 @@ def test_cli_train_sample_evaluate_merge_with_an_adapter(tmp_path, capsys):
     assert json.loads((tmp_path / "m.json").read_text())["num_samples"] == 4
 
 
+def test_cli_evaluate_samples_a_one_channel_model_against_its_training_images(tmp_path, capsys):
+    from ddpm_pa_fast.train import fashion
+
+    shots = str(fashion.shots_dir("validation"))
+    args = [
+        "evaluate",
+        "--model-dir",
+        str(fashion.SOURCE_MODEL_DIR),
+        "--data-dir",
+        shots,
+        "--distance",
+        "haar",
+    ]
+    assert (
+        cli.main([*args, "--num-images", "4", "--sample-steps", "2", "--json", str(tmp_path / "m.json")]) == 0
+    )
+    assert json.loads((tmp_path / "m.json").read_text())["num_samples"] == 4
+    capsys.readouterr()
+    assert cli.main([*args[:-4], "--data-dir", str(tmp_path), "--num-images", "4"]) == 2
+    assert "no image" in capsys.readouterr().err.lower()
+
+
 def test_cli_bad_lora_input_is_one_line_exit_2_nothing_written(tmp_path, capsys):
     config = tiny_config(tmp_path)
     assert cli.main(_train_lora_cli(tmp_path, "--lora-rank", "0")) == 2

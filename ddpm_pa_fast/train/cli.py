@@ -203,10 +203,9 @@ def _load_model(args):
     return load_adapted(args.model_dir, args.adapter_dir)
 
 
-def _sample(args):
+def _sample(args, unet, scheduler):
     from .sampling import sample_images
 
-    unet, scheduler = _load_model(args)
     return sample_images(
         unet.to(args.device), scheduler, args.num_images, args.sample_steps, args.seed, eta=args.sample_eta
     )
@@ -345,7 +344,7 @@ def main(argv=None) -> int:
         elif args.command == "sample":
             from .sampling import save_grid, save_images
 
-            images = _sample(args)
+            images = _sample(args, *_load_model(args))
             print(f"wrote {save_grid(images, args.grid)}")
             if args.images_dir:
                 print(f"wrote {len(images)} images to {save_images(images, args.images_dir)}")
@@ -357,8 +356,13 @@ def main(argv=None) -> int:
                 raise ValueError("give --samples (a folder of images) or --model-dir (to sample), not both")
             if args.adapter_dir is not None and args.model_dir is None:
                 raise ValueError("--adapter-dir needs --model-dir, the base model it was trained on")
-            training = load_images(args.data_dir)
-            samples = load_images(args.samples) if args.samples else _sample(args)
+            if args.samples:
+                samples, training = load_images(args.samples), load_images(args.data_dir)
+            else:
+                # The training images at the model's channels and size (refused before sampling if not).
+                unet, scheduler = _load_model(args)
+                training = load_images(args.data_dir, unet.config.in_channels, unet.config.sample_size)
+                samples = _sample(args, unet, scheduler)
             metrics = evaluate_samples(samples, training, get_distance(args.distance))
             print(json.dumps(metrics, indent=2))
             if args.json:
