@@ -388,19 +388,13 @@ def test_lora_table_checks_its_accounting_against_the_trainer(tmp_path):
 
 def test_lora_parameter_count_is_what_peft_adds():
     pytest.importorskip("peft")
-    from diffusers import UNet2DModel
-
     from benchmarks.bench_lora import lora_parameter_count
     from ddpm_pa_fast.train import adapters
+    from tests.test_train_common import tiny_unet
 
     def unet():
-        torch.manual_seed(0)
-        return UNet2DModel(
-            sample_size=8,
-            block_out_channels=(8, 16),
-            norm_num_groups=4,
+        return tiny_unet(
             attention_head_dim=4,
-            layers_per_block=1,
             down_block_types=("DownBlock2D", "AttnDownBlock2D"),
             up_block_types=("AttnUpBlock2D", "UpBlock2D"),
         )

@@ -10,23 +10,32 @@ import torch
 TINY_SIZE = 8
 
 
-def write_tiny_model(
-    folder: Path, learned_variance: bool = False, num_timesteps: int = 100, prediction_type: str = "epsilon"
-) -> Path:
-    """A ~10k-parameter UNet2DModel (8x8, channels (8, 16)) and a DDPMScheduler, via save_pretrained."""
-    from diffusers import DDPMScheduler, UNet2DModel
+def tiny_unet(**overrides):
+    """The tiny UNet2DModel of write_tiny_model (seeded), with `overrides` of its config."""
+    from diffusers import UNet2DModel
 
-    torch.manual_seed(0)
-    unet = UNet2DModel(
+    config = dict(
         sample_size=TINY_SIZE,
         in_channels=3,
-        out_channels=6 if learned_variance else 3,
+        out_channels=3,
         layers_per_block=1,
         block_out_channels=(8, 16),
         down_block_types=("DownBlock2D", "DownBlock2D"),
         up_block_types=("UpBlock2D", "UpBlock2D"),
         norm_num_groups=4,
     )
+    config.update(overrides)
+    torch.manual_seed(0)
+    return UNet2DModel(**config)
+
+
+def write_tiny_model(
+    folder: Path, learned_variance: bool = False, num_timesteps: int = 100, prediction_type: str = "epsilon"
+) -> Path:
+    """A ~10k-parameter UNet2DModel (8x8, channels (8, 16)) and a DDPMScheduler, via save_pretrained."""
+    from diffusers import DDPMScheduler
+
+    unet = tiny_unet(out_channels=6 if learned_variance else 3)
     scheduler = DDPMScheduler(
         num_train_timesteps=num_timesteps,
         variance_type="learned_range" if learned_variance else "fixed_small",

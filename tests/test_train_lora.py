@@ -15,7 +15,7 @@ from ddpm_pa_fast.train import adapters, cli  # noqa: E402
 from ddpm_pa_fast.train import checkpoint as C  # noqa: E402
 from ddpm_pa_fast.train import trainer as T  # noqa: E402
 from ddpm_pa_fast.train.sampling import ModelFolderError, load_model_folder, sample_images  # noqa: E402
-from tests.test_train_common import tiny_config, train_cli_args  # noqa: E402
+from tests.test_train_common import tiny_config, tiny_unet, train_cli_args  # noqa: E402
 
 RANK = 2
 
@@ -170,16 +170,10 @@ def test_saved_adapter_loads_and_merges_to_the_same_samples(tmp_path):
 
 
 def test_default_targets():
-    from diffusers import UNet2DModel
-
     bundled, _ = load_model_folder(__import__("ddpm_pa_fast.train.fashion").train.fashion.SOURCE_MODEL_DIR)
     assert adapters.default_targets(bundled) == ("to_q", "to_k", "to_v", "to_out.0", "conv1", "conv2")
-    all_attention = UNet2DModel(
-        sample_size=8,
-        block_out_channels=(8, 16),
-        norm_num_groups=4,
+    all_attention = tiny_unet(
         attention_head_dim=4,
-        layers_per_block=1,
         down_block_types=("AttnDownBlock2D", "AttnDownBlock2D"),
         up_block_types=("AttnUpBlock2D", "AttnUpBlock2D"),
     )
@@ -286,18 +280,7 @@ def test_cli_bad_lora_input_is_one_line_exit_2_nothing_written(tmp_path, capsys)
     other = tmp_path / "other"
     other.mkdir()
     other_config = tiny_config(other, lora_rank=RANK, save_model=True, steps=1, batch_size=3)
-    from diffusers import UNet2DModel
-
-    UNet2DModel(
-        sample_size=8,
-        in_channels=3,
-        out_channels=3,
-        layers_per_block=1,
-        block_out_channels=(16, 32),
-        down_block_types=("DownBlock2D", "DownBlock2D"),
-        up_block_types=("UpBlock2D", "UpBlock2D"),
-        norm_num_groups=4,
-    ).save_pretrained(other_config.model_dir)
+    tiny_unet(block_out_channels=(16, 32)).save_pretrained(other_config.model_dir)
     T.Trainer(other_config).train()
     capsys.readouterr()
     mismatched = ["--model-dir", config.model_dir, "--adapter-dir", str(other / "out" / "adapter")]
@@ -318,18 +301,9 @@ def test_cli_bad_lora_input_is_one_line_exit_2_nothing_written(tmp_path, capsys)
 def test_adapter_for_another_layout_or_corrupt_is_refused_by_name(tmp_path):
     """PEFT itself only warns when an adapter's weights and the adapters it builds differ: an adapter
     trained where the base has no such layers would load in part, the rest left at B = 0."""
-    from diffusers import UNet2DModel
-
     config = tiny_config(tmp_path)
-    other = UNet2DModel(
-        sample_size=8,
-        in_channels=3,
-        out_channels=3,
-        layers_per_block=1,
-        block_out_channels=(8, 16),
-        down_block_types=("AttnDownBlock2D", "DownBlock2D"),
-        up_block_types=("UpBlock2D", "AttnUpBlock2D"),
-        norm_num_groups=4,
+    other = tiny_unet(
+        down_block_types=("AttnDownBlock2D", "DownBlock2D"), up_block_types=("UpBlock2D", "AttnUpBlock2D")
     )
     folder = tmp_path / "adapter"
     adapters.add_lora(other, RANK, RANK, 0.0, adapters.default_targets(other)).save_pretrained(folder)
