@@ -101,9 +101,7 @@ def measured_bytes(trainer: Trainer, folder: Path) -> dict[str, int]:
     state = trainer.optimizer.state_dict()["state"]
     optimizer = [v for s in state.values() for v in s.values() if torch.is_tensor(v) and v.dim()]
     checkpoint = ckpt.save_checkpoint(trainer.state_dict(), folder / "checkpoints", trainer.step, 1)
-    written = (
-        trainer.save_adapter(folder / "adapter") if trainer.lora else trainer.save_model(folder / "model")
-    )
+    written = trainer.save_model(folder / ("adapter" if trainer.lora else "model"))
     held = {
         "weights": _bytes(weights.values()),
         "gradients": _bytes(p.grad for p in trainer.trained_parameters if p.grad is not None),

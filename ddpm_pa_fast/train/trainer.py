@@ -692,20 +692,15 @@ class Trainer:
             return sample_images(model, self.scheduler, num_images, steps, seed, eta=self.config.sample_eta)
 
     def save_model(self, folder: str | Path) -> Path:
-        """Writes the EMA weights and the scheduler as a model folder that load_model_folder reads."""
+        """Writes the EMA weights: with the scheduler as a model folder that load_model_folder reads, or
+        under LoRA (the model is a PeftModel) the adapters alone as a PEFT adapter folder
+        (adapter_config.json, adapter_model.safetensors) for the source model folder, which
+        PeftModel.from_pretrained(base, folder) and `ddpm-pa-fast sample --adapter-dir` load."""
         folder = Path(folder)
         with self.ema_weights() as model:
             model.save_pretrained(folder, safe_serialization=True)
-        self.scheduler.save_pretrained(folder)
-        return folder
-
-    def save_adapter(self, folder: str | Path) -> Path:
-        """Under LoRA: writes the adapters' EMA weights as a PEFT adapter folder (adapter_config.json,
-        adapter_model.safetensors) for the source model folder: PeftModel.from_pretrained(base, folder)
-        and `ddpm-pa-fast sample --model-dir <source> --adapter-dir <folder>` load it."""
-        folder = Path(folder)
-        with self.ema_weights() as model:
-            model.save_pretrained(folder, safe_serialization=True)
+        if not self.lora:
+            self.scheduler.save_pretrained(folder)
         return folder
 
     # ---- loop ----
@@ -760,7 +755,7 @@ class Trainer:
             if not self.lora:
                 self.save_model(self.output_dir / "model")
             else:
-                adapter = self.save_adapter(self.output_dir / "adapter")
+                adapter = self.save_model(self.output_dir / "adapter")
                 if c.merge:
                     adapters.merge(c.model_dir, adapter, self.output_dir / "model")
         return {
